@@ -1,0 +1,293 @@
+//! Everything that knows sled: the seam to swap the engine (redb, fjall) without touching the
+//! queue logic.
+//!
+//! Two kinds of database, each a sled `Db` directory:
+//! - an **epoch** ([`EpochDb`]) holds segments: key `s` + segno (u64 BE) -> summary, and key
+//!   `d` + segno + part (u16 BE) -> data, each part at most [`PART_BYTES`] so that no sled
+//!   value reaches its 128 KiB blob threshold (blobs leak, see sled-findings.md);
+//! - the **meta** database ([`MetaDb`]) holds small records: `e` + endpoint id -> endpoint
+//!   number (u32 BE), `n` -> next endpoint number, `q` -> reserved sequence numbers (u64 BE),
+//!   `c` + endpoint number + priority (u32 BE each) -> checkpoint (u64 BE).
+//!
+//! Big-endian keys sort like the integers they encode.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::error::BackendError;
+
+/// Largest sled value written: well under the 128 KiB blob threshold.
+pub(crate) const PART_BYTES: usize = 60 * 1024;
+
+/// Why a database directory could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum OpenFailure {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("sled panicked while opening: {0}")]
+    Panic(String),
+}
+
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenFailure> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::LowSpace)
+        // The store decides when to flush (group commit); no sled flusher thread per Db.
+        .flush_every_ms(None);
+    // sled 0.34.7 is known to panic on some damaged logs instead of returning an error.
+    match catch_unwind(AssertUnwindSafe(|| config.open())) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(OpenFailure::Backend(e.into())),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(ToString::to_string)
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(OpenFailure::Panic(msg))
+        }
+    }
+}
+
+fn summary_key(segno: u64) -> [u8; 9] {
+    let mut key = [b's'; 9];
+    key[1..].copy_from_slice(&segno.to_be_bytes());
+    key
+}
+
+fn data_key(segno: u64, part: u16) -> [u8; 11] {
+    let mut key = [b'd'; 11];
+    key[1..9].copy_from_slice(&segno.to_be_bytes());
+    key[9..].copy_from_slice(&part.to_be_bytes());
+    key
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn be_u32(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// A segment ready to be written.
+#[derive(Debug)]
+pub(crate) struct SegmentWrite<'a> {
+    pub segno: u64,
+    pub data: &'a [u8],
+    pub summary: Vec<u8>,
+}
+
+/// One epoch's database of segments. Cheap to clone (sled handles are shared).
+#[derive(Debug, Clone)]
+pub(crate) struct EpochDb {
+    db: sled::Db,
+}
+
+impl EpochDb {
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, OpenFailure> {
+        open_db(path, cache_bytes).map(|db| Self { db })
+    }
+
+    /// Writes segments atomically (one sled batch); not durable before [`flush`](Self::flush).
+    pub fn write(&self, segments: &[SegmentWrite<'_>]) -> Result<(), BackendError> {
+        let mut batch = sled::Batch::default();
+        for seg in segments {
+            for (part, chunk) in seg.data.chunks(PART_BYTES).enumerate() {
+                let part = u16::try_from(part).expect("segments are far smaller than 65,536 parts");
+                batch.insert(&data_key(seg.segno, part), chunk);
+            }
+            batch.insert(&summary_key(seg.segno), seg.summary.as_slice());
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (fsync).
+    pub fn flush(&self) -> Result<(), BackendError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The data of segment `segno`, or `None` if it is not there.
+    pub fn read(&self, segno: u64) -> Result<Option<Bytes>, BackendError> {
+        let first = data_key(segno, 0);
+        let end = data_key(segno, u16::MAX);
+        let mut parts = self.db.range(first..=end);
+        let Some(head) = parts.next().transpose()? else {
+            return Ok(None);
+        };
+        let head = head.1;
+        let Some(second) = parts.next().transpose()? else {
+            return Ok(Some(Bytes::from_owner(head)));
+        };
+        let mut data = Vec::with_capacity(head.len() * 2);
+        data.extend_from_slice(&head);
+        data.extend_from_slice(&second.1);
+        for part in parts {
+            data.extend_from_slice(&part?.1);
+        }
+        Ok(Some(Bytes::from(data)))
+    }
+
+    /// Every segment summary, in segment order.
+    pub fn summaries(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), BackendError>> + '_ {
+        self.db.scan_prefix(b"s").map(|item| {
+            let (key, value) = item?;
+            let segno = be_u64(&key[1..]).unwrap_or(u64::MAX);
+            Ok((segno, value))
+        })
+    }
+}
+
+/// What the meta database holds, read at open.
+#[derive(Debug, Default)]
+pub(crate) struct MetaContents {
+    pub endpoints: Vec<(String, u32)>,
+    pub next_endpoint: u32,
+    pub seq_reserved: u64,
+    /// (endpoint number, priority, checkpoint)
+    pub checkpoints: Vec<(u32, u32, u64)>,
+}
+
+/// The small records: endpoints, checkpoints, reserved sequence numbers.
+#[derive(Debug)]
+pub(crate) struct MetaDb {
+    db: sled::Db,
+}
+
+fn checkpoint_key(endpoint: u32, priority: u32) -> [u8; 9] {
+    let mut key = [b'c'; 9];
+    key[1..5].copy_from_slice(&endpoint.to_be_bytes());
+    key[5..].copy_from_slice(&priority.to_be_bytes());
+    key
+}
+
+fn endpoint_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(b'e');
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+impl MetaDb {
+    pub fn open(path: &Path) -> Result<Self, OpenFailure> {
+        open_db(path, 1 << 20).map(|db| Self { db })
+    }
+
+    pub fn load(&self) -> Result<MetaContents, BackendError> {
+        let mut contents = MetaContents::default();
+        for item in self.db.scan_prefix(b"e") {
+            let (key, value) = item?;
+            let name = String::from_utf8_lossy(&key[1..]).into_owned();
+            if let Some(num) = be_u32(&value) {
+                contents.endpoints.push((name, num));
+            }
+        }
+        for item in self.db.scan_prefix(b"c") {
+            let (key, value) = item?;
+            if let (Some(endpoint), Some(priority), Some(seq)) =
+                (be_u32(&key[1..5]), be_u32(&key[5..]), be_u64(&value))
+            {
+                contents.checkpoints.push((endpoint, priority, seq));
+            }
+        }
+        contents.next_endpoint = self.db.get(b"n")?.and_then(|v| be_u32(&v)).unwrap_or(0);
+        contents.seq_reserved = self.db.get(b"q")?.and_then(|v| be_u64(&v)).unwrap_or(0);
+        Ok(contents)
+    }
+
+    /// Records a new endpoint and flushes.
+    pub fn add_endpoint(&self, name: &str, num: u32) -> Result<(), BackendError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(endpoint_key(name), &num.to_be_bytes());
+        batch.insert(b"n", &(num + 1).to_be_bytes());
+        self.db.apply_batch(batch)?;
+        self.flush()
+    }
+
+    /// Forgets an endpoint and its checkpoints, and flushes.
+    pub fn remove_endpoint(&self, name: &str, num: u32) -> Result<(), BackendError> {
+        let mut batch = sled::Batch::default();
+        batch.remove(endpoint_key(name));
+        for item in self.db.scan_prefix(&checkpoint_key(num, 0)[..5]) {
+            batch.remove(item?.0);
+        }
+        self.db.apply_batch(batch)?;
+        self.flush()
+    }
+
+    /// Writes checkpoints (not flushed).
+    pub fn save_checkpoints(&self, checkpoints: &[(u32, u32, u64)]) -> Result<(), BackendError> {
+        let mut batch = sled::Batch::default();
+        for &(endpoint, priority, seq) in checkpoints {
+            batch.insert(&checkpoint_key(endpoint, priority), &seq.to_be_bytes());
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Records that sequence numbers up to `upto` may be in use, and flushes.
+    pub fn reserve_seq(&self, upto: u64) -> Result<(), BackendError> {
+        self.db.insert(b"q", &upto.to_be_bytes())?;
+        self.flush()
+    }
+
+    pub fn flush(&self) -> Result<(), BackendError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_segments_are_split_into_parts_and_read_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = EpochDb::open(dir.path(), 1 << 20).expect("open");
+        let big: Vec<u8> = (0..PART_BYTES * 2 + 17).map(|i| (i % 251) as u8).collect();
+        db.write(&[
+            SegmentWrite {
+                segno: 1,
+                data: &big,
+                summary: b"one".to_vec(),
+            },
+            SegmentWrite {
+                segno: 2,
+                data: b"small",
+                summary: b"two".to_vec(),
+            },
+        ])
+        .expect("write");
+        db.flush().expect("flush");
+        assert_eq!(db.read(1).expect("read").as_deref(), Some(&big[..]));
+        assert_eq!(db.read(2).expect("read").as_deref(), Some(&b"small"[..]));
+        assert_eq!(db.read(3).expect("read"), None);
+        let summaries: Vec<u64> = db.summaries().map(|s| s.expect("scan").0).collect();
+        assert_eq!(summaries, vec![1, 2]);
+    }
+
+    #[test]
+    fn meta_round_trips_endpoints_checkpoints_and_reservations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let meta = MetaDb::open(dir.path()).expect("open");
+            meta.add_endpoint("iothub", 0).expect("add");
+            meta.add_endpoint("d/m/in", 1).expect("add");
+            meta.save_checkpoints(&[(0, 2, 40), (1, 0, 7)])
+                .expect("save");
+            meta.remove_endpoint("d/m/in", 1).expect("remove");
+            meta.reserve_seq(1_000).expect("reserve");
+        }
+        let meta = MetaDb::open(dir.path()).expect("reopen");
+        let c = meta.load().expect("load");
+        assert_eq!(c.endpoints, vec![("iothub".to_owned(), 0)]);
+        assert_eq!(c.checkpoints, vec![(0, 2, 40)]);
+        assert_eq!((c.next_endpoint, c.seq_reserved), (2, 1_000));
+    }
+}

@@ -1,0 +1,155 @@
+//! Store configuration: durability, sizes, intervals and quota.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::OpenError;
+
+/// When an enqueue is acknowledged (its [`Ticket`](crate::Ticket) completes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged only after an fsync that covers the message (group commit).
+    Sync,
+    /// Acknowledged once written to the database; flushed at least every `interval`.
+    /// **A power cut or kernel crash can lose the messages acknowledged in the last
+    /// `interval`** (a process crash alone loses nothing the OS already has).
+    Periodic {
+        /// Maximum time between flushes.
+        interval: Duration,
+    },
+}
+
+/// What to do when the quota is exhausted (decision D10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuotaPolicy {
+    /// Refuse new messages with [`EnqueueError::QuotaExceeded`](crate::EnqueueError::QuotaExceeded)
+    /// until space comes back.
+    #[default]
+    Reject,
+    /// Drop the oldest epoch of messages (all priorities) until under quota.
+    DropOldest,
+}
+
+/// Limits on the store's disk use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    /// Maximum bytes the store's directory may occupy on disk (allocated size).
+    pub max_store_bytes: Option<u64>,
+    /// Minimum free bytes to leave on the file system that holds the store.
+    pub min_free_disk_bytes: Option<u64>,
+    /// What to do when a limit is reached.
+    pub policy: QuotaPolicy,
+}
+
+/// Configuration of a [`Store`](crate::Store); build with [`StoreConfig::new`] and `with_*`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory of the store (created if missing).
+    pub dir: PathBuf,
+    /// When enqueues are acknowledged.
+    pub durability: Durability,
+    /// A segment is closed when its data reaches this size (16-64 KiB keeps sled efficient).
+    pub segment_bytes: usize,
+    /// An epoch (one sled database) is closed once this many bytes were written to it.
+    pub epoch_bytes: u64,
+    /// sled page cache of each epoch database, in bytes.
+    pub epoch_cache_bytes: u64,
+    /// Capacity of the writer's inbox, in messages; producers wait (or `try_enqueue` fails)
+    /// when it is full.
+    pub inbox_capacity: usize,
+    /// Most messages taken from the inbox for one group commit.
+    pub max_commit_messages: usize,
+    /// How often checkpoints (acks) are written and flushed.
+    pub checkpoint_interval: Duration,
+    /// How often the cleaner drops expired entries, deletes consumed epochs and checks the quota.
+    pub cleanup_interval: Duration,
+    /// Most segments the cleaner drops per run (bounded work per tick).
+    pub cleanup_budget: usize,
+    /// Disk quota.
+    pub quota: Quota,
+    /// Source of time for enqueue stamps and expiry.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl StoreConfig {
+    /// Defaults: `sync` durability, 64 KiB segments, 16 MiB epochs, 4 MiB cache per epoch,
+    /// checkpoints every 20 ms, cleanup every second, no quota.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            durability: Durability::Sync,
+            segment_bytes: 64 * 1024,
+            epoch_bytes: 16 << 20,
+            epoch_cache_bytes: 4 << 20,
+            inbox_capacity: 16 * 1024,
+            max_commit_messages: 4 * 1024,
+            checkpoint_interval: Duration::from_millis(20),
+            cleanup_interval: Duration::from_secs(1),
+            cleanup_budget: 1024,
+            quota: Quota::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Sets the durability mode.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the epoch size.
+    pub fn with_epoch_bytes(mut self, bytes: u64) -> Self {
+        self.epoch_bytes = bytes;
+        self
+    }
+
+    /// Sets the segment size.
+    pub fn with_segment_bytes(mut self, bytes: usize) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// Sets the quota.
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// Sets the cleanup interval.
+    pub fn with_cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = interval;
+        self
+    }
+
+    /// Sets the clock (tests inject a [`ManualClock`](crate::ManualClock)).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), OpenError> {
+        if self.segment_bytes == 0 || self.epoch_bytes == 0 {
+            return Err(OpenError::Config(
+                "segment_bytes and epoch_bytes must be positive",
+            ));
+        }
+        if self.inbox_capacity == 0 || self.max_commit_messages == 0 {
+            return Err(OpenError::Config(
+                "inbox_capacity and max_commit_messages must be positive",
+            ));
+        }
+        if let Durability::Periodic { interval } = self.durability
+            && interval.is_zero()
+        {
+            return Err(OpenError::Config(
+                "the periodic flush interval must be positive",
+            ));
+        }
+        if self.checkpoint_interval.is_zero() || self.cleanup_interval.is_zero() {
+            return Err(OpenError::Config("intervals must be positive"));
+        }
+        Ok(())
+    }
+}

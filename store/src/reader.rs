@@ -1,0 +1,274 @@
+//! The per-endpoint reader: batches in priority-then-FIFO order, acknowledgements, waiting.
+//!
+//! Reads run on the caller's thread: a batch costs a few sled reads of 16-64 KiB segments,
+//! usually from the page cache (tens of microseconds), and holds the endpoint's mutex that long.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::endpoint::Endpoint;
+use crate::entry::{Entry, EntryId, NEVER};
+use crate::error::{AckError, StoreError};
+use crate::queue::Dropped;
+use crate::segment::Segment;
+use crate::stats::Counters;
+use crate::store::Shared;
+
+/// The last segment decoded, kept because consecutive batches usually read the same one.
+#[derive(Debug)]
+struct Cached {
+    epoch: u64,
+    segno: u64,
+    segment: Arc<Segment>,
+}
+
+/// Reads and acknowledges the entries of one endpoint. Obtained from
+/// [`Store::reader`](crate::Store::reader); one per endpoint at a time.
+///
+/// The expected loop: wait for work ([`ready`](Reader::ready) or
+/// [`wait`](Reader::wait)), [`read`](Reader::read) a batch, deliver it, and
+/// [`ack`](Reader::ack) delivered entries in order. Several batches may be read before acking
+/// (a delivery window); [`rewind`](Reader::rewind) hands the unacknowledged ones out again.
+#[derive(Debug)]
+pub struct Reader {
+    shared: Arc<Shared>,
+    endpoint: Arc<Endpoint>,
+    cached: Option<Cached>,
+}
+
+/// Future returned by [`Reader::ready`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Ready<'a> {
+    endpoint: &'a Endpoint,
+}
+
+impl Future for Ready<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.endpoint.lock();
+        if state.ready() {
+            Poll::Ready(())
+        } else {
+            state.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+impl Reader {
+    pub(crate) fn attach(shared: Arc<Shared>, endpoint: Arc<Endpoint>) -> Result<Self, StoreError> {
+        {
+            let mut state = endpoint.lock();
+            if state.removed {
+                return Err(StoreError::EndpointRemoved(endpoint.name.clone()));
+            }
+            if state.reader_attached {
+                return Err(StoreError::ReaderBusy(endpoint.name.clone()));
+            }
+            state.reader_attached = true;
+        }
+        Ok(Self {
+            shared,
+            endpoint,
+            cached: None,
+        })
+    }
+
+    /// The endpoint's id.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    /// Completes when there is something to read, or the endpoint was removed, or the store
+    /// closed (then [`read`](Reader::read) says so). Runtime-agnostic.
+    pub fn ready(&self) -> Ready<'_> {
+        Ready {
+            endpoint: &self.endpoint,
+        }
+    }
+
+    /// Blocks until there is something to read (or removal or close), at most `timeout`;
+    /// returns whether it is ready.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.endpoint.wait_ready(timeout).ready()
+    }
+
+    /// The next entries, at most `max_entries` and about `max_bytes` of payload (at least one
+    /// entry if any is waiting), highest priority first and in enqueue order within a
+    /// priority. Expired entries are skipped, never returned. Empty if nothing is waiting.
+    ///
+    /// # Errors
+    ///
+    /// `EndpointRemoved`, `Closed`, or a storage failure.
+    pub fn read(&mut self, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
+        let now_ms = self.shared.config.clock.now_ms();
+        let endpoint = Arc::clone(&self.endpoint);
+        let mut state = endpoint.lock();
+        if state.removed {
+            return Err(StoreError::EndpointRemoved(endpoint.name.clone()));
+        }
+        if state.closed {
+            return Err(StoreError::Closed);
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut expired = Dropped::default();
+        let mut moved = false;
+        'queues: for (&priority, q) in &mut state.queues {
+            loop {
+                if out.len() >= max_entries || (bytes >= max_bytes && !out.is_empty()) {
+                    break 'queues;
+                }
+                let Some(seg) = q.unread_seg() else { break };
+                let (epoch, segno, seg_last) = (seg.epoch.id, seg.segno, seg.last_seq);
+                moved = true;
+                let segment = match self.load(epoch, segno) {
+                    Ok(segment) => segment,
+                    Err(reason) => {
+                        tracing::error!(endpoint = %endpoint.name, epoch, segno, %reason, "segment unreadable; its entries are dropped");
+                        let lost = q.drop_unreadable(seg_last);
+                        Counters::add(&self.shared.counters.lost, lost.count);
+                        continue;
+                    }
+                };
+                let mut finished = true;
+                for record in segment.records_after(q.cursor()) {
+                    if record.seq > seg_last {
+                        break;
+                    }
+                    let Some(target) = segment.target(record, endpoint.num, priority) else {
+                        continue;
+                    };
+                    if out.len() >= max_entries || (bytes >= max_bytes && !out.is_empty()) {
+                        finished = false;
+                        break;
+                    }
+                    let payload = segment.payload(record);
+                    let len = payload.len() as u64;
+                    if target.expiry_ms <= now_ms {
+                        expired += q.pass_expired(record.seq, seg_last, len);
+                        continue;
+                    }
+                    q.pass_delivered(record.seq, seg_last, len);
+                    bytes += payload.len();
+                    out.push(Entry {
+                        id: EntryId {
+                            priority,
+                            seq: record.seq,
+                        },
+                        payload,
+                        enqueued_at_ms: record.enqueued_ms,
+                        expires_at_ms: (target.expiry_ms != NEVER).then_some(target.expiry_ms),
+                    });
+                }
+                if finished {
+                    q.pass_segment(seg_last);
+                }
+            }
+        }
+        if moved {
+            state.checkpoints_dirty = true;
+        }
+        drop(state);
+        Counters::add(&self.shared.counters.expired, expired.count);
+        Ok(out)
+    }
+
+    /// Waits up to `timeout` for entries, then reads as [`read`](Reader::read) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Reader::read).
+    pub fn read_timeout(
+        &mut self,
+        max_entries: usize,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let batch = self.read(max_entries, max_bytes)?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // A batch can come back empty when everything waiting had expired: wait again.
+            if !batch.is_empty() || left.is_zero() {
+                return Ok(batch);
+            }
+            self.wait(left);
+        }
+    }
+
+    /// Acknowledges a delivered entry **and every entry before it in the same priority
+    /// queue**: they will not be handed out again. Acknowledging an entry twice, or one that
+    /// was dropped meanwhile (expired while in flight), is a no-op. The checkpoint reaches the
+    /// disk within `checkpoint_interval`; a crash before that redelivers (at-least-once).
+    ///
+    /// # Errors
+    ///
+    /// [`AckError::NotDelivered`] if this reader did not hand the entry out (since the last
+    /// rewind).
+    pub fn ack(&mut self, id: EntryId) -> Result<(), AckError> {
+        let not_delivered = AckError::NotDelivered {
+            priority: id.priority,
+            seq: id.seq,
+        };
+        let mut state = self.endpoint.lock();
+        if state.removed {
+            return Ok(());
+        }
+        let q = state
+            .queues
+            .get_mut(&id.priority)
+            .ok_or(not_delivered.clone())?;
+        let expired = q.ack(id.seq).map_err(|_| not_delivered)?;
+        state.checkpoints_dirty = true;
+        drop(state);
+        Counters::add(&self.shared.counters.expired, expired.count);
+        Ok(())
+    }
+
+    /// Hands out again, from the oldest, every entry read but not acknowledged (e.g. after a
+    /// failed delivery that must be retried in order).
+    pub fn rewind(&mut self) {
+        let mut state = self.endpoint.lock();
+        for q in state.queues.values_mut() {
+            q.rewind();
+        }
+    }
+
+    fn load(&mut self, epoch: u64, segno: u64) -> Result<Arc<Segment>, String> {
+        if let Some(c) = &self.cached
+            && c.epoch == epoch
+            && c.segno == segno
+        {
+            return Ok(Arc::clone(&c.segment));
+        }
+        let db = self.shared.epochs.get(epoch).ok_or("epoch not open")?;
+        let data = db
+            .read(segno)
+            .map_err(|e| e.to_string())?
+            .ok_or("segment missing")?;
+        let segment = Arc::new(Segment::decode(data).map_err(|e| e.to_string())?);
+        self.cached = Some(Cached {
+            epoch,
+            segno,
+            segment: Arc::clone(&segment),
+        });
+        Ok(segment)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut state = self.endpoint.lock();
+        state.reader_attached = false;
+        state.waker = None;
+        for q in state.queues.values_mut() {
+            q.rewind();
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Statistics: per endpoint (from the queues) and for the store (counters kept by the writer,
+//! the readers and the cleaner).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Backlog of one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointStats {
+    /// Entries not yet acknowledged, expired or dropped.
+    pub count: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Age of the oldest such entry (to the precision of a group commit).
+    pub oldest_age: Option<Duration>,
+}
+
+/// Totals for the whole store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Allocated size of the store's directory, as last measured by the cleaner.
+    pub disk_bytes: u64,
+    /// Epoch databases on disk.
+    pub epochs: u64,
+    /// Messages made durable since open.
+    pub enqueued: u64,
+    /// Entries dropped because their TTL ran out, since open.
+    pub expired: u64,
+    /// Enqueues refused by the quota (`reject` policy), since open.
+    pub rejected: u64,
+    /// Entries dropped by the quota (`drop_oldest` policy), since open.
+    pub evicted: u64,
+    /// Entries dropped because their segment could not be read, since open.
+    pub lost: u64,
+    /// Databases moved aside because they could not be opened (at this open).
+    pub quarantined: u64,
+    /// Whether the quota is exhausted right now.
+    pub over_quota: bool,
+}
+
+/// Monotonic counters shared by the store's threads.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub disk_bytes: AtomicU64,
+    pub epochs: AtomicU64,
+    pub enqueued: AtomicU64,
+    pub expired: AtomicU64,
+    pub rejected: AtomicU64,
+    pub evicted: AtomicU64,
+    pub quarantined: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self, over_quota: bool) -> StoreStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StoreStats {
+            disk_bytes: get(&self.disk_bytes),
+            epochs: get(&self.epochs),
+            enqueued: get(&self.enqueued),
+            expired: get(&self.expired),
+            rejected: get(&self.rejected),
+            evicted: get(&self.evicted),
+            quarantined: get(&self.quarantined),
+            lost: get(&self.lost),
+            over_quota,
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The store handle: opening, enqueueing, endpoints, readers, statistics, closing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::config::{QuotaPolicy, StoreConfig};
+use crate::endpoint::Endpoint;
+use crate::entry::Target;
+use crate::epoch::{EpochTable, Layout};
+use crate::error::{EnqueueError, OpenError, StoreError};
+use crate::reader::Reader;
+use crate::recovery::{RecoveryReport, recover};
+use crate::stats::{Counters, EndpointStats, StoreStats};
+use crate::ticket::{Ticket, ticket};
+use crate::writer::{Command, Destination, Enqueue, Writer};
+
+/// State shared by the handle, the readers and the store's threads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: StoreConfig,
+    pub endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
+    pub epochs: EpochTable,
+    pub counters: Counters,
+    pub over_quota: AtomicBool,
+}
+
+/// A durable store of per-endpoint message queues. See the [crate documentation](crate).
+///
+/// `Store` is `Send + Sync`: share it behind an `Arc`. Dropping it (or [`close`](Store::close))
+/// flushes and stops the store's threads.
+#[derive(Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    inbox: Option<Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    report: RecoveryReport,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.dir` and starts its writer thread.
+    ///
+    /// Databases that cannot be opened are moved aside under `quarantine/`, logged at ERROR and
+    /// listed in [`recovery_report`](Store::recovery_report); the store then starts without them.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`] if the configuration is invalid or the directories cannot be created.
+    pub fn open(config: StoreConfig) -> Result<Self, OpenError> {
+        config.validate()?;
+        let layout = Layout::new(&config.dir);
+        let epochs = EpochTable::default();
+        let recovered = recover(
+            &layout,
+            config.epoch_cache_bytes,
+            &epochs,
+            config.clock.now_ms(),
+        )?;
+        let report = recovered.report.clone();
+        let counters = Counters::default();
+        Counters::add(&counters.quarantined, report.quarantined.len() as u64);
+        let (inbox, commands) = crossbeam_channel::bounded(config.inbox_capacity);
+        let shared = Arc::new(Shared {
+            config,
+            endpoints: RwLock::default(),
+            epochs,
+            counters,
+            over_quota: AtomicBool::new(false),
+        });
+        let writer = Writer::new(Arc::clone(&shared), layout.clone(), commands, recovered)?;
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| OpenError::Io {
+                path: shared.config.dir.clone(),
+                source,
+            })?;
+        tracing::info!(
+            dir = %shared.config.dir.display(),
+            entries = report.entries,
+            epochs = report.epochs,
+            quarantined = report.quarantined.len(),
+            "store opened"
+        );
+        Ok(Self {
+            shared,
+            inbox: Some(inbox),
+            writer: Some(handle),
+            report,
+        })
+    }
+
+    /// What was found (and moved aside) when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    fn inbox(&self) -> Result<&Sender<Command>, StoreError> {
+        self.inbox.as_ref().ok_or(StoreError::Closed)
+    }
+
+    fn request<T>(
+        &self,
+        make: impl FnOnce(Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.inbox()?
+            .send(make(reply))
+            .map_err(|_| StoreError::Closed)?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Adds an endpoint (no-op if it exists). Blocks for a small synchronous write: call it
+    /// from a blocking context (e.g. `spawn_blocking`) in async code.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] if the endpoint could not be recorded; `Closed` after close.
+    pub fn add_endpoint(&self, id: &str) -> Result<(), StoreError> {
+        let name = id.to_owned();
+        self.request(|reply| Command::AddEndpoint { name, reply })
+    }
+
+    /// Removes an endpoint, drops its entries and lets their space be reclaimed; returns
+    /// whether it existed. An attached reader gets [`StoreError::EndpointRemoved`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] if the removal could not be recorded; `Closed` after close.
+    pub fn remove_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let name = id.to_owned();
+        self.request(|reply| Command::RemoveEndpoint { name, reply })
+    }
+
+    /// Ids of the endpoints.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.endpoint_map().keys().cloned().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn endpoint_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Endpoint>>> {
+        self.shared
+            .endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn prepare(
+        &self,
+        payload: Bytes,
+        targets: &[Target<'_>],
+    ) -> Result<(Enqueue, Ticket), EnqueueError> {
+        if targets.is_empty() {
+            return Err(EnqueueError::NoTargets);
+        }
+        if self.shared.over_quota.load(Ordering::Relaxed)
+            && self.shared.config.quota.policy == QuotaPolicy::Reject
+        {
+            Counters::add(&self.shared.counters.rejected, 1);
+            return Err(EnqueueError::QuotaExceeded);
+        }
+        let now_ms = self.shared.config.clock.now_ms();
+        // Decision D6: one copy per endpoint, highest priority and longest TTL.
+        let mut merged: Vec<Target<'_>> = Vec::with_capacity(targets.len());
+        for t in targets {
+            match merged.iter_mut().find(|m| m.endpoint == t.endpoint) {
+                Some(m) => {
+                    m.priority = m.priority.min(t.priority);
+                    m.ttl = m.ttl.max(t.ttl);
+                }
+                None => merged.push(*t),
+            }
+        }
+        let map = self.endpoint_map();
+        let destinations = merged
+            .iter()
+            .map(|t| {
+                let endpoint = map
+                    .get(t.endpoint)
+                    .ok_or_else(|| EnqueueError::UnknownEndpoint(t.endpoint.to_owned()))?;
+                Ok(Destination {
+                    endpoint: Arc::clone(endpoint),
+                    priority: t.priority,
+                    expiry_ms: t.ttl.deadline(now_ms),
+                })
+            })
+            .collect::<Result<Vec<_>, EnqueueError>>()?;
+        drop(map);
+        let (ticket, completer) = ticket();
+        let enqueue = Enqueue {
+            payload,
+            enqueued_ms: now_ms,
+            destinations,
+            completer,
+        };
+        Ok((enqueue, ticket))
+    }
+
+    /// Hands a message to the writer for every target; the returned [`Ticket`] completes when
+    /// the message is durable (see [`Durability`](crate::Durability)). The message's bytes are
+    /// stored once, whatever the number of targets; targets naming the same endpoint are merged
+    /// (highest priority, longest TTL). Blocks only while the writer's inbox is full.
+    ///
+    /// # Errors
+    ///
+    /// Refusals known at once: [`EnqueueError::QuotaExceeded`] (`reject` policy),
+    /// `UnknownEndpoint`, `NoTargets`, `Closed`. Failures to store come through the ticket.
+    pub fn enqueue(&self, payload: Bytes, targets: &[Target<'_>]) -> Result<Ticket, EnqueueError> {
+        let (enqueue, ticket) = self.prepare(payload, targets)?;
+        let inbox = self.inbox.as_ref().ok_or(EnqueueError::Closed)?;
+        inbox
+            .send(Command::Enqueue(enqueue))
+            .map_err(|_| EnqueueError::Closed)?;
+        Ok(ticket)
+    }
+
+    /// Like [`enqueue`](Store::enqueue) but never blocks: fails with [`EnqueueError::Busy`]
+    /// when the writer's inbox is full (for async callers that prefer to back off).
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`](Store::enqueue), plus `Busy`.
+    pub fn try_enqueue(
+        &self,
+        payload: Bytes,
+        targets: &[Target<'_>],
+    ) -> Result<Ticket, EnqueueError> {
+        let (enqueue, ticket) = self.prepare(payload, targets)?;
+        let inbox = self.inbox.as_ref().ok_or(EnqueueError::Closed)?;
+        match inbox.try_send(Command::Enqueue(enqueue)) {
+            Ok(()) => Ok(ticket),
+            Err(TrySendError::Full(_)) => Err(EnqueueError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(EnqueueError::Closed),
+        }
+    }
+
+    /// Enqueues and blocks until the message is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`](Store::enqueue), plus storage failures.
+    pub fn enqueue_durable(
+        &self,
+        payload: Bytes,
+        targets: &[Target<'_>],
+    ) -> Result<(), EnqueueError> {
+        self.enqueue(payload, targets)?.wait()
+    }
+
+    /// The reader of endpoint `id`. One reader per endpoint at a time; when it is dropped,
+    /// entries it handed out but that were not acknowledged are handed out again.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownEndpoint`, `ReaderBusy`, or `Closed`.
+    pub fn reader(&self, id: &str) -> Result<Reader, StoreError> {
+        if self.inbox.is_none() {
+            return Err(StoreError::Closed);
+        }
+        let endpoint = self
+            .endpoint_map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownEndpoint(id.to_owned()))?;
+        Reader::attach(Arc::clone(&self.shared), endpoint)
+    }
+
+    /// Backlog of endpoint `id`, or `None` if there is no such endpoint.
+    pub fn endpoint_stats(&self, id: &str) -> Option<EndpointStats> {
+        let endpoint = self.endpoint_map().get(id).cloned()?;
+        Some(endpoint.stats(self.shared.config.clock.now_ms()))
+    }
+
+    /// Totals for the store; `disk_bytes` is as of the last cleaner run.
+    pub fn stats(&self) -> StoreStats {
+        self.shared
+            .counters
+            .snapshot(self.shared.over_quota.load(Ordering::Relaxed))
+    }
+
+    /// Blocks until everything enqueued before is durable and acknowledged entries are
+    /// checkpointed on disk.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures, or `Closed`.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.request(|reply| Command::Flush { reply })
+    }
+
+    /// Flushes and stops the store. Readers still attached get [`StoreError::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// If the writer thread panicked.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), StoreError> {
+        self.inbox = None;
+        match self.writer.take() {
+            Some(handle) => handle.join().map_err(|_| StoreError::Closed),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.stop().is_err() {
+            tracing::error!("store writer thread panicked");
+        }
+    }
+}

@@ -1,0 +1,696 @@
+//! The writer thread: the single owner of the write side of the store.
+//!
+//! Each turn it blocks for the first command, drains up to `max_commit_messages` more without
+//! blocking, packs the messages into segments and writes them in one sled batch (group
+//! commit). In `sync` mode the syncer thread then fsyncs and acknowledges; in `periodic` mode
+//! the writer acknowledges at once and flushes on a timer. Between turns it saves checkpoints,
+//! runs the cleaner (expiry, epoch deletion, quota) and rotates epochs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::backend::{EpochDb, MetaDb, SegmentWrite};
+use crate::config::{Durability, QuotaPolicy};
+use crate::endpoint::Endpoint;
+use crate::epoch::{EpochToken, Layout};
+use crate::error::{EnqueueError, StoreError};
+use crate::queue::{Dropped, SegRef};
+use crate::quota;
+use crate::recovery::Recovered;
+use crate::segment::{RecordTarget, SegmentBuilder, Summary};
+use crate::stats::Counters;
+use crate::store::Shared;
+use crate::syncer::{self, Publication, SyncJob};
+use crate::ticket::Completer;
+
+/// Sequence numbers reserved in the meta database at a time, so that a crash can never make
+/// the store reuse a number that a persisted checkpoint already covers.
+const SEQ_RESERVATION: u64 = 1 << 20;
+
+/// Most epochs evicted or deleted per cleaner run.
+const EPOCHS_PER_CLEANUP: usize = 8;
+
+/// A resolved destination of a message.
+#[derive(Debug)]
+pub(crate) struct Destination {
+    pub endpoint: Arc<Endpoint>,
+    pub priority: u32,
+    pub expiry_ms: u64,
+}
+
+/// A message on its way to the writer.
+#[derive(Debug)]
+pub(crate) struct Enqueue {
+    pub payload: Bytes,
+    pub enqueued_ms: u64,
+    pub destinations: Vec<Destination>,
+    pub completer: Completer,
+}
+
+/// What the store handle asks of the writer.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Enqueue(Enqueue),
+    AddEndpoint {
+        name: String,
+        reply: Sender<Result<(), StoreError>>,
+    },
+    RemoveEndpoint {
+        name: String,
+        reply: Sender<Result<bool, StoreError>>,
+    },
+    /// Reply once everything before is durable and checkpoints are saved.
+    Flush {
+        reply: Sender<Result<(), StoreError>>,
+    },
+}
+
+/// The epoch being written.
+#[derive(Debug)]
+struct Current {
+    id: u64,
+    db: EpochDb,
+    next_segno: u64,
+    written: u64,
+}
+
+/// State owned by the writer thread.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    layout: Layout,
+    inbox: Receiver<Command>,
+    meta: MetaDb,
+    /// Epochs on disk, oldest first; the last is `current`.
+    epochs: VecDeque<Arc<EpochToken>>,
+    current: Current,
+    next_seq: u64,
+    seq_reserved: u64,
+    next_endpoint: u32,
+    syncer: Option<(Sender<SyncJob>, JoinHandle<()>)>,
+    builder: SegmentBuilder,
+    targets: Vec<RecordTarget>,
+    unflushed: bool,
+    last_flush: Instant,
+    next_checkpoint: Instant,
+    next_cleanup: Instant,
+    /// Disk usage at the last measurement plus what was written since.
+    disk_estimate: u64,
+}
+
+impl Writer {
+    /// Opens the first epoch of this run and reserves sequence numbers.
+    pub fn new(
+        shared: Arc<Shared>,
+        layout: Layout,
+        inbox: Receiver<Command>,
+        recovered: Recovered,
+    ) -> Result<Self, crate::error::OpenError> {
+        let Recovered {
+            meta,
+            endpoints,
+            mut epochs,
+            next_seq,
+            next_endpoint,
+            next_epoch,
+            report: _,
+        } = recovered;
+        *shared
+            .endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = endpoints;
+        let config = &shared.config;
+        let dir = layout.epoch_dir(next_epoch);
+        let db = EpochDb::open(&dir, config.epoch_cache_bytes).map_err(|e| {
+            crate::error::OpenError::Create {
+                path: dir.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        shared.epochs.insert(next_epoch, db.clone());
+        epochs.push_back(Arc::new(EpochToken { id: next_epoch }));
+        let seq_reserved = next_seq + SEQ_RESERVATION;
+        meta.reserve_seq(seq_reserved)
+            .map_err(|e| crate::error::OpenError::Create {
+                path: layout.meta.clone(),
+                reason: e.to_string(),
+            })?;
+        let syncer = match config.durability {
+            Durability::Sync => {
+                let (tx, rx) = crossbeam_channel::bounded(1024);
+                let handle = std::thread::Builder::new()
+                    .name("store-syncer".into())
+                    .spawn(move || syncer::run(&rx))
+                    .map_err(|source| crate::error::OpenError::Io {
+                        path: layout.epoch_dir(next_epoch),
+                        source,
+                    })?;
+                Some((tx, handle))
+            }
+            Durability::Periodic { .. } => None,
+        };
+        let now = Instant::now();
+        let mut writer = Self {
+            shared,
+            layout,
+            inbox,
+            meta,
+            epochs,
+            current: Current {
+                id: next_epoch,
+                db,
+                next_segno: 0,
+                written: 0,
+            },
+            next_seq,
+            seq_reserved,
+            next_endpoint,
+            syncer,
+            builder: SegmentBuilder::default(),
+            targets: Vec::new(),
+            unflushed: false,
+            last_flush: now,
+            next_checkpoint: now,
+            next_cleanup: now,
+            disk_estimate: 0,
+        };
+        writer.cleanup();
+        Ok(writer)
+    }
+
+    /// The thread's body: runs until every store handle is gone.
+    pub fn run(mut self) {
+        let mut batch = Vec::new();
+        loop {
+            let timeout = self
+                .next_deadline()
+                .saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(timeout) {
+                Ok(command) => {
+                    self.handle(command, &mut batch);
+                    while batch.len() < self.shared.config.max_commit_messages {
+                        let Ok(command) = self.inbox.try_recv() else {
+                            break;
+                        };
+                        self.handle(command, &mut batch);
+                    }
+                    self.commit(&mut batch);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.timers();
+        }
+        self.shutdown();
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut deadline = self.next_checkpoint.min(self.next_cleanup);
+        if let Durability::Periodic { interval } = self.shared.config.durability
+            && self.unflushed
+        {
+            deadline = deadline.min(self.last_flush + interval);
+        }
+        deadline
+    }
+
+    fn handle(&mut self, command: Command, batch: &mut Vec<Enqueue>) {
+        match command {
+            Command::Enqueue(e) => batch.push(e),
+            Command::AddEndpoint { name, reply } => {
+                self.commit(batch);
+                let _ = reply.send(self.add_endpoint(name));
+            }
+            Command::RemoveEndpoint { name, reply } => {
+                self.commit(batch);
+                let _ = reply.send(self.remove_endpoint(&name));
+            }
+            Command::Flush { reply } => {
+                self.commit(batch);
+                let _ = reply.send(self.flush_all());
+            }
+        }
+    }
+
+    /// Writes the batch as segments in one sled batch, then acknowledges per durability mode.
+    fn commit(&mut self, batch: &mut Vec<Enqueue>) {
+        if batch.is_empty() {
+            return;
+        }
+        let needed = self.next_seq + batch.len() as u64;
+        if needed > self.seq_reserved {
+            let upto = needed + SEQ_RESERVATION;
+            if let Err(e) = self.meta.reserve_seq(upto) {
+                tracing::error!(error = %e, "cannot reserve sequence numbers; enqueues fail");
+                for e2 in batch.drain(..) {
+                    e2.completer.complete(Err(EnqueueError::Backend(e.clone())));
+                }
+                return;
+            }
+            self.seq_reserved = upto;
+        }
+
+        let segment_bytes = self.shared.config.segment_bytes;
+        let mut sealed: Vec<(u64, Vec<u8>, Summary)> = Vec::new();
+        let mut endpoints: HashMap<u32, Arc<Endpoint>> = HashMap::new();
+        let mut completers = Vec::with_capacity(batch.len());
+        for e in batch.drain(..) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.targets.clear();
+            for d in &e.destinations {
+                self.targets.push(RecordTarget {
+                    endpoint: d.endpoint.num,
+                    priority: d.priority,
+                    expiry_ms: d.expiry_ms,
+                });
+            }
+            for d in e.destinations {
+                endpoints.entry(d.endpoint.num).or_insert(d.endpoint);
+            }
+            self.builder
+                .push(seq, e.enqueued_ms, &self.targets, &e.payload);
+            completers.push(e.completer);
+            if self.builder.len() >= segment_bytes {
+                sealed.push(self.seal());
+            }
+        }
+        if !self.builder.is_empty() {
+            sealed.push(self.seal());
+        }
+
+        let writes: Vec<SegmentWrite<'_>> = sealed
+            .iter()
+            .map(|(segno, data, summary)| SegmentWrite {
+                segno: *segno,
+                data,
+                summary: summary.encode(),
+            })
+            .collect();
+        let written: u64 = sealed.iter().map(|(_, data, _)| data.len() as u64).sum();
+        if let Err(e) = self.current.db.write(&writes) {
+            tracing::error!(error = %e, "segment write failed; enqueues fail");
+            for c in completers {
+                c.complete(Err(EnqueueError::Backend(e.clone())));
+            }
+            return;
+        }
+        drop(writes);
+        self.current.written += written;
+        self.disk_estimate += written;
+        self.unflushed = true;
+        Counters::add(&self.shared.counters.enqueued, completers.len() as u64);
+        self.update_quota_flag();
+
+        let publications = self.publications(&sealed, &endpoints);
+        match &self.syncer {
+            Some((jobs, _)) => {
+                let job = SyncJob {
+                    epoch: self.current.id,
+                    db: self.current.db.clone(),
+                    publications,
+                    completers,
+                    done: None,
+                };
+                if let Err(e) = jobs.send(job) {
+                    tracing::error!("syncer thread is gone; enqueues fail");
+                    drop(e);
+                }
+            }
+            None => {
+                syncer::publish(publications);
+                for c in completers {
+                    c.complete(Ok(()));
+                }
+            }
+        }
+        if self.current.written >= self.shared.config.epoch_bytes {
+            self.rotate();
+        }
+    }
+
+    fn seal(&mut self) -> (u64, Vec<u8>, Summary) {
+        let segno = self.current.next_segno;
+        self.current.next_segno += 1;
+        let (data, summary) = self.builder.take();
+        (segno, data, summary)
+    }
+
+    fn publications(
+        &self,
+        sealed: &[(u64, Vec<u8>, Summary)],
+        endpoints: &HashMap<u32, Arc<Endpoint>>,
+    ) -> Vec<Publication> {
+        let token = self
+            .epochs
+            .back()
+            .expect("the current epoch is always in the list");
+        let mut by_endpoint: HashMap<u32, Vec<(u32, SegRef)>> = HashMap::new();
+        for (segno, _, summary) in sealed {
+            for g in &summary.groups {
+                by_endpoint.entry(g.endpoint).or_default().push((
+                    g.priority,
+                    SegRef {
+                        epoch: Arc::clone(token),
+                        segno: *segno,
+                        first_seq: g.first_seq,
+                        last_seq: g.last_seq,
+                        enqueued_ms: summary.enqueued_ms,
+                        max_expiry_ms: g.max_expiry_ms,
+                        count: g.count,
+                        bytes: g.bytes,
+                    },
+                ));
+            }
+        }
+        by_endpoint
+            .into_iter()
+            .filter_map(|(num, segs)| endpoints.get(&num).map(|e| (Arc::clone(e), segs)))
+            .collect()
+    }
+
+    /// Closes the current epoch and starts the next one.
+    fn rotate(&mut self) {
+        if let Err(e) = self.current.db.flush() {
+            tracing::error!(error = %e, epoch = self.current.id, "flush before rotation failed");
+            return;
+        }
+        let id = self.current.id + 1;
+        let dir = self.layout.epoch_dir(id);
+        let db = match EpochDb::open(&dir, self.shared.config.epoch_cache_bytes) {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::error!(error = %e, path = %dir.display(), "cannot open a new epoch; still writing the old one");
+                return;
+            }
+        };
+        tracing::debug!(epoch = id, "epoch rotated");
+        self.shared.epochs.insert(id, db.clone());
+        self.epochs.push_back(Arc::new(EpochToken { id }));
+        self.current = Current {
+            id,
+            db,
+            next_segno: 0,
+            written: 0,
+        };
+        self.unflushed = false;
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        if let Durability::Periodic { interval } = self.shared.config.durability
+            && self.unflushed
+            && now >= self.last_flush + interval
+        {
+            if let Err(e) = self.current.db.flush() {
+                tracing::error!(error = %e, "periodic flush failed");
+            }
+            self.unflushed = false;
+            self.last_flush = now;
+        }
+        if now >= self.next_checkpoint {
+            self.save_checkpoints();
+            self.next_checkpoint = now + self.shared.config.checkpoint_interval;
+        }
+        if now >= self.next_cleanup {
+            self.cleanup();
+            self.next_cleanup = now + self.shared.config.cleanup_interval;
+        }
+    }
+
+    fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.shared
+            .endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn save_checkpoints(&mut self) {
+        let mut list = Vec::new();
+        for endpoint in self.endpoints() {
+            let mut state = endpoint.lock();
+            if state.checkpoints_dirty && !state.removed {
+                state.checkpoints_dirty = false;
+                list.extend(
+                    state
+                        .queues
+                        .iter()
+                        .map(|(p, q)| (endpoint.num, *p, q.checkpoint())),
+                );
+            }
+        }
+        if list.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .meta
+            .save_checkpoints(&list)
+            .and_then(|()| self.meta.flush())
+        {
+            tracing::error!(error = %e, "saving checkpoints failed; acknowledged entries may be delivered again after a restart");
+        }
+    }
+
+    /// Expiry, deletion of consumed epochs, quota: bounded work.
+    fn cleanup(&mut self) {
+        let now_ms = self.shared.config.clock.now_ms();
+        let mut budget = self.shared.config.cleanup_budget;
+        let mut expired = Dropped::default();
+        for endpoint in self.endpoints() {
+            let mut state = endpoint.lock();
+            let mut dropped = Dropped::default();
+            for q in state.queues.values_mut() {
+                dropped += q.expire(now_ms, &mut budget);
+            }
+            if dropped.count > 0 {
+                state.checkpoints_dirty = true;
+            }
+            expired += dropped;
+        }
+        Counters::add(&self.shared.counters.expired, expired.count);
+        if expired.count > 0 {
+            tracing::debug!(
+                count = expired.count,
+                bytes = expired.bytes,
+                "expired entries dropped"
+            );
+        }
+        self.delete_consumed_epochs();
+        self.enforce_quota();
+    }
+
+    fn delete_consumed_epochs(&mut self) {
+        let mut deleted = 0;
+        let mut i = 0;
+        while i + 1 < self.epochs.len() && deleted < EPOCHS_PER_CLEANUP {
+            if Arc::strong_count(&self.epochs[i]) > 1 {
+                i += 1;
+                continue;
+            }
+            let id = self.epochs[i].id;
+            // Remember the checkpoints that released it before its data goes.
+            self.save_checkpoints();
+            self.shared.epochs.remove(id);
+            match self.layout.delete_epoch(id) {
+                Ok(()) => tracing::debug!(epoch = id, "consumed epoch deleted"),
+                Err(e) => {
+                    tracing::warn!(epoch = id, error = %e, "cannot delete a consumed epoch; will be retried at next open");
+                }
+            }
+            self.epochs.remove(i);
+            deleted += 1;
+        }
+        self.shared
+            .counters
+            .epochs
+            .store(self.epochs.len() as u64, Ordering::Relaxed);
+    }
+
+    fn measure_disk(&mut self) -> Option<u64> {
+        let root = &self.shared.config.dir;
+        match quota::disk_usage(root) {
+            Ok(bytes) => {
+                self.disk_estimate = bytes;
+                self.shared
+                    .counters
+                    .disk_bytes
+                    .store(bytes, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot measure the store's size"),
+        }
+        quota::free_space(root).ok()
+    }
+
+    fn update_quota_flag(&self) {
+        let quota = &self.shared.config.quota;
+        if quota
+            .max_store_bytes
+            .is_some_and(|max| self.disk_estimate > max)
+        {
+            self.set_over_quota(true);
+        }
+    }
+
+    fn set_over_quota(&self, over: bool) {
+        let was = self.shared.over_quota.swap(over, Ordering::Relaxed);
+        if over && !was {
+            tracing::warn!(disk_bytes = self.disk_estimate, policy = ?self.shared.config.quota.policy, "store quota exhausted");
+        } else if was && !over {
+            tracing::info!(disk_bytes = self.disk_estimate, "store back under quota");
+        }
+    }
+
+    fn enforce_quota(&mut self) {
+        let quota = self.shared.config.quota;
+        let mut free = self.measure_disk();
+        let mut over = quota::exceeded(&quota, self.disk_estimate, free);
+        if over && quota.policy == QuotaPolicy::DropOldest {
+            for _ in 0..EPOCHS_PER_CLEANUP {
+                if !over {
+                    break;
+                }
+                self.evict_oldest_epoch();
+                free = self.measure_disk();
+                over = quota::exceeded(&quota, self.disk_estimate, free);
+            }
+        }
+        self.set_over_quota(over);
+    }
+
+    /// Drops every entry of the oldest epoch (rotating first if it is the one being written).
+    fn evict_oldest_epoch(&mut self) {
+        if self.epochs.len() == 1 {
+            self.rotate();
+        }
+        let Some(id) = self
+            .epochs
+            .front()
+            .map(|t| t.id)
+            .filter(|&id| id != self.current.id)
+        else {
+            return;
+        };
+        let mut evicted = Dropped::default();
+        for endpoint in self.endpoints() {
+            let mut state = endpoint.lock();
+            let mut dropped = Dropped::default();
+            for q in state.queues.values_mut() {
+                dropped += q.evict_epoch(id);
+            }
+            if dropped.count > 0 {
+                state.checkpoints_dirty = true;
+            }
+            evicted += dropped;
+        }
+        Counters::add(&self.shared.counters.evicted, evicted.count);
+        tracing::warn!(
+            epoch = id,
+            count = evicted.count,
+            bytes = evicted.bytes,
+            "quota: oldest entries dropped"
+        );
+        self.delete_consumed_epochs();
+    }
+
+    fn add_endpoint(&mut self, name: String) -> Result<(), StoreError> {
+        if self
+            .shared
+            .endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&name)
+        {
+            return Ok(());
+        }
+        let num = self.next_endpoint;
+        self.meta.add_endpoint(&name, num)?;
+        self.next_endpoint += 1;
+        let endpoint = Arc::new(Endpoint::new(name.clone(), num, Default::default()));
+        self.shared
+            .endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name, endpoint);
+        Ok(())
+    }
+
+    fn remove_endpoint(&mut self, name: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .shared
+            .endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        let Some(endpoint) = removed else {
+            return Ok(false);
+        };
+        let mut state = endpoint.lock();
+        state.removed = true;
+        let mut dropped = Dropped::default();
+        for q in state.queues.values_mut() {
+            dropped += q.clear();
+        }
+        state.queues.clear();
+        endpoint.wake(state);
+        tracing::info!(
+            endpoint = name,
+            count = dropped.count,
+            bytes = dropped.bytes,
+            "endpoint removed with its entries"
+        );
+        self.meta.remove_endpoint(name, endpoint.num)?;
+        Ok(true)
+    }
+
+    /// Makes everything written durable and saves checkpoints.
+    fn flush_all(&mut self) -> Result<(), StoreError> {
+        self.current.db.flush()?;
+        self.unflushed = false;
+        self.last_flush = Instant::now();
+        if let Some((jobs, _)) = &self.syncer {
+            // A barrier: the syncer handles jobs in order, so once this one is done, every
+            // earlier group is published and acknowledged.
+            let (done, wait) = crossbeam_channel::bounded(1);
+            let barrier = SyncJob {
+                epoch: self.current.id,
+                db: self.current.db.clone(),
+                publications: Vec::new(),
+                completers: Vec::new(),
+                done: Some(done),
+            };
+            if jobs.send(barrier).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+        self.save_checkpoints();
+        self.meta.flush()?;
+        Ok(())
+    }
+
+    fn shutdown(mut self) {
+        if let Err(e) = self.flush_all() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        if let Some((jobs, handle)) = self.syncer.take() {
+            drop(jobs);
+            if handle.join().is_err() {
+                tracing::error!("syncer thread panicked");
+            }
+        }
+        for endpoint in self.endpoints() {
+            let mut state = endpoint.lock();
+            state.closed = true;
+            endpoint.wake(state);
+        }
+        self.shared.epochs.clear();
+    }
+}

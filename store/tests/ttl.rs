@@ -1,0 +1,137 @@
+//! Time to live, with an injected clock.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{T0, config, drain, payloads};
+use store::{ManualClock, Store, Target, Ttl};
+
+fn ttl(secs: u64) -> Ttl {
+    Ttl::After(Duration::from_secs(secs))
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A store with endpoint `e` whose cleaner does not run during the test, so that only the
+/// reader meets expired entries.
+fn store_without_cleaner(dir: &std::path::Path, clock: &ManualClock) -> Store {
+    let mut cfg = config(dir, clock);
+    cfg.cleanup_interval = Duration::from_secs(3600);
+    let store = Store::open(cfg).expect("open");
+    store.add_endpoint("e").expect("add");
+    store
+}
+
+#[test]
+fn expired_entries_are_never_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let store = store_without_cleaner(dir.path(), &clock);
+    for (payload, secs) in [("short", 10), ("long", 100), ("short2", 10)] {
+        store
+            .enqueue_durable(Bytes::from(payload), &[Target::new("e", 0, ttl(secs))])
+            .expect("enqueue");
+    }
+    store
+        .enqueue_durable(
+            Bytes::from_static(b"forever"),
+            &[Target::new("e", 0, Ttl::Never)],
+        )
+        .expect("enqueue");
+    clock.advance(Duration::from_secs(10));
+    let mut reader = store.reader("e").expect("reader");
+    assert_eq!(drain(&mut reader), ["long", "forever"]);
+    assert_eq!(store.stats().expired, 2);
+    assert_eq!(store.endpoint_stats("e").map(|s| s.count), Some(0));
+}
+
+#[test]
+fn an_entry_that_expires_while_in_flight_is_settled_by_a_later_ack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let store = store_without_cleaner(dir.path(), &clock);
+    store
+        .enqueue_durable(Bytes::from_static(b"a"), &[Target::new("e", 0, Ttl::Never)])
+        .expect("enqueue");
+    store
+        .enqueue_durable(Bytes::from_static(b"b"), &[Target::new("e", 0, ttl(5))])
+        .expect("enqueue");
+    store
+        .enqueue_durable(Bytes::from_static(b"c"), &[Target::new("e", 0, Ttl::Never)])
+        .expect("enqueue");
+    let mut reader = store.reader("e").expect("reader");
+    let first = reader.read(1, usize::MAX).expect("read");
+    clock.advance(Duration::from_secs(6));
+    let rest = reader.read(10, usize::MAX).expect("read");
+    assert_eq!(payloads(&rest), ["c"]);
+    reader.rewind();
+    clock.advance(Duration::from_secs(1));
+    let again = reader.read(10, usize::MAX).expect("read");
+    assert_eq!(payloads(&again), ["a", "c"]);
+    reader.ack(again[1].id).expect("ack");
+    assert_eq!(first.len(), 1);
+    assert_eq!(store.endpoint_stats("e").map(|s| s.count), Some(0));
+    assert_eq!(store.stats().expired, 1, "counted once despite the rewind");
+}
+
+#[test]
+fn the_cleaner_drops_expired_entries_nobody_reads_and_frees_their_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let cfg = config(dir.path(), &clock).with_epoch_bytes(4 * 1024);
+    let store = Store::open(cfg).expect("open");
+    store.add_endpoint("offline").expect("add");
+    let payload = Bytes::from(vec![7u8; 1024]);
+    for _ in 0..32 {
+        store
+            .enqueue_durable(payload.clone(), &[Target::new("offline", 3, ttl(60))])
+            .expect("enqueue");
+    }
+    wait_until("epochs to rotate", || store.stats().epochs > 4);
+    let stats = store.endpoint_stats("offline").expect("endpoint");
+    assert_eq!((stats.count, stats.bytes), (32, 32 * 1024));
+
+    clock.advance(Duration::from_secs(61));
+    wait_until("the cleaner to expire everything", || {
+        store
+            .endpoint_stats("offline")
+            .is_some_and(|s| s.count == 0)
+    });
+    wait_until("consumed epochs to be deleted", || {
+        store.stats().epochs <= 1
+    });
+    assert_eq!(store.stats().expired, 32);
+}
+
+#[test]
+fn ttl_is_fixed_at_enqueue_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    {
+        let store = Store::open(config(dir.path(), &clock)).expect("open");
+        store.add_endpoint("e").expect("add");
+        store
+            .enqueue_durable(Bytes::from_static(b"x"), &[Target::new("e", 0, ttl(30))])
+            .expect("enqueue");
+        store
+            .enqueue_durable(Bytes::from_static(b"y"), &[Target::new("e", 0, ttl(90))])
+            .expect("enqueue");
+    }
+    clock.advance(Duration::from_secs(60));
+    let store = Store::open(config(dir.path(), &clock)).expect("reopen");
+    let mut reader = store.reader("e").expect("reader");
+    let batch = reader.read(10, usize::MAX).expect("read");
+    assert_eq!(payloads(&batch), ["y"]);
+    assert_eq!(batch[0].enqueued_at_ms, T0);
+    assert_eq!(batch[0].expires_at_ms, Some(T0 + 90_000));
+    let age = store.endpoint_stats("e").and_then(|s| s.oldest_age);
+    assert_eq!(age, Some(Duration::from_secs(60)));
+}
