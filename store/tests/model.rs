@@ -190,15 +190,7 @@ impl Harness {
                 };
                 let want = model.read(*max, now_ms);
                 let batch = self.reader(endpoint).read(*max, usize::MAX).expect("read");
-                let got: Vec<(u32, String)> = batch
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.id.priority,
-                            String::from_utf8_lossy(&e.payload).into_owned(),
-                        )
-                    })
-                    .collect();
+                let got = contents(&batch);
                 assert_eq!(got, want, "batch of {}", ENDPOINTS[endpoint]);
                 self.delivered[endpoint].extend(batch);
             }
@@ -261,9 +253,9 @@ impl Harness {
     /// Every entry still queued and not expired comes out, in order, and nothing else.
     fn check_drained(&mut self) {
         let now_ms = self.clock.now_ms();
-        for endpoint in 0..3 {
+        for (endpoint, name) in ENDPOINTS.iter().enumerate() {
             let Some(model) = self.model[endpoint].as_mut() else {
-                assert!(self.store().endpoint_stats(ENDPOINTS[endpoint]).is_none());
+                assert!(self.store().endpoint_stats(name).is_none());
                 continue;
             };
             model.rewind();
@@ -273,16 +265,8 @@ impl Harness {
             let reader = self.reader(endpoint);
             reader.rewind();
             let batch = reader.read(usize::MAX, usize::MAX).expect("read");
-            let got: Vec<(u32, String)> = batch
-                .iter()
-                .map(|e| {
-                    (
-                        e.id.priority,
-                        String::from_utf8_lossy(&e.payload).into_owned(),
-                    )
-                })
-                .collect();
-            assert_eq!(got, want, "final contents of {}", ENDPOINTS[endpoint]);
+            let got = contents(&batch);
+            assert_eq!(got, want, "final contents of {name}");
             let mut last_per_queue = BTreeMap::new();
             for e in &batch {
                 last_per_queue.insert(e.id.priority, e.id);
@@ -290,18 +274,23 @@ impl Harness {
             for id in last_per_queue.into_values() {
                 reader.ack(id).expect("ack");
             }
-            let stats = self
-                .store()
-                .endpoint_stats(ENDPOINTS[endpoint])
-                .expect("endpoint");
-            assert_eq!(
-                (stats.count, stats.bytes),
-                (0, 0),
-                "{} settled",
-                ENDPOINTS[endpoint]
-            );
+            let stats = self.store().endpoint_stats(name).expect("endpoint");
+            assert_eq!((stats.count, stats.bytes), (0, 0), "{name} settled");
         }
     }
+}
+
+/// (priority, payload) of each entry.
+fn contents(batch: &[Entry]) -> Vec<(u32, String)> {
+    batch
+        .iter()
+        .map(|e| {
+            (
+                e.id.priority,
+                String::from_utf8_lossy(&e.payload).into_owned(),
+            )
+        })
+        .collect()
 }
 
 fn ttl_deadline(ttl: Ttl, now_ms: u64) -> u64 {
