@@ -2,7 +2,8 @@
 //!
 //! Rules:
 //! - a database (meta or epoch) that cannot be opened, or whose summaries do not parse, is moved
-//!   to `quarantine/`, logged at ERROR and reported in [`RecoveryReport`]; never deleted;
+//!   to `quarantine/`, logged at ERROR and reported in [`RecoveryReport`]; never deleted; if the
+//!   meta database is lost, every epoch is moved aside too (it cannot be attributed);
 //! - an entry is live if its endpoint still exists and its sequence number is above the
 //!   checkpoint of its queue; expired entries are left to the cleaner and the readers;
 //! - sequence numbers continue above everything seen (segments, checkpoints, reservation).
@@ -135,11 +136,22 @@ pub(crate) fn recover(
             .insert(priority, Queue::with_checkpoint(seq));
     }
 
+    let meta_lost = !report.quarantined.is_empty();
     let mut epochs = VecDeque::new();
     let mut next_epoch = 1;
     for id in layout.epoch_ids()? {
         next_epoch = next_epoch.max(id + 1);
         let dir = layout.epoch_dir(id);
+        if meta_lost {
+            // Without the endpoint table the segments cannot be attributed (endpoint numbers
+            // would be reused): keep them aside rather than serve them to the wrong endpoint.
+            let reason =
+                "the meta database was unreadable; segments cannot be attributed".to_owned();
+            report
+                .quarantined
+                .push(layout.quarantine(&dir, reason, now_ms)?);
+            continue;
+        }
         let opened = EpochDb::open(&dir, cache_bytes)
             .map_err(|e| e.to_string())
             .and_then(|db| {
