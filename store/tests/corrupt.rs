@@ -29,15 +29,20 @@ fn epoch_dirs(root: &Path) -> Vec<std::path::PathBuf> {
     dirs
 }
 
-#[test]
-fn a_garbled_epoch_is_quarantined_and_the_rest_still_serves() {
+/// A closed store whose endpoint `e` holds one message.
+fn store_with_one_message() -> (tempfile::TempDir, ManualClock) {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
-    {
-        let store = Store::open(config(dir.path(), &clock)).expect("open");
-        store.add_endpoint("e").expect("add");
-        put(&store, "lost-with-its-epoch", &[to("e", 0)]);
-    }
+    let store = Store::open(config(dir.path(), &clock)).expect("open");
+    store.add_endpoint("e").expect("add");
+    put(&store, "before", &[to("e", 0)]);
+    store.close().expect("close");
+    (dir, clock)
+}
+
+#[test]
+fn a_garbled_epoch_is_quarantined_and_the_rest_still_serves() {
+    let (dir, clock) = store_with_one_message();
     let epochs = epoch_dirs(dir.path());
     assert_eq!(epochs.len(), 1);
     scribble(&epochs[0]);
@@ -59,13 +64,7 @@ fn a_garbled_epoch_is_quarantined_and_the_rest_still_serves() {
 
 #[test]
 fn a_garbled_meta_database_is_quarantined_and_the_store_starts_fresh() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    {
-        let store = Store::open(config(dir.path(), &clock)).expect("open");
-        store.add_endpoint("e").expect("add");
-        put(&store, "m", &[to("e", 0)]);
-    }
+    let (dir, clock) = store_with_one_message();
     scribble(&dir.path().join("meta"));
     let store = Store::open(config(dir.path(), &clock)).expect("opens despite the damage");
     let report = store.recovery_report();
