@@ -130,9 +130,9 @@ pub(crate) fn explain_failure(text: &str, pos: usize, token: &str, expected: &[S
         '=' if text[..pos].trim_end().ends_with('=') => {
             "'==' is not an operator; use '='".to_owned()
         }
-        _ if token.contains('[') || token.contains(']') || c == '[' || c == ']' => format!(
-            "'{token}': brackets are allowed only in body queries such as $body.a[0]"
-        ),
+        _ if token.contains('[') || token.contains(']') || c == '[' || c == ']' => {
+            format!("'{token}': brackets are allowed only in body queries such as $body.a[0]")
+        }
         _ => format!("unexpected '{token}'{}", expecting(expected)),
     }
 }

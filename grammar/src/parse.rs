@@ -29,10 +29,14 @@ pub const MAX_NESTING: usize = 64;
 pub fn parse_route(text: &str) -> Result<Route, SyntaxError> {
     let lines = LineIndex::new(text);
     check_limits(text, &lines)?;
-    let mut pairs = RouteParser::parse(Rule::route, text)
-        .map_err(|e| describe_pest_error(text, &lines, &e))?;
+    let mut pairs =
+        RouteParser::parse(Rule::route, text).map_err(|e| describe_pest_error(text, &lines, &e))?;
     let route = pairs.next().expect("the route rule yields one pair");
-    Builder { lines: &lines }.route(route)
+    Builder {
+        text,
+        lines: &lines,
+    }
+    .route(route)
 }
 
 /// Parses a condition on its own, as the reference compiles the text after `WHERE`.
@@ -47,7 +51,10 @@ pub fn parse_condition(text: &str) -> Result<Option<Expr>, SyntaxError> {
     let mut pairs = RouteParser::parse(Rule::condition_only, text)
         .map_err(|e| describe_pest_error(text, &lines, &e))?;
     let top = pairs.next().expect("the condition rule yields one pair");
-    let builder = Builder { lines: &lines };
+    let builder = Builder {
+        text,
+        lines: &lines,
+    };
     match top.into_inner().find(|p| p.as_rule() == Rule::expr) {
         Some(expr) => builder.expr(expr).map(Some),
         None => Ok(None),
@@ -57,7 +64,10 @@ pub fn parse_condition(text: &str) -> Result<Option<Expr>, SyntaxError> {
 fn check_limits(text: &str, lines: &LineIndex) -> Result<(), SyntaxError> {
     if text.len() > MAX_TEXT_LEN {
         return Err(SyntaxError::new(
-            format!("text is {} bytes long; at most {MAX_TEXT_LEN} are accepted", text.len()),
+            format!(
+                "text is {} bytes long; at most {MAX_TEXT_LEN} are accepted",
+                text.len()
+            ),
             lines.span(0, 0),
         ));
     }
@@ -87,6 +97,7 @@ fn check_limits(text: &str, lines: &LineIndex) -> Result<(), SyntaxError> {
 
 /// Turns pest pairs into the syntax tree.
 struct Builder<'t> {
+    text: &'t str,
     lines: &'t LineIndex,
 }
 
@@ -112,14 +123,14 @@ impl Builder<'_> {
             match pair.as_rule() {
                 Rule::source => source = Some(self.source(pair)),
                 Rule::condition => {
-                    let text = pair.as_str().to_owned();
                     let expr_pair = pair
                         .into_inner()
                         .find(|p| p.as_rule() == Rule::expr)
                         .expect("a condition holds an expression");
+                    let expr = self.expr(expr_pair)?;
                     condition = Some(Condition {
-                        text,
-                        expr: self.expr(expr_pair)?,
+                        text: self.text[expr.span.start..expr.span.end].to_owned(),
+                        expr,
                     });
                 }
                 Rule::sink => sink = Some(self.sink(pair)),
@@ -161,7 +172,11 @@ impl Builder<'_> {
             },
             _ => {
                 let mut parts = inner.into_inner().filter(|p| p.as_rule() != Rule::COMMENT);
-                let name = parts.next().expect("function sink name").as_str().to_owned();
+                let name = parts
+                    .next()
+                    .expect("function sink name")
+                    .as_str()
+                    .to_owned();
                 let string = parts.next().expect("function sink argument");
                 let address = string
                     .into_inner()
@@ -233,7 +248,10 @@ impl Builder<'_> {
         // check sees it.
         let mut prefixes = Vec::new();
         loop {
-            match items.next().expect("the grammar puts an operand after every operator") {
+            match items
+                .next()
+                .expect("the grammar puts an operand after every operator")
+            {
                 Item::Prefix(op, op_span) => {
                     prefixes.push((op, op_span));
                     if prefixes.len() > MAX_EXPR_DEPTH {
@@ -317,7 +335,16 @@ impl Builder<'_> {
                 };
                 return self.checked_depth(expr);
             }
-            Rule::expr => return self.expr(pair),
+            Rule::paren => {
+                let inner = pair
+                    .into_inner()
+                    .find(|p| p.as_rule() == Rule::expr)
+                    .expect("parentheses hold an expression");
+                let mut expr = self.expr(inner)?;
+                // The parenthesised expression spans its parentheses.
+                expr.span = span;
+                return Ok(expr);
+            }
             rule => unreachable!("not a primary: {rule:?}"),
         };
         Ok(Expr { kind, span })
@@ -394,7 +421,11 @@ impl LineIndex {
 }
 
 /// Explains where and why pest stopped, in the words of the spec's error table.
-fn describe_pest_error(text: &str, lines: &LineIndex, error: &pest::error::Error<Rule>) -> SyntaxError {
+fn describe_pest_error(
+    text: &str,
+    lines: &LineIndex,
+    error: &pest::error::Error<Rule>,
+) -> SyntaxError {
     let pos = match error.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((p, _)) => p,
@@ -410,7 +441,12 @@ fn describe_pest_error(text: &str, lines: &LineIndex, error: &pest::error::Error
     };
     let rest = &text[pos..];
     let token = lexical::token_text(rest);
-    let span = lines.span(pos, pos + token.len().max(rest.chars().next().map_or(0, char::len_utf8)));
+    let span = lines.span(
+        pos,
+        pos + token
+            .len()
+            .max(rest.chars().next().map_or(0, char::len_utf8)),
+    );
     let message = lexical::explain_failure(text, pos, token, &expected);
     SyntaxError {
         message,
@@ -435,16 +471,25 @@ fn rule_name(rule: Rule) -> Option<String> {
         Rule::sink | Rule::function_sink => "a sink ($upstream or BrokeredEndpoint(\"...\"))",
         Rule::source | Rule::slash => "'/'",
         Rule::segment => "a path segment",
-        Rule::expr | Rule::condition | Rule::call | Rule::braced_sys_prop => "an expression",
+        Rule::expr | Rule::condition | Rule::call | Rule::braced_sys_prop | Rule::paren => {
+            "an expression"
+        }
         Rule::lit_true | Rule::lit_false | Rule::lit_null | Rule::lit_undefined => "a literal",
         Rule::star => "'*'",
         Rule::EOI => "end of input",
-        Rule::op_eq | Rule::op_ne | Rule::op_ltgt | Rule::op_le | Rule::op_ge | Rule::op_lt | Rule::op_gt => {
-            "a comparison"
-        }
-        Rule::plus | Rule::minus | Rule::divide | Rule::percent | Rule::op_concat | Rule::op_coalesce => {
-            "an operator"
-        }
+        Rule::op_eq
+        | Rule::op_ne
+        | Rule::op_ltgt
+        | Rule::op_le
+        | Rule::op_ge
+        | Rule::op_lt
+        | Rule::op_gt => "a comparison",
+        Rule::plus
+        | Rule::minus
+        | Rule::divide
+        | Rule::percent
+        | Rule::op_concat
+        | Rule::op_coalesce => "an operator",
         Rule::neg => "'-'",
         _ => return None,
     };

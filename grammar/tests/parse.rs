@@ -164,7 +164,8 @@ fn routes_parse_in_every_form() {
         other => panic!("{other:?}"),
     }
 
-    let r = parse_route("  FROM /messages   WHERE a = 'b'   AND c = 'd'  INTO  $upstream  ").unwrap();
+    let r =
+        parse_route("  FROM /messages   WHERE a = 'b'   AND c = 'd'  INTO  $upstream  ").unwrap();
     assert_eq!(r.condition.unwrap().text, "a = 'b'   AND c = 'd'");
 
     let r = parse_route("FROM /messages/modules/ab* INTO $upstream").unwrap();

@@ -1,0 +1,333 @@
+//! The message as the router sees it: a body, application properties and system properties.
+
+use bytes::Bytes;
+
+/// A property map with case-insensitive keys and string values, in insertion order.
+///
+/// Property bags are small (a handful of entries), so a vector scanned with a length check
+/// first beats hashing; no lookup allocates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    entries: Vec<(String, String)>,
+    /// Whether some key starts with `$`: lets `$name` lookups skip the application properties.
+    has_dollar_key: bool,
+}
+
+impl Properties {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value`, replacing an entry whose key differs only in case.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        let key = key.into();
+        let value = value.into();
+        self.has_dollar_key |= key.starts_with('$');
+        match self.entries.iter_mut().find(|(k, _)| keys_equal(k, &key)) {
+            Some(entry) => *entry = (key, value),
+            None => self.entries.push((key, value)),
+        }
+    }
+
+    /// The value of `key`, compared ignoring case.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| keys_equal(k, key))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key` when `key` starts with `$`; cheap when no key does.
+    pub(crate) fn get_dollar(&self, key: &str) -> Option<&str> {
+        if self.has_dollar_key {
+            self.get(key)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the map holds `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The entries, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Properties {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut map = Self::new();
+        for (k, v) in iter {
+            map.insert(k, v);
+        }
+        map
+    }
+}
+
+/// Ordinal ignore-case equality of two keys: ASCII case folding, and simple per-character
+/// upper-casing beyond ASCII.
+pub(crate) fn keys_equal(a: &str, b: &str) -> bool {
+    if a.len() == b.len() && a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    if a.is_ascii() && b.is_ascii() {
+        return false;
+    }
+    let mut left = a.chars().map(simple_upper);
+    let mut right = b.chars().map(simple_upper);
+    loop {
+        match (left.next(), right.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+pub(crate) fn simple_upper(c: char) -> char {
+    let mut upper = c.to_uppercase();
+    match (upper.next(), upper.next()) {
+        (Some(u), None) => u,
+        _ => c,
+    }
+}
+
+/// System property keys as edgeHub stores them.
+pub mod system {
+    /// The sender's device id.
+    pub const CONNECTION_DEVICE_ID: &str = "connectionDeviceId";
+    /// The sender's module id, for module messages.
+    pub const CONNECTION_MODULE_ID: &str = "connectionModuleId";
+    /// The module output the message was sent on.
+    pub const OUTPUT_NAME: &str = "outputName";
+    /// The body's content type.
+    pub const CONTENT_TYPE: &str = "contentType";
+    /// The body's content encoding.
+    pub const CONTENT_ENCODING: &str = "contentEncoding";
+    /// `twinChangeNotification` for twin change notifications.
+    pub const MESSAGE_TYPE: &str = "messageType";
+}
+
+/// A message to route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The body bytes.
+    pub body: Bytes,
+    /// Application properties, set by the sender.
+    pub properties: Properties,
+    /// System properties: set by the SDK (content type, ids) and by the hub (sender identity).
+    pub system_properties: Properties,
+}
+
+/// Where a message comes from, as route sources see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageSource<'a> {
+    /// A twin change notification: `/twinChangeNotifications`.
+    TwinChangeNotification,
+    /// Telemetry of a device (or a module message without a module id): `/messages`.
+    Device,
+    /// A module message without an output name: `/messages/modules/{module}`.
+    Module {
+        /// The sending module.
+        module: &'a str,
+    },
+    /// A module output: `/messages/modules/{module}/outputs/{output}`.
+    ModuleOutput {
+        /// The sending module.
+        module: &'a str,
+        /// The output name.
+        output: &'a str,
+    },
+}
+
+impl Message {
+    /// The source of this message, from its system properties (spec 4.1).
+    pub fn source(&self) -> MessageSource<'_> {
+        let sys = &self.system_properties;
+        if sys
+            .get(system::MESSAGE_TYPE)
+            .is_some_and(|t| t.eq_ignore_ascii_case("twinChangeNotification"))
+        {
+            return MessageSource::TwinChangeNotification;
+        }
+        match (
+            sys.get(system::CONNECTION_MODULE_ID),
+            sys.get(system::OUTPUT_NAME),
+        ) {
+            (Some(module), Some(output)) => MessageSource::ModuleOutput { module, output },
+            (Some(module), None) => MessageSource::Module { module },
+            _ => MessageSource::Device,
+        }
+    }
+}
+
+impl Message {
+    /// Builds a message from its JSON description, as in the route test vectors and in the
+    /// files of `edgehub route test --message`:
+    /// `{"body": "...", "bodyEncodedAs": "utf-16le" | "utf-32le", "contentType": "...",
+    /// "contentEncoding": "...", "systemProperties": {...}, "properties": {...}}`. Every field
+    /// is optional; `contentType` and `contentEncoding` become system properties; a `null`
+    /// value means absent.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the field that has the wrong shape.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        use serde_json::Value;
+        let obj = value.as_object().ok_or("a message must be a JSON object")?;
+        let text_field = |name: &str| -> Result<Option<&str>, String> {
+            match obj.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(format!("'{name}' must be a string")),
+            }
+        };
+        let map_field = |name: &str| -> Result<Properties, String> {
+            match obj.get(name) {
+                None | Some(Value::Null) => Ok(Properties::new()),
+                Some(Value::Object(map)) => map
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| match v {
+                        Value::String(s) => Ok((k.clone(), s.clone())),
+                        _ => Err(format!("'{name}.{k}' must be a string")),
+                    })
+                    .collect(),
+                Some(_) => Err(format!("'{name}' must be an object of strings")),
+            }
+        };
+        let text = text_field("body")?.unwrap_or_default();
+        let body: Vec<u8> = match text_field("bodyEncodedAs")? {
+            None => text.as_bytes().to_vec(),
+            Some(e) if e.eq_ignore_ascii_case("utf-8") => text.as_bytes().to_vec(),
+            Some(e) if e.eq_ignore_ascii_case("utf-16le") => {
+                text.encode_utf16().flat_map(u16::to_le_bytes).collect()
+            }
+            Some(e) if e.eq_ignore_ascii_case("utf-32le") => text
+                .chars()
+                .flat_map(|c| u32::from(c).to_le_bytes())
+                .collect(),
+            Some(other) => {
+                return Err(format!(
+                    "'bodyEncodedAs' must be utf-8, utf-16le or utf-32le, not '{other}'"
+                ));
+            }
+        };
+        let mut system_properties = map_field("systemProperties")?;
+        if let Some(ct) = text_field("contentType")? {
+            system_properties.insert(system::CONTENT_TYPE, ct);
+        }
+        if let Some(ce) = text_field("contentEncoding")? {
+            system_properties.insert(system::CONTENT_ENCODING, ce);
+        }
+        Ok(Self {
+            body: body.into(),
+            properties: map_field("properties")?,
+            system_properties,
+        })
+    }
+}
+
+impl MessageSource<'_> {
+    /// The path segments of this source, e.g. `["messages", "modules", "m1"]`.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        let parts: [Option<&str>; 5] = match *self {
+            Self::TwinChangeNotification => {
+                [Some("twinChangeNotifications"), None, None, None, None]
+            }
+            Self::Device => [Some("messages"), None, None, None, None],
+            Self::Module { module } => {
+                [Some("messages"), Some("modules"), Some(module), None, None]
+            }
+            Self::ModuleOutput { module, output } => [
+                Some("messages"),
+                Some("modules"),
+                Some(module),
+                Some("outputs"),
+                Some(output),
+            ],
+        };
+        parts.into_iter().flatten()
+    }
+
+    /// The source as a path: `/messages/modules/m1/outputs/o1`.
+    pub fn path(&self) -> String {
+        self.segments().fold(String::new(), |mut path, s| {
+            path.push('/');
+            path.push_str(s);
+            path
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(sys: &[(&str, &str)]) -> Message {
+        Message {
+            system_properties: sys.iter().copied().collect(),
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn keys_ignore_case_and_values_do_not() {
+        let props: Properties = [("Key1", "Value")].into_iter().collect();
+        assert_eq!(props.get("KEY1"), Some("Value"));
+        assert_eq!(props.get("key"), None);
+    }
+
+    #[test]
+    fn insert_replaces_a_key_that_differs_in_case() {
+        let mut props = Properties::new();
+        props.insert("a", "1");
+        props.insert("A", "2");
+        assert_eq!(props.len(), 1);
+        assert_eq!(props.get("a"), Some("2"));
+    }
+
+    #[test]
+    fn non_ascii_keys_fold_case() {
+        assert!(keys_equal("zürich", "ZÜRICH"));
+        assert!(!keys_equal("zürich", "zurich"));
+    }
+
+    #[test]
+    fn source_follows_the_system_properties() {
+        assert_eq!(message(&[]).source().path(), "/messages");
+        assert_eq!(
+            message(&[("connectionModuleId", "m1")]).source().path(),
+            "/messages/modules/m1"
+        );
+        assert_eq!(
+            message(&[("connectionModuleId", "m1"), ("outputName", "o1")])
+                .source()
+                .path(),
+            "/messages/modules/m1/outputs/o1"
+        );
+        assert_eq!(
+            message(&[
+                ("connectionModuleId", "$edgeHub"),
+                ("messageType", "TwinChangeNotification")
+            ])
+            .source()
+            .path(),
+            "/twinChangeNotifications"
+        );
+    }
+}
