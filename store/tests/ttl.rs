@@ -2,22 +2,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{T0, config, drain, payloads};
+use common::{T0, config, drain, payloads, wait_until};
 use store::{ManualClock, Store, Target, Ttl};
 
 fn ttl(secs: u64) -> Ttl {
     Ttl::After(Duration::from_secs(secs))
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A store with endpoint `e` whose cleaner does not run during the test, so that only the

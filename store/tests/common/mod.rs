@@ -83,3 +83,15 @@ pub fn block_on<F: Future>(future: F, timeout: Duration) -> Option<F::Output> {
         std::thread::park_timeout(left);
     }
 }
+
+/// Polls `cond` until it holds; fails the test after 20 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

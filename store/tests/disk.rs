@@ -1,0 +1,157 @@
+//! Disk follows the live backlog (epochs of consumed messages are deleted), and the quota
+//! rejects or evicts.
+
+mod common;
+
+use bytes::Bytes;
+use common::{T0, config, periodic, to, wait_until};
+use store::{EnqueueError, ManualClock, Quota, QuotaPolicy, Reader, Store, StoreConfig};
+
+const PAYLOAD: usize = 256;
+
+fn small_epochs(dir: &std::path::Path, clock: &ManualClock) -> StoreConfig {
+    config(dir, clock)
+        .with_durability(periodic())
+        .with_epoch_bytes(128 * 1024)
+        .with_segment_bytes(16 * 1024)
+}
+
+/// Reads and acks up to `n` entries.
+fn consume(reader: &mut Reader, n: usize) -> usize {
+    let batch = reader.read(n, usize::MAX).expect("read");
+    if let Some(last) = batch.last() {
+        reader.ack(last.id).expect("ack");
+    }
+    batch.len()
+}
+
+#[test]
+fn disk_follows_the_backlog_not_the_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(small_epochs(dir.path(), &ManualClock::new(T0))).expect("open");
+    store.add_endpoint("e").expect("add");
+    let mut reader = store.reader("e").expect("reader");
+    let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+    let backlog = 1_000;
+    let mut peak_disk = 0;
+    let mut peak_epochs = 0;
+    // 40,000 messages (10 MB) through a backlog of 1,000 (256 KB): 80 epochs written.
+    for i in 0..40_000 {
+        let ticket = store
+            .enqueue(payload.clone(), &[to("e", 0)])
+            .expect("enqueue");
+        if i % 100 == 99 {
+            ticket.wait().expect("durable");
+            let backlog_now = store.endpoint_stats("e").map_or(0, |s| s.count);
+            if backlog_now > backlog {
+                consume(&mut reader, (backlog_now - backlog) as usize);
+            }
+            let stats = store.stats();
+            peak_disk = peak_disk.max(stats.disk_bytes);
+            if i > 10_000 {
+                peak_epochs = peak_epochs.max(stats.epochs);
+            }
+        }
+    }
+    let live = backlog * PAYLOAD as u64;
+    println!("peak disk {peak_disk} B, peak epochs {peak_epochs}, live {live} B");
+    // The backlog spans at most 3 epochs of 128 KiB, plus the one being written and one whose
+    // deletion waits for the next cleaner run.
+    assert!(peak_epochs <= 6, "epochs pile up: {peak_epochs}");
+    let traffic = 40_000 * PAYLOAD as u64;
+    assert!(
+        peak_disk < traffic / 4,
+        "disk {peak_disk} B follows the traffic ({traffic} B)"
+    );
+
+    while consume(&mut reader, 4096) > 0 {}
+    wait_until("consumed epochs to be deleted", || {
+        store.stats().epochs == 1
+    });
+}
+
+#[test]
+fn reject_policy_refuses_enqueues_until_space_comes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let empty = {
+        let store = Store::open(small_epochs(dir.path(), &clock)).expect("open");
+        store.add_endpoint("e").expect("add");
+        wait_until("a disk measurement", || store.stats().disk_bytes > 0);
+        store.stats().disk_bytes
+    };
+    let quota = Quota {
+        max_store_bytes: Some(empty + 2 * 1024 * 1024),
+        min_free_disk_bytes: None,
+        policy: QuotaPolicy::Reject,
+    };
+    let store = Store::open(small_epochs(dir.path(), &clock).with_quota(quota)).expect("open");
+    let payload = Bytes::from(vec![b'r'; 4096]);
+    let mut accepted = 0;
+    let rejected = loop {
+        match store.enqueue(payload.clone(), &[to("e", 0)]) {
+            Ok(ticket) => {
+                ticket.wait().expect("durable");
+                accepted += 1;
+            }
+            Err(EnqueueError::QuotaExceeded) => break true,
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(accepted < 100_000, "quota never reached");
+    };
+    assert!(rejected && accepted > 100, "accepted {accepted}");
+    let stats = store.stats();
+    assert!(stats.over_quota && stats.rejected >= 1, "{stats:?}");
+
+    let mut reader = store.reader("e").expect("reader");
+    while consume(&mut reader, 4096) > 0 {}
+    wait_until("the store to be back under quota", || {
+        !store.stats().over_quota
+    });
+    store
+        .enqueue_durable(payload, &[to("e", 0)])
+        .expect("accepted again");
+}
+
+#[test]
+fn drop_oldest_policy_evicts_old_epochs_and_keeps_the_newest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let quota = Quota {
+        max_store_bytes: Some(4 * 1024 * 1024),
+        min_free_disk_bytes: None,
+        policy: QuotaPolicy::DropOldest,
+    };
+    let store = Store::open(small_epochs(dir.path(), &clock).with_quota(quota)).expect("open");
+    store.add_endpoint("e").expect("add");
+    let total = 8_000u64;
+    for i in 0..total {
+        let mut payload = format!("{i:08}").into_bytes();
+        payload.resize(1024, b'd');
+        store
+            .enqueue_durable(Bytes::from(payload), &[to("e", 0)])
+            .expect("never rejected");
+    }
+    wait_until("eviction", || store.stats().evicted > 0);
+    let stats = store.stats();
+    let backlog = store.endpoint_stats("e").expect("endpoint").count;
+    assert_eq!(
+        backlog + stats.evicted,
+        total,
+        "every entry is queued or counted as evicted"
+    );
+
+    let mut reader = store.reader("e").expect("reader");
+    let mut last = None;
+    loop {
+        let batch = reader.read(4096, usize::MAX).expect("read");
+        let Some(entry) = batch.last() else { break };
+        reader.ack(entry.id).expect("ack");
+        last = Some(String::from_utf8_lossy(&entry.payload[..8]).into_owned());
+    }
+    assert_eq!(
+        last.as_deref(),
+        Some("00007999"),
+        "the newest message survives"
+    );
+}
