@@ -45,12 +45,11 @@ pub fn unescape(raw: &str) -> String {
         if units[i] == u16::from(b'\\')
             && i + 6 <= units.len()
             && matches!(units.get(i + 1), Some(&u) if u == u16::from(b'u') || u == u16::from(b'U'))
+            && let Some(unit) = hex4(&units[i + 2..i + 6])
         {
-            if let Some(unit) = hex4(&units[i + 2..i + 6]) {
-                first.push(unit);
-                i += 6;
-                continue;
-            }
+            first.push(unit);
+            i += 6;
+            continue;
         }
         first.push(units[i]);
         i += 1;

@@ -207,17 +207,17 @@ fn call(func: Func, types: &[Type], mut args: Vec<Code>) -> Code {
         },
         Func::IsBool => Code::Bool(match (types[0], next()) {
             (Type::Bool, a) => BoolCode::BoolIsBool(Box::new(boolean(a))),
-            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::IsBool, dynamic(a)),
+            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::Bool, dynamic(a)),
             _ => BoolCode::Const(Tri::False),
         }),
         Func::IsNumber => Code::Bool(match (types[0], next()) {
             (Type::Number, a) => BoolCode::FiniteNum(num(a)),
-            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::IsNumber, dynamic(a)),
+            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::Number, dynamic(a)),
             _ => BoolCode::Const(Tri::False),
         }),
         Func::IsString => Code::Bool(match (types[0], next()) {
             (Type::String, a) => BoolCode::DefinedStr(string(a)),
-            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::IsString, dynamic(a)),
+            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::String, dynamic(a)),
             _ => BoolCode::Const(Tri::False),
         }),
         Func::IsDefined => Code::Bool(match (types[0], next()) {
@@ -226,11 +226,11 @@ fn call(func: Func, types: &[Type], mut args: Vec<Code>) -> Code {
             (Type::Bool, a) => BoolCode::DefinedBool(Box::new(boolean(a))),
             (Type::Null, _) => BoolCode::Const(Tri::True),
             (Type::Undefined, _) => BoolCode::Const(Tri::False),
-            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::IsDefined, dynamic(a)),
+            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::Defined, dynamic(a)),
         }),
         Func::IsNull => Code::Bool(match (types[0], next()) {
             (Type::Null, _) => BoolCode::Const(Tri::True),
-            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::IsNull, dynamic(a)),
+            (Type::Dynamic, a) => BoolCode::DynTest(DynTest::Null, dynamic(a)),
             _ => BoolCode::Const(Tri::False),
         }),
         Func::Concat => Code::Str(StrCode::Concat(args.into_iter().map(str_arg).collect())),

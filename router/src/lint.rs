@@ -123,7 +123,7 @@ fn source_warnings(ast: &Route, source: &SourceFilter, out: &mut Vec<Warning>) {
     if let Some(last) = segments.last()
         && last.len() > 1
         && last.ends_with('*')
-        && last.trim_end_matches('*').len() > 0
+        && !last.trim_end_matches('*').is_empty()
     {
         let stem = last.trim_end_matches('*');
         out.push(Warning::new(

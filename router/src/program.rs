@@ -80,11 +80,11 @@ pub(crate) enum Code {
 /// Tests a body value with one of the `is_*` functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DynTest {
-    IsBool,
-    IsNumber,
-    IsString,
-    IsDefined,
-    IsNull,
+    Bool,
+    Number,
+    String,
+    Defined,
+    Null,
 }
 
 /// Code of static type bool.
@@ -276,13 +276,13 @@ impl BoolCode {
 /// `is_*` of a body value (spec 6.7).
 pub(crate) fn dyn_test(test: DynTest, value: &Dyn<'_>) -> Tri {
     match (test, value) {
-        (DynTest::IsDefined, v) => Tri::from_bool(v.is_defined()),
-        (DynTest::IsNumber, v) => Tri::from_bool(matches!(v, Dyn::Number(n) if n.is_finite())),
-        (DynTest::IsString, v) => Tri::from_bool(matches!(v, Dyn::Str(_))),
+        (DynTest::Defined, v) => Tri::from_bool(v.is_defined()),
+        (DynTest::Number, v) => Tri::from_bool(matches!(v, Dyn::Number(n) if n.is_finite())),
+        (DynTest::String, v) => Tri::from_bool(matches!(v, Dyn::Str(_))),
         (_, Dyn::Undefined) => Tri::Undefined,
-        (DynTest::IsBool, v) => Tri::from_bool(matches!(v, Dyn::Bool(_))),
+        (DynTest::Bool, v) => Tri::from_bool(matches!(v, Dyn::Bool(_))),
         // Quirk: true for every value found in the body, false only for a missing path.
-        (DynTest::IsNull, v) => Tri::from_bool(!matches!(v, Dyn::Missing)),
+        (DynTest::Null, v) => Tri::from_bool(!matches!(v, Dyn::Missing)),
     }
 }
 

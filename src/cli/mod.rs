@@ -1,0 +1,39 @@
+//! The `edgehub` command line. The commands, arguments and outputs are a contract that tools
+//! outside the project rely on: extend them, never change them.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod route;
+
+/// An IoT Edge hub: routes, durable store-and-forward, MQTT for the official device SDKs.
+#[derive(Debug, Parser)]
+#[command(name = "edgehub", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check and test routes.
+    #[command(subcommand)]
+    Route(route::RouteCommand),
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+///
+/// Failures that are not the command's own verdict (unreadable files and the like); a verdict
+/// such as "this route is invalid" is an exit code.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Route(command) => route::run(command),
+    }
+}
+
+/// Exit code for input that the command rejects (an invalid route, a malformed file).
+const INVALID: u8 = 2;
