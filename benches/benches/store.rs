@@ -1,1 +1,245 @@
-fn main() {}
+//! Store benchmarks (issue 3): 256-byte messages, enqueue + read + ack, in `periodic` and `sync`
+//! durability, fan-out to 4 endpoints, CPU per message, and raw sled in the same run for the
+//! ratio. Run with `cargo bench -p edgehub-benches --bench store`.
+//!
+//! Throughput benches report wall time per batch of messages (criterion's `elem/s` is messages
+//! per second). The `cpu` group reports the *process CPU time* (user + system, all threads,
+//! from /proc/self/stat) per batch instead of wall time.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{
+    BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
+};
+use store::sled;
+use store::{Durability, Reader, Store, StoreConfig, Target, Ticket, Ttl};
+
+const PAYLOAD: usize = 256;
+/// Messages per measured iteration.
+const BATCH: u64 = 20_000;
+
+fn periodic() -> Durability {
+    Durability::Periodic {
+        interval: Duration::from_millis(10),
+    }
+}
+
+/// A store in a fresh temporary directory with endpoints `e0..e{n}`.
+fn open(durability: Durability, endpoints: usize) -> (tempfile::TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        Store::open(StoreConfig::new(dir.path()).with_durability(durability)).expect("open store");
+    for i in 0..endpoints {
+        store.add_endpoint(&format!("e{i}")).expect("add endpoint");
+    }
+    (dir, Arc::new(store))
+}
+
+/// Reads and acks `n` entries; returns when all were read.
+fn consume(reader: &mut Reader, n: u64) {
+    let mut seen = 0;
+    while seen < n {
+        let batch = reader.read(512, usize::MAX).expect("read");
+        match batch.last() {
+            Some(last) => {
+                seen += batch.len() as u64;
+                reader.ack(last.id).expect("ack");
+            }
+            None => {
+                reader.wait(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Enqueues `n` messages from `producers` threads, each keeping up to `window` tickets in
+/// flight, while one consumer thread per endpoint reads and acks; returns the wall time.
+fn run(
+    store: &Arc<Store>,
+    readers: &mut [Reader],
+    n: u64,
+    producers: u64,
+    window: usize,
+) -> Duration {
+    let names: Vec<String> = (0..readers.len()).map(|i| format!("e{i}")).collect();
+    let payload = Bytes::from(vec![b'm'; PAYLOAD]);
+    let start = Instant::now();
+    thread::scope(|s| {
+        for p in 0..producers {
+            let store = Arc::clone(store);
+            let payload = payload.clone();
+            let names = &names;
+            s.spawn(move || {
+                let targets: Vec<Target<'_>> = names
+                    .iter()
+                    .map(|e| Target::new(e, 0, Ttl::Never))
+                    .collect();
+                let count = n / producers + u64::from(p < n % producers);
+                let mut tickets: VecDeque<Ticket> = VecDeque::with_capacity(window);
+                for _ in 0..count {
+                    if tickets.len() == window
+                        && let Some(t) = tickets.pop_front()
+                    {
+                        t.wait().expect("durable");
+                    }
+                    tickets.push_back(store.enqueue(payload.clone(), &targets).expect("enqueue"));
+                }
+                for t in tickets {
+                    t.wait().expect("durable");
+                }
+            });
+        }
+        for reader in readers.iter_mut() {
+            s.spawn(move || consume(reader, n));
+        }
+    });
+    start.elapsed()
+}
+
+/// Process CPU time (user + system, all threads) from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let ticks: u64 =
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    // The kernel's USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn bench_store(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    durability: Durability,
+    endpoints: usize,
+    producers: u64,
+    window: usize,
+) {
+    let (_dir, store) = open(durability, endpoints);
+    let mut readers: Vec<Reader> = (0..endpoints)
+        .map(|i| store.reader(&format!("e{i}")).expect("reader"))
+        .collect();
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run(&store, &mut readers, BATCH, producers, window))
+                .sum()
+        });
+    });
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Elements(BATCH));
+    bench_store(
+        &mut group,
+        "periodic_1ep_4producers",
+        periodic(),
+        1,
+        4,
+        1024,
+    );
+    bench_store(
+        &mut group,
+        "sync_1ep_64producers_in_flight",
+        Durability::Sync,
+        1,
+        64,
+        1,
+    );
+    bench_store(
+        &mut group,
+        "sync_1ep_4producers_window256",
+        Durability::Sync,
+        1,
+        4,
+        256,
+    );
+    bench_store(
+        &mut group,
+        "periodic_fanout4_4producers",
+        periodic(),
+        4,
+        4,
+        1024,
+    );
+    group.finish();
+}
+
+fn cpu(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Elements(BATCH));
+    let (_dir, store) = open(periodic(), 1);
+    let mut readers = vec![store.reader("e0").expect("reader")];
+    group.bench_function("periodic_1ep_process_cpu", |b| {
+        b.iter_custom(|iters| {
+            let before = cpu_time();
+            for _ in 0..iters {
+                run(&store, &mut readers, BATCH, 1, 1024);
+            }
+            cpu_time() - before
+        });
+    });
+    group.finish();
+}
+
+/// Raw sled, same payloads: insert every message under a big-endian key, then get and remove
+/// it (what a one-key-per-message queue does), with the store's flush policies.
+fn raw_sled(c: &mut Criterion) {
+    let mut group = c.benchmark_group("raw_sled");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Elements(BATCH));
+    for (name, flush_every) in [
+        ("insert_remove_flush_10ms", None),
+        ("insert_remove_flush_per_64", Some(64u64)),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new()
+            .path(dir.path())
+            .cache_capacity(64 << 20)
+            .flush_every_ms(flush_every.map_or(Some(10), |_| None))
+            .open()
+            .expect("open sled");
+        let payload = vec![b'm'; PAYLOAD];
+        let mut next: u64 = 0;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let first = next;
+                    for i in first..first + BATCH {
+                        db.insert(i.to_be_bytes(), payload.as_slice())
+                            .expect("insert");
+                        if flush_every.is_some_and(|f| i % f == f - 1) {
+                            db.flush().expect("flush");
+                        }
+                    }
+                    for i in first..first + BATCH {
+                        let value = db.remove(i.to_be_bytes()).expect("remove");
+                        assert!(value.is_some());
+                    }
+                    next += BATCH;
+                }
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, throughput, cpu, raw_sled);
+criterion_main!(benches);
