@@ -107,7 +107,11 @@ fn literal_node(literal: &Literal, span: Span) -> Result<(Type, Node), CompileEr
         Literal::Number(n) => match n.value {
             Some(v) => (Type::Number, Node::Num(v)),
             // A hex literal beyond 64 bits is an undefined number.
-            None if n.text.len() > 2 && n.text[..2].eq_ignore_ascii_case("0x") => {
+            None if n
+                .text
+                .get(..2)
+                .is_some_and(|p| p.eq_ignore_ascii_case("0x")) =>
+            {
                 (Type::Number, Node::Num(f64::NAN))
             }
             None => {
@@ -127,10 +131,15 @@ fn literal_node(literal: &Literal, span: Span) -> Result<(Type, Node), CompileEr
 /// `$name`, `{$name}`, `$body.path`, `{$body.path}` (spec 6.3).
 fn name_node(name: &str, braced: bool, span: Span) -> Result<(Type, Node), CompileError> {
     let app_key = (!braced).then(|| format!("${name}"));
-    if name.len() >= 5 && name[..5].eq_ignore_ascii_case("body.") {
-        let path = BodyPath::parse(&name[5..]).map_err(|reason| {
+    if let Some(path) = name
+        .get(..5)
+        .filter(|prefix| prefix.eq_ignore_ascii_case("body."))
+        .map(|_| &name[5..])
+    {
+        let path_text = path;
+        let path = BodyPath::parse(path_text).map_err(|reason| {
             CompileError::new(
-                format!("Invalid body query '$body.{}': {reason}", &name[5..]),
+                format!("Invalid body query '$body.{path_text}': {reason}"),
                 span,
             )
         })?;
