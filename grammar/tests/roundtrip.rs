@@ -33,10 +33,9 @@ fn number() -> impl Strategy<Value = Number> {
         (0u32..0xFFFF).prop_map(|h| format!("0x{h:X}")),
     ]
     .prop_map(|text| {
-        let value = if text.starts_with("0x") {
-            grammar::lexical::hex_value(&text[2..])
-        } else {
-            text.parse().ok()
+        let value = match text.strip_prefix("0x") {
+            Some(digits) => grammar::lexical::hex_value(digits),
+            None => text.parse().ok(),
         };
         Number { text, value }
     })
