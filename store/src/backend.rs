@@ -3,8 +3,7 @@
 //!
 //! Two kinds of database, each a sled `Db` directory:
 //! - an **epoch** ([`EpochDb`]) holds segments: key `s` + segno (u64 BE) -> summary, and key
-//!   `d` + segno + part (u16 BE) -> data, each part at most [`PART_BYTES`] so that no sled
-//!   value reaches its 128 KiB blob threshold (blobs leak, see sled-findings.md);
+//!   `d` + segno + part (u16 BE) -> data, each part at most [`PART_BYTES`];
 //! - the **meta** database ([`MetaDb`]) holds small records: `e` + endpoint id -> endpoint
 //!   number (u32 BE), `n` -> next endpoint number, `q` -> reserved sequence numbers (u64 BE),
 //!   `c` + endpoint number + priority (u32 BE each) -> checkpoint (u64 BE).
@@ -18,8 +17,11 @@ use bytes::Bytes;
 
 use crate::error::BackendError;
 
-/// Largest sled value written: well under the 128 KiB blob threshold.
-pub(crate) const PART_BYTES: usize = 60 * 1024;
+/// Largest sled value written. sled stores any page over 128 KiB (a quarter of its 512 KiB log
+/// segment) as a separate blob file and never deletes replaced blobs; a leaf page holds up to
+/// 17 entries before it splits, so 17 parts of 7 KiB keep every leaf under that threshold.
+/// (With 60 KiB parts an epoch took 4-5x its data on disk, mostly stale blobs.)
+pub(crate) const PART_BYTES: usize = 7 * 1024;
 
 /// Why a database directory could not be opened.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,8 +83,9 @@ pub(crate) struct SegmentWrite<'a> {
     pub summary: Vec<u8>,
 }
 
-/// One epoch's database of segments. Cheap to clone (sled handles are shared).
-#[derive(Debug, Clone)]
+/// One epoch's database of segments. Deliberately not `Clone`: handles are counted through
+/// the `Arc`s of the epoch table, so that a sealed epoch can be closed and reopened.
+#[derive(Debug)]
 pub(crate) struct EpochDb {
     db: sled::Db,
 }

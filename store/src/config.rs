@@ -74,14 +74,14 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Defaults: `sync` durability, 64 KiB segments, 16 MiB epochs, 4 MiB cache per epoch,
+    /// Defaults: `sync` durability, 64 KiB segments, 8 MiB epochs, 4 MiB cache per epoch,
     /// checkpoints every 20 ms, cleanup every second, no quota.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             durability: Durability::Sync,
             segment_bytes: 64 * 1024,
-            epoch_bytes: 16 << 20,
+            epoch_bytes: 8 << 20,
             epoch_cache_bytes: 4 << 20,
             inbox_capacity: 16 * 1024,
             max_commit_messages: 4 * 1024,

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::backend::EpochDb;
+use crate::backend::{EpochDb, OpenFailure};
 use crate::error::OpenError;
 
 /// Liveness of an epoch: every queue segment in the epoch holds an `Arc` of its token, so the
@@ -128,32 +128,64 @@ impl Layout {
     }
 }
 
-/// The epochs readers may read from, shared between the writer (which adds and removes) and
-/// the readers (which look up a database for a segment they hold a reference to).
+/// The epochs readers may read from, shared between the writer (which adds, reopens and
+/// removes) and the readers (which read a segment they hold a reference to).
+///
+/// Readers never keep a database handle: they read under the table's read lock. So when the
+/// table holds the only handle (no sync job in flight), the writer can close and reopen a
+/// sealed epoch, which frees the memory sled keeps for everything written to it.
 #[derive(Debug, Default)]
-pub(crate) struct EpochTable(RwLock<BTreeMap<u64, EpochDb>>);
+pub(crate) struct EpochTable(RwLock<BTreeMap<u64, Arc<EpochDb>>>);
+
+/// Outcome of [`EpochTable::reopen`].
+#[derive(Debug)]
+pub(crate) enum Reopen {
+    Done,
+    /// Someone else holds a handle; try again later.
+    Busy,
+    /// Closed, but could not be opened again; the epoch is no longer readable.
+    Failed(OpenFailure),
+}
 
 impl EpochTable {
-    pub fn get(&self, id: u64) -> Option<EpochDb> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned()
+    /// Runs `f` on epoch `id`'s database, or returns `None` if it is not open.
+    pub fn with<R>(&self, id: u64, f: impl FnOnce(&EpochDb) -> R) -> Option<R> {
+        let table = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        table.get(&id).map(|db| f(db))
     }
 
-    pub fn insert(&self, id: u64, db: EpochDb) {
+    pub fn insert(&self, id: u64, db: EpochDb) -> Arc<EpochDb> {
+        let db = Arc::new(db);
         self.0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, db);
+            .insert(id, Arc::clone(&db));
+        db
     }
 
-    pub fn remove(&self, id: u64) -> Option<EpochDb> {
+    pub fn remove(&self, id: u64) -> Option<Arc<EpochDb>> {
         self.0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id)
+    }
+
+    /// Closes epoch `id` and opens it again with `open`, if nobody else holds a handle.
+    pub fn reopen(&self, id: u64, open: impl FnOnce() -> Result<EpochDb, OpenFailure>) -> Reopen {
+        let mut table = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        match table.get(&id) {
+            Some(db) if Arc::strong_count(db) == 1 => {}
+            _ => return Reopen::Busy,
+        }
+        // Dropping the last handle closes the database (and releases its file lock).
+        table.remove(&id);
+        match open() {
+            Ok(db) => {
+                table.insert(id, Arc::new(db));
+                Reopen::Done
+            }
+            Err(e) => Reopen::Failed(e),
+        }
     }
 
     pub fn clear(&self) {

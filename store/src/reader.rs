@@ -247,9 +247,11 @@ impl Reader {
         {
             return Ok(Arc::clone(&c.segment));
         }
-        let db = self.shared.epochs.get(epoch).ok_or("epoch not open")?;
-        let data = db
-            .read(segno)
+        let data = self
+            .shared
+            .epochs
+            .with(epoch, |db| db.read(segno))
+            .ok_or("epoch not open")?
             .map_err(|e| e.to_string())?
             .ok_or("segment missing")?;
         let segment = Arc::new(Segment::decode(data).map_err(|e| e.to_string())?);

@@ -19,7 +19,7 @@ pub(crate) type Publication = (Arc<Endpoint>, Vec<(u32, SegRef)>);
 #[derive(Debug)]
 pub(crate) struct SyncJob {
     pub epoch: u64,
-    pub db: EpochDb,
+    pub db: Arc<EpochDb>,
     pub publications: Vec<Publication>,
     pub completers: Vec<Completer>,
     /// Signalled once this job (and every job before it) is done.

@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::backend::{EpochDb, MetaDb, SegmentWrite};
 use crate::config::{Durability, QuotaPolicy};
 use crate::endpoint::Endpoint;
-use crate::epoch::{EpochToken, Layout};
+use crate::epoch::{EpochToken, Layout, Reopen};
 use crate::error::{EnqueueError, StoreError};
 use crate::queue::{Dropped, SegRef};
 use crate::quota;
@@ -33,8 +33,8 @@ use crate::ticket::Completer;
 /// the store reuse a number that a persisted checkpoint already covers.
 const SEQ_RESERVATION: u64 = 1 << 20;
 
-/// Most epochs evicted or deleted per cleaner run.
-const EPOCHS_PER_CLEANUP: usize = 8;
+/// Most epochs evicted or deleted at a time (each deletion costs a few milliseconds).
+const EPOCHS_PER_CLEANUP: usize = 16;
 
 /// A resolved destination of a message.
 #[derive(Debug)]
@@ -75,7 +75,7 @@ pub(crate) enum Command {
 #[derive(Debug)]
 struct Current {
     id: u64,
-    db: EpochDb,
+    db: Arc<EpochDb>,
     next_segno: u64,
     written: u64,
 }
@@ -94,6 +94,8 @@ pub(crate) struct Writer {
     seq_reserved: u64,
     next_endpoint: u32,
     syncer: Option<(Sender<SyncJob>, JoinHandle<()>)>,
+    /// Sealed epochs still to be closed and reopened (see `reopen_sealed`).
+    to_reopen: Vec<u64>,
     builder: SegmentBuilder,
     targets: Vec<RecordTarget>,
     unflushed: bool,
@@ -133,7 +135,7 @@ impl Writer {
                 reason: e.to_string(),
             }
         })?;
-        shared.epochs.insert(next_epoch, db.clone());
+        let db = shared.epochs.insert(next_epoch, db);
         epochs.push_back(Arc::new(EpochToken { id: next_epoch }));
         let seq_reserved = next_seq + SEQ_RESERVATION;
         meta.reserve_seq(seq_reserved)
@@ -172,6 +174,7 @@ impl Writer {
             seq_reserved,
             next_endpoint,
             syncer,
+            to_reopen: Vec::new(),
             builder: SegmentBuilder::default(),
             targets: Vec::new(),
             unflushed: false,
@@ -313,7 +316,7 @@ impl Writer {
             Some((jobs, _)) => {
                 let job = SyncJob {
                     epoch: self.current.id,
-                    db: self.current.db.clone(),
+                    db: Arc::clone(&self.current.db),
                     publications,
                     completers,
                     done: None,
@@ -332,6 +335,8 @@ impl Writer {
         }
         if self.current.written >= self.shared.config.epoch_bytes {
             self.rotate();
+            // Epochs may be consumed faster than the cleaner runs: check at every rotation.
+            self.delete_consumed_epochs();
         }
     }
 
@@ -391,15 +396,39 @@ impl Writer {
             }
         };
         tracing::debug!(epoch = id, "epoch rotated");
-        self.shared.epochs.insert(id, db.clone());
+        let db = self.shared.epochs.insert(id, db);
         self.epochs.push_back(Arc::new(EpochToken { id }));
-        self.current = Current {
-            id,
-            db,
-            next_segno: 0,
-            written: 0,
-        };
+        let sealed = std::mem::replace(
+            &mut self.current,
+            Current {
+                id,
+                db,
+                next_segno: 0,
+                written: 0,
+            },
+        );
         self.unflushed = false;
+        self.to_reopen.push(sealed.id);
+        drop(sealed);
+        self.reopen_sealed();
+    }
+
+    /// Closes and reopens sealed epochs: sled keeps in memory much of what was written to a
+    /// database until it is closed, so this is what keeps memory flat while epochs are written.
+    fn reopen_sealed(&mut self) {
+        let cache = self.shared.config.epoch_cache_bytes;
+        let epochs = &self.shared.epochs;
+        let layout = &self.layout;
+        self.to_reopen.retain(|&id| {
+            match epochs.reopen(id, || EpochDb::open(&layout.epoch_dir(id), cache)) {
+                Reopen::Done => false,
+                Reopen::Busy => true,
+                Reopen::Failed(e) => {
+                    tracing::error!(epoch = id, error = %e, "a sealed epoch could not be reopened; its entries are not served until restart");
+                    false
+                }
+            }
+        });
     }
 
     fn timers(&mut self) {
@@ -416,9 +445,13 @@ impl Writer {
         }
         if now >= self.next_checkpoint {
             self.save_checkpoints();
+            // Cheap (a reference count per epoch), and frees disk and memory soon after the
+            // readers are done with an epoch.
+            self.delete_consumed_epochs();
             self.next_checkpoint = now + self.shared.config.checkpoint_interval;
         }
         if now >= self.next_cleanup {
+            self.reopen_sealed();
             self.cleanup();
             self.next_cleanup = now + self.shared.config.cleanup_interval;
         }
@@ -500,6 +533,7 @@ impl Writer {
             // Remember the checkpoints that released it before its data goes.
             self.save_checkpoints();
             self.shared.epochs.remove(id);
+            self.to_reopen.retain(|&r| r != id);
             match self.layout.delete_epoch(id) {
                 Ok(()) => tracing::debug!(epoch = id, "consumed epoch deleted"),
                 Err(e) => {
@@ -662,7 +696,7 @@ impl Writer {
             let (done, wait) = crossbeam_channel::bounded(1);
             let barrier = SyncJob {
                 epoch: self.current.id,
-                db: self.current.db.clone(),
+                db: Arc::clone(&self.current.db),
                 publications: Vec::new(),
                 completers: Vec::new(),
                 done: Some(done),
