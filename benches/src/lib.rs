@@ -1,1 +1,3 @@
-//! Shared helpers for the benchmarks.
+//! Shared inputs of the benchmarks (and, later, the load generator).
+
+pub mod router_inputs;

@@ -94,9 +94,9 @@ struct Node {
     /// escapes.
     key: (u32, u32),
     key_escaped: bool,
-    /// For strings: the text range between the quotes.
+    /// For strings: the text range between the quotes; for numbers: the number's text (parsed
+    /// only when queried).
     value: (u32, u32),
-    number: f64,
     /// The next sibling in the parent, or `NONE`.
     next: u32,
     /// The first child (objects and arrays), or `NONE`.
@@ -121,16 +121,16 @@ impl<'a> Body<'a> {
     pub fn parse(message: &'a Message) -> Option<Self> {
         let sys = &message.system_properties;
         if !sys
-            .get(system::CONTENT_TYPE)?
+            .get_key(&system::CONTENT_TYPE_KEY)?
             .eq_ignore_ascii_case("application/json")
         {
             return None;
         }
-        let text = decode(&message.body, sys.get(system::CONTENT_ENCODING)?)?;
+        let text = decode(&message.body, sys.get_key(&system::CONTENT_ENCODING_KEY)?)?;
         let mut parser = Parser {
             bytes: text.as_bytes(),
             pos: 0,
-            nodes: Vec::with_capacity(16 + text.len() / 8),
+            nodes: Vec::with_capacity(8 + text.len() / 12),
         };
         parser.skip_ws();
         if parser.peek() != Some(b'{') {
@@ -200,7 +200,10 @@ impl<'a> Body<'a> {
     fn value_of(&self, node: Node) -> Dyn<'_> {
         match node.kind {
             Kind::Object | Kind::Array => Dyn::Undefined,
-            Kind::Number => Dyn::number(node.number),
+            Kind::Number => {
+                let text = &self.text[node.value.0 as usize..node.value.1 as usize];
+                Dyn::number(parse_json_number(text))
+            }
             Kind::True => Dyn::Bool(true),
             Kind::False => Dyn::Bool(false),
             Kind::Null => Dyn::Null,
@@ -221,10 +224,46 @@ impl<'a> Body<'a> {
     }
 }
 
+/// The value of a validated JSON number. Numbers of at most 15 digits without exponent take
+/// the exact fast path (an integer divided by an exact power of ten is correctly rounded);
+/// others go through the standard parser.
+fn parse_json_number(text: &str) -> f64 {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let mut mantissa: u64 = 0;
+    let mut count = 0usize;
+    let mut fraction = None;
+    for (i, b) in digits.bytes().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                count += 1;
+            }
+            b'.' => fraction = Some(digits.len() - i - 1),
+            _ => return text.parse().unwrap_or(f64::NAN),
+        }
+        if count > 15 {
+            return text.parse().unwrap_or(f64::NAN);
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let value = mantissa as f64 / POW10[fraction.unwrap_or(0)];
+    if negative { -value } else { value }
+}
+
 /// Decodes body bytes by content encoding; invalid sequences become U+FFFD as in .NET.
 pub(crate) fn decode<'a>(bytes: &'a [u8], encoding: &str) -> Option<Cow<'a, str>> {
     if encoding.eq_ignore_ascii_case("utf-8") {
-        Some(String::from_utf8_lossy(bytes))
+        // The strict check is much faster than the lossy one on valid text.
+        Some(match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(bytes),
+        })
     } else if encoding.eq_ignore_ascii_case("utf-16") {
         let units: Vec<u16> = bytes
             .chunks(2)
@@ -350,7 +389,6 @@ impl Parser<'_> {
             key: (0, 0),
             key_escaped: false,
             value: (0, 0),
-            number: 0.0,
             next: NONE,
             first_child: NONE,
         });
@@ -465,7 +503,11 @@ impl Parser<'_> {
         let start = self.pos;
         let mut escaped = false;
         loop {
-            match self.peek()? {
+            let plain = self.bytes[self.pos..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            self.pos += plain;
+            match self.bytes[self.pos] {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -482,8 +524,7 @@ impl Parser<'_> {
                         _ => return None,
                     }
                 }
-                0..=0x1f => return None,
-                _ => self.pos += 1,
+                _ => return None,
             }
         }
         let end = self.pos;
@@ -521,10 +562,9 @@ impl Parser<'_> {
             }
             self.digits();
         }
-        let text = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
-        let value: f64 = text.parse().ok()?;
         let node = self.push(Kind::Number)?;
-        self.nodes[node as usize].number = value;
+        self.nodes[node as usize].value =
+            (u32::try_from(start).ok()?, u32::try_from(self.pos).ok()?);
         Some(node)
     }
 
@@ -647,6 +687,32 @@ mod tests {
                 .query(&BodyPath::parse("t").unwrap()),
             Dyn::Number(5.0)
         );
+    }
+
+    #[test]
+    fn number_fast_path_matches_the_standard_parser() {
+        for text in [
+            "0",
+            "-0",
+            "5",
+            "1.5",
+            "-12.5",
+            "1013.25",
+            "0.1",
+            "123456789012345",
+            "1234567890123456789",
+            "0.00000000000000001",
+            "1e3",
+            "1.5E-7",
+            "-2.5e+2",
+        ] {
+            let expected: f64 = text.parse().unwrap();
+            assert_eq!(
+                parse_json_number(text).to_bits(),
+                expected.to_bits(),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,10 @@ use std::borrow::Cow;
 
 use grammar::BinaryOp;
 
-use crate::message::Message;
-use crate::program::{BoolCode, Code, Cx, DynCode, DynTest, NumArg, NumCode, StrArg, StrCode};
+use crate::message::{Message, PropKey};
+use crate::program::{
+    BoolCode, Code, Cx, DynCode, DynTest, Lookup, NumArg, NumCode, StrArg, StrCode,
+};
 use crate::typed::{Func, Node, Type, Typed};
 use crate::value::{CmpOp, Dyn, Tri};
 
@@ -24,16 +26,16 @@ impl Compiler {
             Node::Bool(b) => Code::Bool(BoolCode::Const(Tri::from_bool(*b))),
             Node::Null => Code::Null,
             Node::Undefined => Code::Undefined,
-            Node::AppProperty(name) => Code::Str(StrCode::App(name.as_str().into())),
-            Node::SysProperty(lookup) => Code::Str(StrCode::Sys {
-                app_key: lookup.app_key.as_deref().map(Into::into),
-                keys: lookup.keys.iter().map(|k| k.as_str().into()).collect(),
-            }),
+            Node::AppProperty(name) => Code::Str(StrCode::Prop(Lookup::App(PropKey::new(name)))),
+            Node::SysProperty(lookup) => Code::Str(StrCode::Prop(Lookup::Sys {
+                app_key: lookup.app_key.as_deref().map(PropKey::new),
+                keys: lookup.keys.iter().map(|k| PropKey::new(k)).collect(),
+            })),
             Node::Body { path, app_key } => {
                 self.reads_body = true;
                 Code::Dyn(DynCode::Body {
                     path: path.clone(),
-                    app_key: app_key.as_deref().map(Into::into),
+                    app_key: app_key.as_deref().map(PropKey::new),
                 })
             }
             Node::Neg(a) => {
@@ -124,6 +126,10 @@ fn compare(op: CmpOp, l: Code, r: Code) -> Code {
         (Code::Str(a), Code::Str(b)) => match (a, b) {
             (StrCode::Const(None), _) | (_, StrCode::Const(None)) => {
                 BoolCode::Const(Tri::Undefined)
+            }
+            (StrCode::Prop(p), StrCode::Const(Some(c))) => BoolCode::PropCmpConst(op, p, c),
+            (StrCode::Const(Some(c)), StrCode::Prop(p)) => {
+                BoolCode::PropCmpConst(op.flipped(), p, c)
             }
             (a, StrCode::Const(Some(c))) if !matches!(a, StrCode::Const(_)) => {
                 BoolCode::StrCmpConst(op, a, c)

@@ -1,14 +1,54 @@
 //! The message as the router sees it: a body, application properties and system properties.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
+
+/// A property name prepared for lookups: its case-folded hash is computed once, when a route
+/// is compiled, so that a lookup compares hashes and confirms only the entry that matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropKey {
+    name: Cow<'static, str>,
+    hash: u32,
+}
+
+impl PropKey {
+    /// A key for `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: Cow::Owned(name.to_owned()),
+            hash: folded_hash(name),
+        }
+    }
+
+    /// A key for an ASCII name known at compile time.
+    pub const fn from_static(name: &'static str) -> Self {
+        Self {
+            name: Cow::Borrowed(name),
+            hash: folded_hash_ascii(name.as_bytes()),
+        }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    key: String,
+    value: String,
+    hash: u32,
+}
 
 /// A property map with case-insensitive keys and string values, in insertion order.
 ///
-/// Property bags are small (a handful of entries), so a vector scanned with a length check
-/// first beats hashing; no lookup allocates.
+/// Property bags are small (a handful of entries), so a vector scanned by case-folded hash
+/// beats a hash map; no lookup allocates, and a mismatch costs one integer comparison.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties {
-    entries: Vec<(String, String)>,
+    entries: Vec<Entry>,
     /// Whether some key starts with `$`: lets `$name` lookups skip the application properties.
     has_dollar_key: bool,
 }
@@ -23,25 +63,41 @@ impl Properties {
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
         let key = key.into();
         let value = value.into();
+        let hash = folded_hash(&key);
         self.has_dollar_key |= key.starts_with('$');
-        match self.entries.iter_mut().find(|(k, _)| keys_equal(k, &key)) {
-            Some(entry) => *entry = (key, value),
-            None => self.entries.push((key, value)),
+        match self.find_mut(&key, hash) {
+            Some(entry) => *entry = Entry { key, value, hash },
+            None => self.entries.push(Entry { key, value, hash }),
         }
+    }
+
+    fn find_mut(&mut self, key: &str, hash: u32) -> Option<&mut Entry> {
+        self.entries
+            .iter_mut()
+            .find(|e| e.hash == hash && keys_equal(&e.key, key))
+    }
+
+    fn find(&self, key: &str, hash: u32) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.hash == hash && keys_equal(&e.key, key))
+            .map(|e| e.value.as_str())
     }
 
     /// The value of `key`, compared ignoring case.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(k, _)| keys_equal(k, key))
-            .map(|(_, v)| v.as_str())
+        self.find(key, folded_hash(key))
     }
 
-    /// The value of `key` when `key` starts with `$`; cheap when no key does.
-    pub(crate) fn get_dollar(&self, key: &str) -> Option<&str> {
+    /// The value of a prepared key.
+    pub fn get_key(&self, key: &PropKey) -> Option<&str> {
+        self.find(&key.name, key.hash)
+    }
+
+    /// The value of a key that starts with `$`; cheap when no key of the map does.
+    pub(crate) fn get_dollar(&self, key: &PropKey) -> Option<&str> {
         if self.has_dollar_key {
-            self.get(key)
+            self.get_key(key)
         } else {
             None
         }
@@ -54,7 +110,9 @@ impl Properties {
 
     /// The entries, in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
     }
 
     /// The number of entries.
@@ -78,10 +136,40 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Properties {
     }
 }
 
-/// Ordinal ignore-case equality of two keys: ASCII case folding, and simple per-character
-/// upper-casing beyond ASCII.
+const FNV_OFFSET: u32 = 0x811c_9dc5;
+const FNV_PRIME: u32 = 0x0100_0193;
+
+/// FNV-1a of the key with every character folded by [`simple_upper`]: keys that
+/// [`keys_equal`] calls equal have equal hashes.
+fn folded_hash(key: &str) -> u32 {
+    if key.is_ascii() {
+        return folded_hash_ascii(key.as_bytes());
+    }
+    let mut hash = FNV_OFFSET;
+    let mut buf = [0u8; 4];
+    for c in key.chars() {
+        for &b in simple_upper(c).encode_utf8(&mut buf).as_bytes() {
+            hash = (hash ^ u32::from(b)).wrapping_mul(FNV_PRIME);
+        }
+    }
+    hash
+}
+
+const fn folded_hash_ascii(bytes: &[u8]) -> u32 {
+    let mut hash = FNV_OFFSET;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash = (hash ^ bytes[i].to_ascii_uppercase() as u32).wrapping_mul(FNV_PRIME);
+        i += 1;
+    }
+    hash
+}
+
+/// Ordinal ignore-case equality of two keys: every character folded by [`simple_upper`].
 pub(crate) fn keys_equal(a: &str, b: &str) -> bool {
-    if a.len() == b.len() && a.eq_ignore_ascii_case(b) {
+    if a.len() == b.len()
+        && (crate::text::same_bytes(a.as_bytes(), b.as_bytes()) || a.eq_ignore_ascii_case(b))
+    {
         return true;
     }
     if a.is_ascii() && b.is_ascii() {
@@ -98,6 +186,7 @@ pub(crate) fn keys_equal(a: &str, b: &str) -> bool {
     }
 }
 
+/// The simple (one-to-one) upper case of a character, as .NET's ordinal ignore-case uses.
 pub(crate) fn simple_upper(c: char) -> char {
     let mut upper = c.to_uppercase();
     match (upper.next(), upper.next()) {
@@ -108,6 +197,8 @@ pub(crate) fn simple_upper(c: char) -> char {
 
 /// System property keys as edgeHub stores them.
 pub mod system {
+    use super::PropKey;
+
     /// The sender's device id.
     pub const CONNECTION_DEVICE_ID: &str = "connectionDeviceId";
     /// The sender's module id, for module messages.
@@ -120,6 +211,12 @@ pub mod system {
     pub const CONTENT_ENCODING: &str = "contentEncoding";
     /// `twinChangeNotification` for twin change notifications.
     pub const MESSAGE_TYPE: &str = "messageType";
+
+    pub(crate) const CONNECTION_MODULE_ID_KEY: PropKey = PropKey::from_static(CONNECTION_MODULE_ID);
+    pub(crate) const OUTPUT_NAME_KEY: PropKey = PropKey::from_static(OUTPUT_NAME);
+    pub(crate) const CONTENT_TYPE_KEY: PropKey = PropKey::from_static(CONTENT_TYPE);
+    pub(crate) const CONTENT_ENCODING_KEY: PropKey = PropKey::from_static(CONTENT_ENCODING);
+    pub(crate) const MESSAGE_TYPE_KEY: PropKey = PropKey::from_static(MESSAGE_TYPE);
 }
 
 /// A message to route.
@@ -159,14 +256,14 @@ impl Message {
     pub fn source(&self) -> MessageSource<'_> {
         let sys = &self.system_properties;
         if sys
-            .get(system::MESSAGE_TYPE)
+            .get_key(&system::MESSAGE_TYPE_KEY)
             .is_some_and(|t| t.eq_ignore_ascii_case("twinChangeNotification"))
         {
             return MessageSource::TwinChangeNotification;
         }
         match (
-            sys.get(system::CONNECTION_MODULE_ID),
-            sys.get(system::OUTPUT_NAME),
+            sys.get_key(&system::CONNECTION_MODULE_ID_KEY),
+            sys.get_key(&system::OUTPUT_NAME_KEY),
         ) {
             (Some(module), Some(output)) => MessageSource::ModuleOutput { module, output },
             (Some(module), None) => MessageSource::Module { module },

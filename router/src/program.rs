@@ -15,7 +15,7 @@ use grammar::BinaryOp;
 
 use crate::body::{Body, BodyPath};
 use crate::builtins;
-use crate::message::Message;
+use crate::message::{Message, PropKey};
 use crate::text;
 use crate::typed::Func;
 use crate::value::{CmpOp, Dyn, Outcome, Tri, compare_dyn, compare_numbers};
@@ -51,16 +51,16 @@ impl<'a> Cx<'a> {
         self.body.get().is_some()
     }
 
-    fn app(&self, key: &str) -> Option<&'a str> {
-        self.message.properties.get(key)
+    fn app(&self, key: &PropKey) -> Option<&'a str> {
+        self.message.properties.get_key(key)
     }
 
-    fn dollar_app(&self, key: &str) -> Option<&'a str> {
+    fn dollar_app(&self, key: &PropKey) -> Option<&'a str> {
         self.message.properties.get_dollar(key)
     }
 
-    fn sys(&self, key: &str) -> Option<&'a str> {
-        self.message.system_properties.get(key)
+    fn sys(&self, key: &PropKey) -> Option<&'a str> {
+        self.message.system_properties.get_key(key)
     }
 }
 
@@ -97,6 +97,8 @@ pub(crate) enum BoolCode {
     Coalesce(Box<BoolCode>, Box<BoolCode>),
     StrCmp(CmpOp, StrCode, StrCode),
     StrCmpConst(CmpOp, StrCode, Box<str>),
+    /// A property compared with a constant: the most common condition, in one instruction.
+    PropCmpConst(CmpOp, Lookup, Box<str>),
     NumCmp(CmpOp, NumCode, NumCode),
     NumCmpConst(CmpOp, NumCode, f64),
     BoolCmp(CmpOp, Box<BoolCode>, Box<BoolCode>),
@@ -137,17 +139,39 @@ pub(crate) enum NumCode {
 #[derive(Debug, Clone)]
 pub(crate) enum StrCode {
     Const(Option<Box<str>>),
-    App(Box<str>),
-    /// `$name`: the application property `app_key` if present, else the first system key found.
-    Sys {
-        app_key: Option<Box<str>>,
-        keys: Box<[Box<str>]>,
-    },
+    Prop(Lookup),
     Concat(Vec<StrArg>),
     Lower(Box<StrArg>),
     Upper(Box<StrArg>),
     Substring(Box<StrArg>, NumArg, Option<NumArg>),
     Coalesce(Box<StrCode>, Box<StrCode>),
+}
+
+/// A property read.
+#[derive(Debug, Clone)]
+pub(crate) enum Lookup {
+    /// An application property (identifier).
+    App(PropKey),
+    /// `$name`: the application property `app_key` if present, else the first system key
+    /// found.
+    Sys {
+        app_key: Option<PropKey>,
+        keys: Box<[PropKey]>,
+    },
+}
+
+impl Lookup {
+    fn get<'a>(&self, cx: &Cx<'a>) -> Option<&'a str> {
+        match self {
+            Self::App(key) => cx.app(key),
+            Self::Sys { app_key, keys } => {
+                if let Some(v) = app_key.as_ref().and_then(|k| cx.dollar_app(k)) {
+                    return Some(v);
+                }
+                keys.iter().find_map(|k| cx.sys(k))
+            }
+        }
+    }
 }
 
 /// Code of static type dynamic.
@@ -157,7 +181,7 @@ pub(crate) enum DynCode {
     /// A body query, shadowed by the application property `app_key` when present.
     Body {
         path: BodyPath,
-        app_key: Option<Box<str>>,
+        app_key: Option<PropKey>,
     },
     FromStr(Box<StrCode>),
     FromNum(Box<NumCode>),
@@ -228,11 +252,11 @@ impl BoolCode {
                 _ => Tri::Undefined,
             },
             Self::StrCmpConst(op, a, c) => match a.eval(cx) {
-                Some(x) => match op {
-                    CmpOp::Eq => Tri::from_bool(*x == **c),
-                    CmpOp::Ne => Tri::from_bool(*x != **c),
-                    _ => Tri::from_bool(op.holds(text::utf16_cmp(&x, c))),
-                },
+                Some(x) => compare_with_constant(*op, &x, c),
+                None => Tri::Undefined,
+            },
+            Self::PropCmpConst(op, lookup, c) => match lookup.get(cx) {
+                Some(x) => compare_with_constant(*op, x, c),
                 None => Tri::Undefined,
             },
             Self::NumCmp(op, a, b) => compare_numbers(*op, a.eval(cx), b.eval(cx)),
@@ -270,6 +294,17 @@ impl BoolCode {
                 _ => Tri::Undefined,
             },
         }
+    }
+}
+
+/// A string compared with a constant; equality of short strings is cheaper inline than
+/// through `memcmp`.
+fn compare_with_constant(op: CmpOp, x: &str, c: &str) -> Tri {
+    let equal = || text::same_bytes(x.as_bytes(), c.as_bytes());
+    match op {
+        CmpOp::Eq => Tri::from_bool(equal()),
+        CmpOp::Ne => Tri::from_bool(!equal()),
+        _ => Tri::from_bool(op.holds(text::utf16_cmp(x, c))),
     }
 }
 
@@ -321,13 +356,7 @@ impl StrCode {
     pub(crate) fn eval<'a>(&'a self, cx: &'a Cx<'_>) -> Option<Cow<'a, str>> {
         match self {
             Self::Const(s) => s.as_deref().map(Cow::Borrowed),
-            Self::App(key) => cx.app(key).map(Cow::Borrowed),
-            Self::Sys { app_key, keys } => {
-                if let Some(v) = app_key.as_deref().and_then(|k| cx.dollar_app(k)) {
-                    return Some(Cow::Borrowed(v));
-                }
-                keys.iter().find_map(|k| cx.sys(k)).map(Cow::Borrowed)
-            }
+            Self::Prop(lookup) => lookup.get(cx).map(Cow::Borrowed),
             Self::Concat(parts) => {
                 let mut out = String::new();
                 for part in parts {
@@ -362,7 +391,7 @@ impl DynCode {
         match self {
             Self::Const(d) => borrow_dyn(d),
             Self::Body { path, app_key } => {
-                if let Some(v) = app_key.as_deref().and_then(|k| cx.dollar_app(k)) {
+                if let Some(v) = app_key.as_ref().and_then(|k| cx.dollar_app(k)) {
                     return Dyn::Str(Cow::Borrowed(v));
                 }
                 cx.body().map_or(Dyn::Undefined, |body| body.query(path))

@@ -7,6 +7,25 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
+/// Byte equality, inline and eight bytes at a time: cheaper than a `memcmp` call for the short
+/// keys and values of property bags.
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (left, right) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tails_equal = left
+        .remainder()
+        .iter()
+        .zip(right.remainder())
+        .all(|(x, y)| x == y);
+    tails_equal
+        && left.zip(right).all(|(x, y)| {
+            u64::from_ne_bytes(x.try_into().expect("8 bytes"))
+                == u64::from_ne_bytes(y.try_into().expect("8 bytes"))
+        })
+}
+
 /// Length in UTF-16 code units: `length('😀') = 2`.
 pub fn utf16_len(s: &str) -> usize {
     if s.is_ascii() {
