@@ -362,6 +362,32 @@ fn unescape_json(raw: &str) -> String {
     String::from_utf16_lossy(&units)
 }
 
+/// How many bytes at the start of `bytes` need no attention inside a JSON string: not `"`,
+/// not `\\`, not a control character. Eight bytes at a time (SWAR), then one at a time.
+fn plain_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    let mut run = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+        let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+        // Bytes below 0x20 (bytes with the high bit set are never flagged).
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        let stops = quote | backslash | control;
+        if stops != 0 {
+            // The lowest flagged byte is exact; flags above it may be false positives.
+            return run + (stops.trailing_zeros() / 8) as usize;
+        }
+        run += 8;
+    }
+    run + bytes[run..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .unwrap_or(bytes.len() - run)
+}
+
 /// A strict JSON parser (RFC 8259) that fills the node arena.
 struct Parser<'b> {
     bytes: &'b [u8],
@@ -503,11 +529,8 @@ impl Parser<'_> {
         let start = self.pos;
         let mut escaped = false;
         loop {
-            let plain = self.bytes[self.pos..]
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            self.pos += plain;
-            match self.bytes[self.pos] {
+            self.pos += plain_run(&self.bytes[self.pos..]);
+            match *self.bytes.get(self.pos)? {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -687,6 +710,26 @@ mod tests {
                 .query(&BodyPath::parse("t").unwrap()),
             Dyn::Number(5.0)
         );
+    }
+
+    #[test]
+    fn plain_runs_stop_at_quotes_backslashes_and_control_characters() {
+        for text in [
+            "",
+            "abc",
+            "abcdefgh\"",
+            "abcdefghijk\\x",
+            "ab\ncd",
+            "😀😀😀\"",
+            "0123456789abcdef",
+            "x\u{1f}",
+        ] {
+            let expected = text
+                .bytes()
+                .position(|b| b == b'"' || b == b'\\' || b < 0x20)
+                .unwrap_or(text.len());
+            assert_eq!(plain_run(text.as_bytes()), expected, "{text:?}");
+        }
     }
 
     #[test]
