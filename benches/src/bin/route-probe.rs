@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Cases: property-compiled, property-reference, body-compiled, body-reference,
-//! dispatch-1, dispatch-1000.
+//! dispatch-1, dispatch-1000, compile-1000.
 
 use std::hint::black_box;
 
@@ -32,6 +32,10 @@ fn main() {
         "property-reference" => repeat(&|| property.interpret(black_box(&telemetry)).routes()),
         "body-compiled" => repeat(&|| body.evaluate(black_box(&json)).routes()),
         "body-reference" => repeat(&|| body.interpret(black_box(&json)).routes()),
+        "compile-1000" => {
+            let specs = module_routes(1_000);
+            repeat(&|| RouteTable::new(black_box(&specs), Ttl::Secs(7200)).is_ok())
+        }
         "dispatch-1" | "dispatch-1000" => {
             let count = if case == "dispatch-1" { 1 } else { 1_000 };
             let table =
