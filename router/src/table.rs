@@ -205,15 +205,20 @@ impl RouteTable {
     /// Only routes whose source the message matches are evaluated, and the body is parsed
     /// at most once, by the first of them that reads it.
     pub fn dispatch_into<'t>(&'t self, message: &Message, out: &mut Vec<Delivery<'t>>) {
-        let cx = Cx::new(message);
+        self.dispatch_in(&Cx::new(message), out);
+    }
+
+    /// Like [`RouteTable::dispatch_into`], in a context the caller holds (and can inspect, e.g.
+    /// whether the body was parsed).
+    pub fn dispatch_in<'t>(&'t self, cx: &Cx<'_>, out: &mut Vec<Delivery<'t>>) {
         let mut node = &self.index;
-        self.fire(node, &cx, out);
-        for segment in message.source().segments() {
+        self.fire(node, cx, out);
+        for segment in cx.message().source().segments() {
             match node.child(segment) {
                 Some(child) => node = child,
                 None => return,
             }
-            self.fire(node, &cx, out);
+            self.fire(node, cx, out);
         }
     }
 
