@@ -12,9 +12,10 @@ use crate::error::OpenError;
 pub enum Durability {
     /// Acknowledged only after an fsync that covers the message (group commit).
     Sync,
-    /// Acknowledged once written to the database; flushed at least every `interval`.
-    /// **A power cut or kernel crash can lose the messages acknowledged in the last
-    /// `interval`** (a process crash alone loses nothing the OS already has).
+    /// Acknowledged once written to the database (sled's in-process log buffer), which is
+    /// flushed (fsync) at least every `interval` while there are unflushed writes.
+    /// **A crash of the process (`kill -9`), of the kernel, or a power cut can lose the
+    /// messages acknowledged in the last `interval` plus the duration of one flush.**
     Periodic {
         /// Maximum time between flushes.
         interval: Duration,
