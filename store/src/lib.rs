@@ -49,6 +49,8 @@
 //!
 //! See `README.md` for the design and the exact durability statement.
 
+#![warn(missing_docs)]
+
 mod backend;
 mod clock;
 mod config;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::backend::{EpochDb, MetaContents, MetaDb};
+use crate::endpoint::Endpoint;
 use crate::epoch::{EpochTable, EpochToken, Layout, Quarantined};
 use crate::error::{BackendError, OpenError};
 use crate::queue::{Queue, SegRef};
@@ -37,7 +38,7 @@ pub struct RecoveryReport {
 #[derive(Debug)]
 pub(crate) struct Recovered {
     pub meta: MetaDb,
-    pub endpoints: HashMap<String, Arc<crate::endpoint::Endpoint>>,
+    pub endpoints: HashMap<String, Arc<Endpoint>>,
     /// Epochs on disk, oldest first.
     pub epochs: VecDeque<Arc<EpochToken>>,
     pub next_seq: u64,
@@ -229,7 +230,7 @@ pub(crate) fn recover(
         .into_iter()
         .map(|(name, num)| {
             let qs = queues.remove(&num).unwrap_or_default();
-            let endpoint = crate::endpoint::Endpoint::new(name.clone(), num, qs);
+            let endpoint = Endpoint::new(name.clone(), num, qs);
             (name, Arc::new(endpoint))
         })
         .collect();

@@ -19,7 +19,7 @@ use crate::backend::{EpochDb, MetaDb, SegmentWrite};
 use crate::config::{Durability, QuotaPolicy};
 use crate::endpoint::Endpoint;
 use crate::epoch::{EpochToken, Layout, Reopen};
-use crate::error::{EnqueueError, StoreError};
+use crate::error::{EnqueueError, OpenError, StoreError};
 use crate::queue::{Dropped, SegRef};
 use crate::quota;
 use crate::recovery::Recovered;
@@ -113,7 +113,7 @@ impl Writer {
         layout: Layout,
         inbox: Receiver<Command>,
         recovered: Recovered,
-    ) -> Result<Self, crate::error::OpenError> {
+    ) -> Result<Self, OpenError> {
         let Recovered {
             meta,
             endpoints,
@@ -129,17 +129,15 @@ impl Writer {
             .unwrap_or_else(PoisonError::into_inner) = endpoints;
         let config = &shared.config;
         let dir = layout.epoch_dir(next_epoch);
-        let db = EpochDb::open(&dir, config.epoch_cache_bytes).map_err(|e| {
-            crate::error::OpenError::Create {
-                path: dir.clone(),
-                reason: e.to_string(),
-            }
+        let db = EpochDb::open(&dir, config.epoch_cache_bytes).map_err(|e| OpenError::Create {
+            path: dir.clone(),
+            reason: e.to_string(),
         })?;
         let db = shared.epochs.insert(next_epoch, db);
         epochs.push_back(Arc::new(EpochToken { id: next_epoch }));
         let seq_reserved = next_seq + SEQ_RESERVATION;
         meta.reserve_seq(seq_reserved)
-            .map_err(|e| crate::error::OpenError::Create {
+            .map_err(|e| OpenError::Create {
                 path: layout.meta.clone(),
                 reason: e.to_string(),
             })?;
@@ -149,7 +147,7 @@ impl Writer {
                 let handle = std::thread::Builder::new()
                     .name("store-syncer".into())
                     .spawn(move || syncer::run(&rx))
-                    .map_err(|source| crate::error::OpenError::Io {
+                    .map_err(|source| OpenError::Io {
                         path: layout.epoch_dir(next_epoch),
                         source,
                     })?;
@@ -321,9 +319,10 @@ impl Writer {
                     completers,
                     done: None,
                 };
-                if let Err(e) = jobs.send(job) {
+                if jobs.send(job).is_err() {
+                    // The job comes back in the error and is dropped here: its completers fail
+                    // the tickets with `Closed`.
                     tracing::error!("syncer thread is gone; enqueues fail");
-                    drop(e);
                 }
             }
             None => {
