@@ -1,14 +1,15 @@
 //! Long measurements that do not belong in `cargo test` or criterion:
 //!
 //! ```text
-//! cargo run --release -p store --example soak -- churn  [messages] [backlog] [periodic|sync]
+//! cargo run --release -p store --example soak -- churn  [messages] [backlog] [periodic|sync] [away]
 //! cargo run --release -p store --example soak -- reopen [queued]
 //! ```
 //!
 //! `churn` pushes `messages` (default 10,000,000) 256-byte messages through one endpoint whose
 //! consumer keeps `backlog` (default 100,000) messages queued, and prints the size on disk, the
 //! epochs and the resident memory every 500,000 messages, then throughput and CPU per message
-//! (process and per thread).
+//! (process and per thread). With `away` > 0 the consumer reads nothing until `away` messages
+//! were produced (a backlog spike, e.g. an outage), then catches up.
 //!
 //! `reopen` queues `queued` (default 1,000,000) messages, closes the store, then re-executes
 //! itself to open the store in a fresh process and prints the time to open, the time to the
@@ -40,7 +41,7 @@ fn main() {
                     interval: Duration::from_millis(10),
                 },
             };
-            churn(arg(1, 10_000_000), arg(2, 100_000), durability);
+            churn(arg(1, 10_000_000), arg(2, 100_000), durability, arg(4, 0));
         }
         Some("reopen") => reopen(arg(1, 1_000_000)),
         Some("reopen-child") => reopen_child(Path::new(args.get(1).expect("directory"))),
@@ -132,23 +133,25 @@ fn produce(store: &Store, n: u64, mut on_progress: impl FnMut(u64)) {
     }
 }
 
-fn churn(messages: u64, backlog: u64, durability: Durability) {
+fn churn(messages: u64, backlog: u64, durability: Durability, away: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     if std::env::var_os("SOAK_KEEP").is_some() {
         println!("directory kept: {}", dir.path().display());
     }
     let store = open(dir.path(), durability);
     let done = Arc::new(AtomicBool::new(false));
+    let back = Arc::new(AtomicBool::new(away == 0));
     let consumer = {
         let store = Arc::clone(&store);
         let done = Arc::clone(&done);
+        let back = Arc::clone(&back);
         std::thread::Builder::new()
             .name("consumer".into())
             .spawn(move || {
                 let mut reader = store.reader("e").expect("reader");
                 while !done.load(Ordering::Relaxed) {
                     let queued = store.endpoint_stats("e").map_or(0, |s| s.count);
-                    if queued <= backlog {
+                    if queued <= backlog || !back.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_micros(200));
                         continue;
                     }
@@ -163,7 +166,9 @@ fn churn(messages: u64, backlog: u64, durability: Durability) {
             })
             .expect("spawn consumer")
     };
-    println!("durability {durability:?}, {messages} messages of {PAYLOAD} B, backlog {backlog}");
+    println!(
+        "durability {durability:?}, {messages} messages of {PAYLOAD} B, backlog {backlog}, consumer away for the first {away}"
+    );
     println!(
         "{:>12} {:>12} {:>8} {:>10} {:>10} {:>10}",
         "messages", "du_bytes", "epochs", "x_live", "rss_bytes", "msgs/s"
@@ -175,6 +180,9 @@ fn churn(messages: u64, backlog: u64, durability: Durability) {
     let mut max_du = 0;
     let mut samples = Vec::new();
     produce(&store, messages, |i| {
+        if i == away {
+            back.store(true, Ordering::Relaxed);
+        }
         if i % 500_000 == 0 {
             let disk = du(dir.path());
             let now = Instant::now();

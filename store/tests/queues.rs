@@ -253,3 +253,13 @@ fn closing_the_store_tells_the_reader() {
     store.close().expect("close");
     assert!(matches!(reader.read(1, 1), Err(StoreError::Closed)));
 }
+
+#[test]
+fn handles_can_move_to_other_threads_and_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send_sync::<store::Reader>();
+    send::<store::Ticket>();
+    send::<store::Ready<'static>>();
+}
