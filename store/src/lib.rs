@@ -36,7 +36,7 @@
 //!
 //! - [`store`](Store): the handle; enqueue, endpoints, readers, statistics.
 //! - `writer`: the writer thread, sole owner of the write side; group commit, epoch rotation,
-//!   the cleaner (expiry, deletion of consumed epochs, quota) and checkpoint saving.
+//!   compaction, the cleaner (expiry, deletion of consumed epochs, quota) and checkpoint saving.
 //! - `syncer`: in `sync` mode, fsyncs groups, then publishes and acknowledges them.
 //! - `reader`: per-endpoint batches, acks, waiting.
 //! - `queue`: per-queue bookkeeping (segments, checkpoint, cursor, exact counts), no I/O.

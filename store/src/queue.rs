@@ -11,7 +11,7 @@
 //! - `passed`: the entries between the two, in order, so that an ack knows exactly what it
 //!   settles (expired entries skipped by the reader are merged into runs).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::epoch::EpochToken;
@@ -235,15 +235,35 @@ impl Queue {
         dropped
     }
 
-    /// Drops the entries that live in epoch `epoch` (they are the oldest).
+    /// Drops the entries in epoch `epoch` and every older entry (with a lower sequence number:
+    /// entries copied forward from older epochs may live in newer ones).
     pub fn evict_epoch(&mut self, epoch: u64) -> Dropped {
-        let last = self
-            .segs
-            .iter()
-            .take_while(|s| s.epoch.id == epoch)
-            .last()
-            .map(|s| s.last_seq);
+        let last = self.segs_in(epoch).map(|s| s.last_seq).max();
         last.map_or_else(Dropped::default, |seq| self.drop_through(seq))
+    }
+
+    /// This queue's segments in epoch `epoch`.
+    pub fn segs_in(&self, epoch: u64) -> impl Iterator<Item = &SegRef> {
+        self.segs.iter().filter(move |s| s.epoch.id == epoch)
+    }
+
+    /// Adds the payload bytes not yet done of each epoch this queue has entries in.
+    pub fn add_live_bytes(&self, per_epoch: &mut HashMap<u64, u64>) {
+        for s in &self.segs {
+            *per_epoch.entry(s.epoch.id).or_default() += s.bytes;
+        }
+    }
+
+    /// Points this queue's segments of epoch `from` at their copies (`moves`: old segment
+    /// number -> new one) in epoch `to`. Sequence numbers, counts and the read position do not
+    /// change: the copies hold the same records.
+    pub fn relocate(&mut self, from: u64, moves: &HashMap<u64, u64>, to: &Arc<EpochToken>) {
+        for s in self.segs.iter_mut().filter(|s| s.epoch.id == from) {
+            if let Some(&segno) = moves.get(&s.segno) {
+                s.epoch = Arc::clone(to);
+                s.segno = segno;
+            }
+        }
     }
 
     /// Drops the entries up to the end of a segment that cannot be read.
@@ -417,6 +437,28 @@ mod tests {
             q.ack(1),
             Ok(Dropped::default()),
             "ack after drop is a no-op"
+        );
+    }
+
+    #[test]
+    fn relocated_segments_keep_their_entries_and_release_the_old_epoch() {
+        let old = Arc::new(EpochToken { id: 1 });
+        let new = Arc::new(EpochToken { id: 2 });
+        let mut q = Queue::default();
+        q.push(seg(&old, 1, 2, 2, u64::MAX));
+        q.push(seg(&new, 3, 3, 1, u64::MAX));
+        q.pass_delivered(1, 2, 100);
+        let mut live = HashMap::new();
+        q.add_live_bytes(&mut live);
+        assert_eq!(live, HashMap::from([(1, 200), (2, 100)]));
+        q.relocate(1, &HashMap::from([(1, 7)]), &new);
+        assert_eq!(Arc::strong_count(&old), 1, "old epoch released");
+        assert_eq!(q.unread_seg().map(|s| (s.epoch.id, s.segno)), Some((2, 7)));
+        q.ack(1).expect("delivered");
+        assert_eq!(
+            (q.count(), q.bytes()),
+            (2, 200),
+            "accounting follows the move"
         );
     }
 

@@ -6,7 +6,9 @@
 //!   meta database is lost, every epoch is moved aside too (it cannot be attributed);
 //! - an entry is live if its endpoint still exists and its sequence number is above the
 //!   checkpoint of its queue; expired entries are left to the cleaner and the readers;
-//! - sequence numbers continue above everything seen (segments, checkpoints, reservation).
+//! - sequence numbers continue above everything seen (segments, checkpoints, reservation);
+//! - a queue's segments are ordered by sequence number, not by epoch (compaction copies old
+//!   entries into newer epochs); of two overlapping copies, the first is kept.
 //!
 //! Only summaries are read, plus the data of at most one partly acknowledged segment per
 //! queue, so opening costs little more than opening the sled databases.
@@ -137,6 +139,7 @@ pub(crate) fn recover(
             .insert(priority, Queue::with_checkpoint(seq));
     }
 
+    let mut found: HashMap<(u32, u32), Vec<SegRef>> = HashMap::new();
     let meta_lost = !report.quarantined.is_empty();
     let mut epochs = VecDeque::new();
     let mut next_epoch = 1;
@@ -202,12 +205,9 @@ pub(crate) fn recover(
                 } else {
                     (group.count, group.bytes)
                 };
-                report.entries += u64::from(count);
-                queues
-                    .entry(group.endpoint)
+                found
+                    .entry((group.endpoint, group.priority))
                     .or_default()
-                    .entry(group.priority)
-                    .or_insert_with(|| Queue::with_checkpoint(checkpoint))
                     .push(SegRef {
                         epoch: Arc::clone(&token),
                         segno,
@@ -224,6 +224,28 @@ pub(crate) fn recover(
         epochs.push_back(token);
     }
     report.epochs = epochs.len();
+    // Segments copied forward by compaction hold old sequence numbers in a newer epoch, and a
+    // crash between the copy and the deletion of the original leaves both: order by sequence
+    // number and keep the first of overlapping copies.
+    for ((endpoint, priority), mut segs) in found {
+        segs.sort_by_key(|s| s.first_seq);
+        let queue = queues
+            .entry(endpoint)
+            .or_default()
+            .entry(priority)
+            .or_insert_with(|| {
+                Queue::with_checkpoint(checkpoints.get(&(endpoint, priority)).copied().unwrap_or(0))
+            });
+        let mut last = 0;
+        for seg in segs {
+            if seg.first_seq <= last {
+                continue;
+            }
+            last = seg.last_seq;
+            report.entries += u64::from(seg.count);
+            queue.push(seg);
+        }
+    }
 
     let endpoints = contents
         .endpoints

@@ -260,6 +260,34 @@ impl Segment {
             .copied()
     }
 
+    /// Every target of `record`.
+    pub fn targets(&self, record: &Record) -> &[RecordTarget] {
+        &self.targets[record.targets.clone()]
+    }
+
+    /// Appends the records that still have a target among `live` queues (endpoint, priority)
+    /// to `builder`, each with only those targets: how a mostly consumed epoch is copied
+    /// forward.
+    pub fn copy_live(&self, live: &[(u32, u32)], builder: &mut SegmentBuilder) {
+        let mut kept = Vec::new();
+        for record in &self.records {
+            kept.clear();
+            kept.extend(
+                self.targets(record)
+                    .iter()
+                    .filter(|t| live.contains(&(t.endpoint, t.priority))),
+            );
+            if !kept.is_empty() {
+                builder.push(
+                    record.seq,
+                    record.enqueued_ms,
+                    &kept,
+                    &self.data[record.payload.clone()],
+                );
+            }
+        }
+    }
+
     /// The payload of `record`, sharing the segment's memory.
     pub fn payload(&self, record: &Record) -> Bytes {
         self.data.slice(record.payload.clone())
@@ -358,6 +386,26 @@ mod tests {
             (1, 2, 11, 6, 950)
         );
         assert_eq!((back.groups[1].endpoint, back.groups[1].count), (2, 1));
+    }
+
+    #[test]
+    fn copying_keeps_only_live_targets_in_order() {
+        let mut b = SegmentBuilder::default();
+        b.push(1, 10, &[target(1, 0, 9), target(2, 0, 9)], b"both");
+        b.push(2, 11, &[target(2, 0, 9)], b"dead");
+        b.push(3, 12, &[target(1, 0, 9)], b"live");
+        let (data, _) = b.take();
+        let seg = Segment::decode(Bytes::from(data)).expect("decodes");
+        let mut copy = SegmentBuilder::default();
+        seg.copy_live(&[(1, 0)], &mut copy);
+        let (data, summary) = copy.take();
+        let copied = Segment::decode(Bytes::from(data)).expect("decodes");
+        let recs = copied.records_after(0);
+        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(copied.targets(&recs[0]), [target(1, 0, 9)]);
+        assert_eq!(copied.payload(&recs[1]), Bytes::from_static(b"live"));
+        assert_eq!(summary.groups.len(), 1);
+        assert_eq!((summary.groups[0].count, summary.enqueued_ms), (2, 10));
     }
 
     #[test]

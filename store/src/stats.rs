@@ -32,6 +32,8 @@ pub struct StoreStats {
     pub evicted: u64,
     /// Entries dropped because their segment could not be read, since open.
     pub lost: u64,
+    /// Epochs compacted (their few live entries copied forward) since open.
+    pub compacted: u64,
     /// Databases moved aside because they could not be opened (at this open).
     pub quarantined: u64,
     /// Whether the quota is exhausted right now.
@@ -49,6 +51,7 @@ pub(crate) struct Counters {
     pub evicted: AtomicU64,
     pub quarantined: AtomicU64,
     pub lost: AtomicU64,
+    pub compacted: AtomicU64,
 }
 
 impl Counters {
@@ -69,6 +72,7 @@ impl Counters {
             evicted: get(&self.evicted),
             quarantined: get(&self.quarantined),
             lost: get(&self.lost),
+            compacted: get(&self.compacted),
             over_quota,
         }
     }

@@ -6,7 +6,7 @@
 //! the writer acknowledges at once and flushes on a timer. Between turns it saves checkpoints,
 //! runs the cleaner (expiry, epoch deletion, quota) and rotates epochs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
@@ -23,7 +23,7 @@ use crate::error::{EnqueueError, OpenError, StoreError};
 use crate::queue::{Dropped, SegRef};
 use crate::quota;
 use crate::recovery::Recovered;
-use crate::segment::{RecordTarget, SegmentBuilder, Summary};
+use crate::segment::{RecordTarget, Segment, SegmentBuilder, Summary};
 use crate::stats::Counters;
 use crate::store::Shared;
 use crate::syncer::{self, Publication, SyncJob};
@@ -335,6 +335,7 @@ impl Writer {
         if self.current.written >= self.shared.config.epoch_bytes {
             self.rotate();
             // Epochs may be consumed faster than the cleaner runs: check at every rotation.
+            self.maybe_compact();
             self.delete_consumed_epochs();
         }
     }
@@ -516,8 +517,117 @@ impl Writer {
                 "expired entries dropped"
             );
         }
+        self.maybe_compact();
         self.delete_consumed_epochs();
         self.enforce_quota();
+    }
+
+    /// Copies the oldest sealed epoch whose live payload fell under an eighth of an epoch
+    /// forward into the current epoch, so that a few slow entries do not pin a whole directory
+    /// (disk then follows the live backlog even when consumers run at different speeds).
+    fn maybe_compact(&mut self) {
+        let mut live = HashMap::new();
+        for endpoint in self.endpoints() {
+            for q in endpoint.lock().queues.values() {
+                q.add_live_bytes(&mut live);
+            }
+        }
+        let threshold = self.shared.config.epoch_bytes / 8;
+        let sealed = self.epochs.len().saturating_sub(1);
+        let candidate = self
+            .epochs
+            .iter()
+            .take(sealed)
+            .map(|t| t.id)
+            .find(|id| live.get(id).is_some_and(|&bytes| bytes <= threshold));
+        if let Some(id) = candidate {
+            self.compact(id);
+        }
+    }
+
+    fn compact(&mut self, id: u64) {
+        let endpoints = self.endpoints();
+        // Which queues still need each segment of the epoch.
+        let mut users: BTreeMap<u64, Vec<(u32, u32)>> = BTreeMap::new();
+        for endpoint in &endpoints {
+            let state = endpoint.lock();
+            for (&priority, q) in &state.queues {
+                for seg in q.segs_in(id) {
+                    users
+                        .entry(seg.segno)
+                        .or_default()
+                        .push((endpoint.num, priority));
+                }
+            }
+        }
+        let mut builder = SegmentBuilder::default();
+        let mut copies = Vec::new();
+        let mut moves = HashMap::new();
+        for (&segno, live) in &users {
+            let segment = self
+                .shared
+                .epochs
+                .with(id, |db| db.read(segno))
+                .and_then(Result::ok)
+                .flatten()
+                .and_then(|data| Segment::decode(data).ok());
+            let Some(segment) = segment else {
+                tracing::warn!(
+                    epoch = id,
+                    segno,
+                    "cannot read a segment to compact; the epoch stays"
+                );
+                continue;
+            };
+            segment.copy_live(live, &mut builder);
+            if builder.is_empty() {
+                continue;
+            }
+            let new = self.current.next_segno;
+            self.current.next_segno += 1;
+            let (data, summary) = builder.take();
+            copies.push((new, data, summary));
+            moves.insert(segno, new);
+        }
+        let writes: Vec<SegmentWrite<'_>> = copies
+            .iter()
+            .map(|(segno, data, summary)| SegmentWrite {
+                segno: *segno,
+                data,
+                summary: summary.encode(),
+            })
+            .collect();
+        // The copies must be durable before the old epoch can go.
+        let written = self
+            .current
+            .db
+            .write(&writes)
+            .and_then(|()| self.current.db.flush());
+        if let Err(e) = written {
+            tracing::error!(epoch = id, error = %e, "compaction write failed; the epoch stays");
+            return;
+        }
+        let bytes: u64 = copies.iter().map(|(_, data, _)| data.len() as u64).sum();
+        self.current.written += bytes;
+        self.disk_estimate += bytes;
+        let token = Arc::clone(
+            self.epochs
+                .back()
+                .expect("the current epoch is always in the list"),
+        );
+        for endpoint in &endpoints {
+            let mut state = endpoint.lock();
+            for q in state.queues.values_mut() {
+                q.relocate(id, &moves, &token);
+            }
+        }
+        Counters::add(&self.shared.counters.compacted, 1);
+        tracing::debug!(
+            epoch = id,
+            segments = copies.len(),
+            bytes,
+            "epoch compacted into the current one"
+        );
     }
 
     fn delete_consumed_epochs(&mut self) {

@@ -156,3 +156,52 @@ fn drop_oldest_policy_evicts_old_epochs_and_keeps_the_newest() {
         "the newest message survives"
     );
 }
+
+#[test]
+fn a_slow_endpoint_does_not_pin_epochs_thanks_to_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let payload = |i: u64| {
+        let mut p = format!("{i:08}").into_bytes();
+        p.resize(PAYLOAD, b'c');
+        Bytes::from(p)
+    };
+    let mut slow_ids = Vec::new();
+    {
+        let store = Store::open(small_epochs(dir.path(), &clock)).expect("open");
+        store.add_endpoint("fast").expect("add");
+        store.add_endpoint("slow").expect("add");
+        let mut fast = store.reader("fast").expect("reader");
+        // 20,000 messages (5 MB, 40 epochs); one in 100 also goes to an endpoint nobody reads.
+        let mut tickets = Vec::new();
+        for i in 0..20_000u64 {
+            let targets = if i % 100 == 0 {
+                slow_ids.push(format!("{i:08}"));
+                vec![to("fast", 0), to("slow", 0)]
+            } else {
+                vec![to("fast", 0)]
+            };
+            tickets.push(store.enqueue(payload(i), &targets).expect("enqueue"));
+            if i % 500 == 499 {
+                for ticket in tickets.drain(..) {
+                    ticket.wait().expect("durable");
+                }
+                while consume(&mut fast, 4096) > 0 {}
+            }
+        }
+        let stats = store.stats();
+        assert!(stats.compacted > 0, "{stats:?}");
+        assert!(
+            stats.epochs <= 6,
+            "the slow endpoint pins epochs: {stats:?}"
+        );
+    }
+    // Order and content survive compaction and reopen.
+    let store = Store::open(small_epochs(dir.path(), &clock)).expect("reopen");
+    let mut slow = store.reader("slow").expect("reader");
+    let got: Vec<String> = common::drain(&mut slow)
+        .into_iter()
+        .map(|p| p[..8].to_owned())
+        .collect();
+    assert_eq!(got, slow_ids);
+}
