@@ -19,7 +19,7 @@ use crate::backend::{EpochDb, MetaDb, SegmentWrite};
 use crate::config::{Durability, QuotaPolicy};
 use crate::endpoint::Endpoint;
 use crate::epoch::{EpochToken, Layout, Reopen};
-use crate::error::{EnqueueError, OpenError, StoreError};
+use crate::error::{BackendError, EnqueueError, OpenError, StoreError};
 use crate::queue::{Dropped, SegRef};
 use crate::quota;
 use crate::recovery::Recovered;
@@ -35,6 +35,9 @@ const SEQ_RESERVATION: u64 = 1 << 20;
 
 /// Most epochs evicted or deleted at a time (each deletion costs a few milliseconds).
 const EPOCHS_PER_CLEANUP: usize = 16;
+
+/// A segment ready to be written: number in the current epoch, data, summary.
+type Sealed = (u64, Vec<u8>, Summary);
 
 /// A resolved destination of a message.
 #[derive(Debug)]
@@ -258,7 +261,7 @@ impl Writer {
         }
 
         let segment_bytes = self.shared.config.segment_bytes;
-        let mut sealed: Vec<(u64, Vec<u8>, Summary)> = Vec::new();
+        let mut sealed: Vec<Sealed> = Vec::new();
         let mut endpoints: HashMap<u32, Arc<Endpoint>> = HashMap::new();
         let mut completers = Vec::with_capacity(batch.len());
         for e in batch.drain(..) {
@@ -286,25 +289,13 @@ impl Writer {
             sealed.push(self.seal());
         }
 
-        let writes: Vec<SegmentWrite<'_>> = sealed
-            .iter()
-            .map(|(segno, data, summary)| SegmentWrite {
-                segno: *segno,
-                data,
-                summary: summary.encode(),
-            })
-            .collect();
-        let written: u64 = sealed.iter().map(|(_, data, _)| data.len() as u64).sum();
-        if let Err(e) = self.current.db.write(&writes) {
+        if let Err(e) = self.write_segments(&sealed) {
             tracing::error!(error = %e, "segment write failed; enqueues fail");
             for c in completers {
                 c.complete(Err(EnqueueError::Backend(e.clone())));
             }
             return;
         }
-        drop(writes);
-        self.current.written += written;
-        self.disk_estimate += written;
         self.unflushed = true;
         Counters::add(&self.shared.counters.enqueued, completers.len() as u64);
         self.update_quota_flag();
@@ -340,7 +331,34 @@ impl Writer {
         }
     }
 
-    fn seal(&mut self) -> (u64, Vec<u8>, Summary) {
+    /// Writes sealed segments to the current epoch in one sled batch (not flushed); returns
+    /// their data bytes.
+    fn write_segments(&mut self, sealed: &[Sealed]) -> Result<u64, BackendError> {
+        let writes: Vec<SegmentWrite<'_>> = sealed
+            .iter()
+            .map(|(segno, data, summary)| SegmentWrite {
+                segno: *segno,
+                data,
+                summary: summary.encode(),
+            })
+            .collect();
+        self.current.db.write(&writes)?;
+        let bytes: u64 = sealed.iter().map(|(_, data, _)| data.len() as u64).sum();
+        self.current.written += bytes;
+        self.disk_estimate += bytes;
+        Ok(bytes)
+    }
+
+    /// The token of the epoch being written (always the last one).
+    fn current_token(&self) -> Arc<EpochToken> {
+        Arc::clone(
+            self.epochs
+                .back()
+                .expect("the current epoch is always in the list"),
+        )
+    }
+
+    fn seal(&mut self) -> Sealed {
         let segno = self.current.next_segno;
         self.current.next_segno += 1;
         let (data, summary) = self.builder.take();
@@ -349,20 +367,17 @@ impl Writer {
 
     fn publications(
         &self,
-        sealed: &[(u64, Vec<u8>, Summary)],
+        sealed: &[Sealed],
         endpoints: &HashMap<u32, Arc<Endpoint>>,
     ) -> Vec<Publication> {
-        let token = self
-            .epochs
-            .back()
-            .expect("the current epoch is always in the list");
+        let token = self.current_token();
         let mut by_endpoint: HashMap<u32, Vec<(u32, SegRef)>> = HashMap::new();
         for (segno, _, summary) in sealed {
             for g in &summary.groups {
                 by_endpoint.entry(g.endpoint).or_default().push((
                     g.priority,
                     SegRef {
-                        epoch: Arc::clone(token),
+                        epoch: Arc::clone(&token),
                         segno: *segno,
                         first_seq: g.first_seq,
                         last_seq: g.last_seq,
@@ -589,32 +604,18 @@ impl Writer {
             copies.push((new, data, summary));
             moves.insert(segno, new);
         }
-        let writes: Vec<SegmentWrite<'_>> = copies
-            .iter()
-            .map(|(segno, data, summary)| SegmentWrite {
-                segno: *segno,
-                data,
-                summary: summary.encode(),
-            })
-            .collect();
         // The copies must be durable before the old epoch can go.
         let written = self
-            .current
-            .db
-            .write(&writes)
-            .and_then(|()| self.current.db.flush());
-        if let Err(e) = written {
-            tracing::error!(epoch = id, error = %e, "compaction write failed; the epoch stays");
-            return;
-        }
-        let bytes: u64 = copies.iter().map(|(_, data, _)| data.len() as u64).sum();
-        self.current.written += bytes;
-        self.disk_estimate += bytes;
-        let token = Arc::clone(
-            self.epochs
-                .back()
-                .expect("the current epoch is always in the list"),
-        );
+            .write_segments(&copies)
+            .and_then(|bytes| self.current.db.flush().map(|()| bytes));
+        let bytes = match written {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(epoch = id, error = %e, "compaction write failed; the epoch stays");
+                return;
+            }
+        };
+        let token = self.current_token();
         for endpoint in &endpoints {
             let mut state = endpoint.lock();
             for q in state.queues.values_mut() {
