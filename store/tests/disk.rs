@@ -189,12 +189,12 @@ fn a_slow_endpoint_does_not_pin_epochs_thanks_to_compaction() {
                 while consume(&mut fast, 4096) > 0 {}
             }
         }
-        let stats = store.stats();
-        assert!(stats.compacted > 0, "{stats:?}");
-        assert!(
-            stats.epochs <= 6,
-            "the slow endpoint pins epochs: {stats:?}"
-        );
+        // Compaction runs one epoch at a time (at rotations and cleaner runs): let it catch up.
+        // Without it, the 40 epochs written all stay.
+        wait_until("compaction to release the epochs", || {
+            store.stats().epochs <= 6
+        });
+        assert!(store.stats().compacted > 0);
     }
     // Order and content survive compaction and reopen.
     let store = Store::open(small_epochs(dir.path(), &clock)).expect("reopen");
