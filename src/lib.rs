@@ -3,7 +3,11 @@
 //!
 //! Layout:
 //! - [`cli`]: the `edgehub` command line (`route check`, `route test`, ...);
-//! - [`manifest`]: reading IoT Edge deployment manifests.
+//! - [`manifest`]: reading IoT Edge deployment manifests;
+//! - [`identity`]: identities, their keys and store, the CONNECT username;
+//! - [`sas`]: SAS tokens and the authentication of a CONNECT.
 
 pub mod cli;
 pub mod manifest;
+pub mod identity;
+pub mod sas;

@@ -1,0 +1,118 @@
+//! Symmetric keys: 32 random bytes, shown as base64 and never logged.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// How many random bytes a generated key has (what IoT Hub generates).
+pub const KEY_LEN: usize = 32;
+
+/// A shared access key. Its `Debug` output hides the key, so it can sit in logged structs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SymmetricKey(Vec<u8>);
+
+/// The operating system could not give random bytes.
+#[derive(Debug, Clone, Copy, Error)]
+#[error("the system's random number generator failed")]
+pub struct RandomError;
+
+/// A key that is not base64.
+#[derive(Debug, Clone, Error)]
+#[error("a shared access key is not base64: {0}")]
+pub struct KeyDecodeError(#[from] base64::DecodeError);
+
+impl SymmetricKey {
+    /// A new key of [`KEY_LEN`] random bytes from the system's secure generator.
+    ///
+    /// # Errors
+    ///
+    /// When the generator fails.
+    pub fn generate() -> Result<Self, RandomError> {
+        let mut bytes = vec![0; KEY_LEN];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut bytes)
+            .map_err(|_| RandomError)?;
+        Ok(Self(bytes))
+    }
+
+    /// A key from raw bytes (tests, and keys from elsewhere).
+    #[must_use]
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// Decodes a base64 key as it appears in a connection string.
+    ///
+    /// # Errors
+    ///
+    /// When `text` is not standard, padded base64.
+    pub fn from_base64(text: &str) -> Result<Self, KeyDecodeError> {
+        Ok(Self(STANDARD.decode(text)?))
+    }
+
+    /// The raw key: what HMAC takes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The key in base64, as in a connection string.
+    #[must_use]
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(&self.0)
+    }
+}
+
+impl fmt::Debug for SymmetricKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SymmetricKey(<redacted>)")
+    }
+}
+
+impl TryFrom<String> for SymmetricKey {
+    type Error = KeyDecodeError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::from_base64(&text)
+    }
+}
+
+impl From<SymmetricKey> for String {
+    fn from(key: SymmetricKey) -> Self {
+        key.to_base64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_32_random_bytes() {
+        let a = SymmetricKey::generate().unwrap();
+        let b = SymmetricKey::generate().unwrap();
+        assert_eq!(a.as_bytes().len(), KEY_LEN);
+        assert_ne!(a, b);
+        assert_eq!(a.to_base64().len(), 44);
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        let key = SymmetricKey::generate().unwrap();
+        assert_eq!(SymmetricKey::from_base64(&key.to_base64()).unwrap(), key);
+        assert!(SymmetricKey::from_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_the_key() {
+        let key = SymmetricKey::from_bytes(*b"secret");
+        let shown = format!("{key:?}");
+        assert!(!shown.contains(&key.to_base64()), "{shown}");
+        assert_eq!(shown, "SymmetricKey(<redacted>)");
+    }
+}

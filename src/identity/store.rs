@@ -1,0 +1,630 @@
+//! The identity store: `<data_dir>/identities.json`, shared by the running hub and the
+//! `edgehub identity` command line.
+//!
+//! - The file is readable by its owner only (0600, its folder 0700 when the store creates it).
+//! - Writers take an exclusive lock on `identities.lock`, re-read the file, change it, and
+//!   replace it atomically (write a temporary file, fsync, rename, fsync the folder): two
+//!   `edgehub identity add` at once cannot lose each other's identity or leave half a file.
+//! - Readers never lock: [`IdentityStore::get`] compares the file's stamp (size, mtime, inode)
+//!   with the one it loaded and re-reads it when another process replaced it, so a running hub
+//!   accepts an identity added after it started.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::id::{IdError, validate_device_id, validate_module_id};
+use super::key::{RandomError, SymmetricKey};
+use super::{ClientIdentity, Hostnames};
+
+/// The store's file name under the data folder.
+pub const FILE_NAME: &str = "identities.json";
+const LOCK_NAME: &str = "identities.lock";
+const TEMP_NAME: &str = "identities.json.tmp";
+
+/// An identity the hub accepts: a module of the edge device, or a leaf device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Who it is.
+    pub id: ClientIdentity,
+    /// The primary key.
+    pub primary_key: SymmetricKey,
+    /// The secondary key.
+    pub secondary_key: SymmetricKey,
+}
+
+impl Identity {
+    /// The connection string a module or device uses to reach the hub, with the primary key:
+    /// `HostName=..;DeviceId=..;ModuleId=..;SharedAccessKey=..;GatewayHostName=..` (no
+    /// `ModuleId` for a device).
+    #[must_use]
+    pub fn connection_string(&self, hostnames: &Hostnames) -> String {
+        let module = self
+            .id
+            .module_id
+            .as_ref()
+            .map(|m| format!("ModuleId={m};"))
+            .unwrap_or_default();
+        format!(
+            "HostName={};DeviceId={};{module}SharedAccessKey={};GatewayHostName={}",
+            hostnames.iothub,
+            self.id.device_id,
+            self.primary_key.to_base64(),
+            hostnames.gateway,
+        )
+    }
+
+    /// Whether it is a module (rather than a device).
+    #[must_use]
+    pub fn is_module(&self) -> bool {
+        self.id.module_id.is_some()
+    }
+
+    fn generate(id: ClientIdentity) -> Result<Self, RandomError> {
+        Ok(Self {
+            id,
+            primary_key: SymmetricKey::generate()?,
+            secondary_key: SymmetricKey::generate()?,
+        })
+    }
+}
+
+/// What can go wrong in the identity store.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    /// The id breaks IoT Hub's rules.
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+    /// A file operation failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What we were doing ("read", "write", "lock", ...).
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file is not a valid identity store.
+    #[error("{} is not a valid identity store: {source}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// No random bytes for a new key.
+    #[error(transparent)]
+    Random(#[from] RandomError),
+}
+
+/// The identities the hub accepts, kept in `<data_dir>/identities.json`.
+///
+/// Cheap to share behind an `Arc`: every method takes `&self`; an internal mutex is held only
+/// while the in-memory copy is read or replaced. [`get`](Self::get) does one `stat` per call
+/// (and a read when the file changed): call it from `spawn_blocking` if that matters.
+#[derive(Debug)]
+pub struct IdentityStore {
+    dir: PathBuf,
+    path: PathBuf,
+    edge_device_id: String,
+    loaded: Mutex<Loaded>,
+}
+
+/// The in-memory copy of the file and the stamp of the file it came from.
+#[derive(Debug, Default)]
+struct Loaded {
+    stamp: Option<Stamp>,
+    identities: BTreeMap<ClientIdentity, Identity>,
+}
+
+/// What tells that the file was replaced: a rename gives a new inode, a rewrite a new
+/// size or mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(metadata: &fs::Metadata) -> Self {
+        Self {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            inode: metadata.ino(),
+        }
+    }
+}
+
+/// The file's layout.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    version: u32,
+    identities: Vec<Record>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Record {
+    device_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    module_id: Option<String>,
+    primary_key: SymmetricKey,
+    secondary_key: SymmetricKey,
+}
+
+const FORMAT_VERSION: u32 = 1;
+
+impl IdentityStore {
+    /// Opens (or starts) the store under `data_dir` for the edge device `edge_device_id`, whose
+    /// modules [`add_module`](Self::add_module) creates. Creates `data_dir` (mode 0700) if it
+    /// does not exist.
+    ///
+    /// # Errors
+    ///
+    /// When the folder cannot be created or the file cannot be read or parsed.
+    pub fn open(data_dir: &Path, edge_device_id: &str) -> Result<Self, IdentityError> {
+        validate_device_id(edge_device_id)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|source| IdentityError::Io {
+                action: "create the folder",
+                path: data_dir.to_owned(),
+                source,
+            })?;
+        let store = Self {
+            dir: data_dir.to_owned(),
+            path: data_dir.join(FILE_NAME),
+            edge_device_id: edge_device_id.to_owned(),
+            loaded: Mutex::default(),
+        };
+        store.reload_if_changed()?;
+        Ok(store)
+    }
+
+    /// The path of the store's file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The identity of module `module_id` of the edge device, created with new keys if it does
+    /// not exist yet.
+    ///
+    /// # Errors
+    ///
+    /// An invalid module id, or a failure to read or write the file.
+    pub fn add_module(&self, module_id: &str) -> Result<Identity, IdentityError> {
+        validate_module_id(module_id)?;
+        let id = ClientIdentity::module(&self.edge_device_id, module_id);
+        Ok(self.add_all(vec![id])?.remove(0))
+    }
+
+    /// Makes sure every module in `module_ids` has an identity (one write for all of them):
+    /// what the hub does at start for the modules of the deployment manifest.
+    ///
+    /// # Errors
+    ///
+    /// An invalid module id (then nothing is written), or a failure to read or write the file.
+    pub fn add_modules<'a>(
+        &self,
+        module_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<Identity>, IdentityError> {
+        let ids = module_ids
+            .into_iter()
+            .map(|module_id| {
+                validate_module_id(module_id)?;
+                Ok(ClientIdentity::module(&self.edge_device_id, module_id))
+            })
+            .collect::<Result<Vec<_>, IdError>>()?;
+        self.add_all(ids)
+    }
+
+    /// The identity of leaf device `device_id`, created with new keys if it does not exist yet.
+    ///
+    /// # Errors
+    ///
+    /// An invalid device id, or a failure to read or write the file.
+    pub fn add_device(&self, device_id: &str) -> Result<Identity, IdentityError> {
+        validate_device_id(device_id)?;
+        Ok(self
+            .add_all(vec![ClientIdentity::device(device_id)])?
+            .remove(0))
+    }
+
+    /// The identity `device_id` or `device_id/module_id` (ids compared exactly), re-reading the
+    /// file first if another process changed it.
+    ///
+    /// # Errors
+    ///
+    /// When the file changed and cannot be read or parsed.
+    pub fn get(
+        &self,
+        device_id: &str,
+        module_id: Option<&str>,
+    ) -> Result<Option<Identity>, IdentityError> {
+        self.reload_if_changed()?;
+        let key = ClientIdentity {
+            device_id: device_id.to_owned(),
+            module_id: module_id.map(str::to_owned),
+        };
+        Ok(self.lock_loaded().identities.get(&key).cloned())
+    }
+
+    /// Every identity, sorted by device id, then module id (a device before its modules).
+    ///
+    /// # Errors
+    ///
+    /// When the file changed and cannot be read or parsed.
+    pub fn list(&self) -> Result<Vec<Identity>, IdentityError> {
+        self.reload_if_changed()?;
+        Ok(self.lock_loaded().identities.values().cloned().collect())
+    }
+
+    /// Re-reads the file if it is not the one last loaded (one `stat` when it is).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or parsed; the previous copy is kept then.
+    pub fn reload_if_changed(&self) -> Result<(), IdentityError> {
+        if self.lock_loaded().stamp == self.stamp()? {
+            return Ok(());
+        }
+        let fresh = self.read()?;
+        *self.lock_loaded() = fresh;
+        Ok(())
+    }
+
+    /// Adds the identities in `ids` that are missing, under the writers' lock, and returns all
+    /// of them in the same order.
+    fn add_all(&self, ids: Vec<ClientIdentity>) -> Result<Vec<Identity>, IdentityError> {
+        let _lock = self.lock_writers()?;
+        let mut fresh = self.read()?;
+        let mut changed = false;
+        let mut result = Vec::with_capacity(ids.len());
+        for id in ids {
+            let identity = match fresh.identities.get(&id) {
+                Some(existing) => existing.clone(),
+                None => {
+                    let identity = Identity::generate(id.clone())?;
+                    fresh.identities.insert(id, identity.clone());
+                    changed = true;
+                    identity
+                }
+            };
+            result.push(identity);
+        }
+        if changed {
+            self.write(&fresh.identities)?;
+            fresh.stamp = self.stamp()?;
+            tracing::info!(path = %self.path.display(), "identity store updated");
+        }
+        *self.lock_loaded() = fresh;
+        Ok(result)
+    }
+
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        // The guarded data is replaced whole, never left half-updated: a poisoned lock is fine.
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An exclusive lock on the lock file, released when the returned file is dropped (or the
+    /// process dies).
+    #[expect(
+        clippy::incompatible_msrv,
+        reason = "File::lock is stable since 1.89; the workspace's rust-version must follow"
+    )]
+    fn lock_writers(&self) -> Result<File, IdentityError> {
+        let path = self.dir.join(LOCK_NAME);
+        let io_error = |action| {
+            let path = path.clone();
+            move |source| IdentityError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_error("open"))?;
+        file.lock().map_err(io_error("lock"))?;
+        Ok(file)
+    }
+
+    fn stamp(&self) -> Result<Option<Stamp>, IdentityError> {
+        match fs::metadata(&self.path) {
+            Ok(metadata) => Ok(Some(Stamp::of(&metadata))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(self.io_error("read", source)),
+        }
+    }
+
+    /// Reads the file; a missing file is an empty store. The stamp is taken from the open file
+    /// so that it describes exactly the bytes read.
+    fn read(&self) -> Result<Loaded, IdentityError> {
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
+            Err(source) => return Err(self.io_error("read", source)),
+        };
+        let metadata = file
+            .metadata()
+            .map_err(|source| self.io_error("read", source))?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)
+            .map_err(|source| self.io_error("read", source))?;
+        let parsed: StoreFile =
+            serde_json::from_slice(&text).map_err(|source| IdentityError::Corrupt {
+                path: self.path.clone(),
+                source,
+            })?;
+        let identities = parsed
+            .identities
+            .into_iter()
+            .map(|r| {
+                let id = ClientIdentity {
+                    device_id: r.device_id,
+                    module_id: r.module_id,
+                };
+                let identity = Identity {
+                    id: id.clone(),
+                    primary_key: r.primary_key,
+                    secondary_key: r.secondary_key,
+                };
+                (id, identity)
+            })
+            .collect();
+        Ok(Loaded {
+            stamp: Some(Stamp::of(&metadata)),
+            identities,
+        })
+    }
+
+    /// Replaces the file atomically: temporary file (0600), fsync, rename, fsync the folder.
+    fn write(&self, identities: &BTreeMap<ClientIdentity, Identity>) -> Result<(), IdentityError> {
+        let contents = StoreFile {
+            version: FORMAT_VERSION,
+            identities: identities
+                .values()
+                .map(|identity| Record {
+                    device_id: identity.id.device_id.clone(),
+                    module_id: identity.id.module_id.clone(),
+                    primary_key: identity.primary_key.clone(),
+                    secondary_key: identity.secondary_key.clone(),
+                })
+                .collect(),
+        };
+        let mut text =
+            serde_json::to_vec_pretty(&contents).expect("identity records always serialize");
+        text.push(b'\n');
+        let temp = self.dir.join(TEMP_NAME);
+        let temp_error = |source| IdentityError::Io {
+            action: "write",
+            path: temp.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(temp_error)?;
+        file.write_all(&text).map_err(temp_error)?;
+        file.sync_all().map_err(temp_error)?;
+        drop(file);
+        fs::rename(&temp, &self.path).map_err(|source| self.io_error("replace", source))?;
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| IdentityError::Io {
+                action: "sync",
+                path: self.dir.clone(),
+                source,
+            })
+    }
+
+    fn io_error(&self, action: &'static str, source: io::Error) -> IdentityError {
+        IdentityError::Io {
+            action,
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn hostnames() -> Hostnames {
+        Hostnames {
+            iothub: "hub.example.net".to_owned(),
+            gateway: "gateway.local".to_owned(),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn adding_twice_returns_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let first = store.add_module("filter").unwrap();
+        let second = store.add_module("filter").unwrap();
+        assert_eq!(first, second);
+        assert_ne!(first.primary_key, first.secondary_key);
+        assert_eq!(first.id, ClientIdentity::module("edge", "filter"));
+    }
+
+    #[test]
+    fn identities_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = IdentityStore::open(dir.path(), "edge")
+            .unwrap()
+            .add_module("filter")
+            .unwrap();
+        let reopened = IdentityStore::open(dir.path(), "edge").unwrap();
+        assert_eq!(reopened.get("edge", Some("filter")).unwrap(), Some(module));
+    }
+
+    #[test]
+    fn connection_strings_have_the_documented_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let module = store.add_module("filter").unwrap();
+        let key = module.primary_key.to_base64();
+        assert_eq!(
+            module.connection_string(&hostnames()),
+            format!(
+                "HostName=hub.example.net;DeviceId=edge;ModuleId=filter;SharedAccessKey={key};GatewayHostName=gateway.local"
+            )
+        );
+        let leaf = store.add_device("leaf-1").unwrap();
+        let key = leaf.primary_key.to_base64();
+        assert_eq!(
+            leaf.connection_string(&hostnames()),
+            format!(
+                "HostName=hub.example.net;DeviceId=leaf-1;SharedAccessKey={key};GatewayHostName=gateway.local"
+            )
+        );
+    }
+
+    #[test]
+    fn get_is_exact_and_distinguishes_devices_from_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        store.add_module("filter").unwrap();
+        store.add_device("leaf").unwrap();
+        assert!(store.get("edge", Some("filter")).unwrap().is_some());
+        assert!(store.get("edge", Some("Filter")).unwrap().is_none());
+        assert!(store.get("edge", None).unwrap().is_none());
+        assert!(store.get("leaf", None).unwrap().is_some());
+        assert!(store.get("leaf", Some("filter")).unwrap().is_none());
+    }
+
+    #[test]
+    fn invalid_ids_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        assert!(matches!(
+            store.add_module("a/b"),
+            Err(IdentityError::InvalidId(_))
+        ));
+        assert!(matches!(
+            store.add_modules(["good", "$bad"]),
+            Err(IdentityError::InvalidId(IdError::Reserved { .. }))
+        ));
+        assert!(matches!(
+            store.add_device(""),
+            Err(IdentityError::InvalidId(_))
+        ));
+        assert!(store.list().unwrap().is_empty());
+        assert!(!store.path().exists());
+    }
+
+    #[test]
+    fn file_is_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = IdentityStore::open(&data, "edge").unwrap();
+        store.add_device("leaf").unwrap();
+        assert_eq!(mode(store.path()), 0o600);
+        assert_eq!(mode(&data), 0o700);
+        assert!(!data.join(TEMP_NAME).exists());
+    }
+
+    #[test]
+    fn an_identity_added_by_another_process_is_seen_without_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = IdentityStore::open(dir.path(), "edge").unwrap();
+        assert!(hub.get("edge", Some("late")).unwrap().is_none());
+        // A second store on the same folder stands for `edgehub identity add` in another process.
+        let added = IdentityStore::open(dir.path(), "edge")
+            .unwrap()
+            .add_module("late")
+            .unwrap();
+        assert_eq!(hub.get("edge", Some("late")).unwrap(), Some(added));
+        assert_eq!(hub.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let dir = Arc::clone(&dir);
+                std::thread::spawn(move || {
+                    // Separate stores, as separate processes would have.
+                    let store = IdentityStore::open(dir.path(), "edge").unwrap();
+                    for i in 0..5 {
+                        store.add_module(&format!("m{t}-{i}")).unwrap();
+                        store.add_module("shared").unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        assert_eq!(store.list().unwrap().len(), 8 * 5 + 1);
+    }
+
+    #[test]
+    fn add_modules_creates_only_the_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let sensor = store.add_module("sensor").unwrap();
+        let all = store.add_modules(["sensor", "filter"]).unwrap();
+        assert_eq!(all[0], sensor);
+        assert_eq!(all[1].id, ClientIdentity::module("edge", "filter"));
+        assert_eq!(store.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), "{not json").unwrap();
+        let error = IdentityStore::open(dir.path(), "edge").unwrap_err();
+        assert!(matches!(error, IdentityError::Corrupt { .. }));
+        assert!(error.to_string().contains(FILE_NAME), "{error}");
+    }
+
+    #[test]
+    fn list_is_sorted_and_keys_stay_out_of_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        store.add_device("zeta").unwrap();
+        let module = store.add_module("filter").unwrap();
+        store.add_device("alpha").unwrap();
+        let ids: Vec<String> = store
+            .list()
+            .unwrap()
+            .iter()
+            .map(|i| i.id.to_string())
+            .collect();
+        assert_eq!(ids, ["alpha", "edge/filter", "zeta"]);
+        let debug = format!("{module:?}");
+        assert!(!debug.contains(&module.primary_key.to_base64()), "{debug}");
+    }
+}
