@@ -209,11 +209,12 @@ fn churn(messages: u64, backlog: u64, durability: Durability, away: u64) {
         let _ = dir.keep();
     }
     println!(
-        "throughput {:.0} msgs/s, process CPU {:.2} us/msg, max du after 1M msgs {max_du} B = {:.2} x live ({:.0} B per live message)",
+        "throughput {:.0} msgs/s, process CPU {:.2} us/msg, max du after 1M msgs {max_du} B = {:.2} x live ({:.0} B per live message), epochs compacted {}",
         messages as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / messages as f64,
         max_du as f64 / live as f64,
         max_du as f64 / backlog as f64,
+        store.stats().compacted,
     );
     println!("CPU per thread (us/msg):");
     for (name, cpu) in threads {

@@ -68,6 +68,9 @@ pub struct StoreConfig {
     pub cleanup_interval: Duration,
     /// Most segments the cleaner drops per run (bounded work per tick).
     pub cleanup_budget: usize,
+    /// A sealed epoch whose live payload is under an eighth of an epoch and has not shrunk for
+    /// this long is compacted (its live entries copied forward, the epoch deleted).
+    pub compaction_delay: Duration,
     /// Disk quota.
     pub quota: Quota,
     /// Source of time for enqueue stamps and expiry.
@@ -76,7 +79,8 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// Defaults: `sync` durability, 64 KiB segments, 8 MiB epochs, 4 MiB cache per epoch,
-    /// checkpoints every 20 ms, cleanup every second, no quota.
+    /// checkpoints every 20 ms, cleanup every second, compaction of stalled epochs after 2 s,
+    /// no quota.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
@@ -89,6 +93,7 @@ impl StoreConfig {
             checkpoint_interval: Duration::from_millis(20),
             cleanup_interval: Duration::from_secs(1),
             cleanup_budget: 1024,
+            compaction_delay: Duration::from_secs(2),
             quota: Quota::default(),
             clock: Arc::new(SystemClock),
         }

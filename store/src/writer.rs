@@ -99,6 +99,8 @@ pub(crate) struct Writer {
     syncer: Option<(Sender<SyncJob>, JoinHandle<()>)>,
     /// Sealed epochs still to be closed and reopened (see `reopen_sealed`).
     to_reopen: Vec<u64>,
+    /// Live bytes of small sealed epochs, and since when they have not shrunk (compaction).
+    stalled: HashMap<u64, (u64, Instant)>,
     builder: SegmentBuilder,
     targets: Vec<RecordTarget>,
     unflushed: bool,
@@ -176,6 +178,7 @@ impl Writer {
             next_endpoint,
             syncer,
             to_reopen: Vec::new(),
+            stalled: HashMap::new(),
             builder: SegmentBuilder::default(),
             targets: Vec::new(),
             unflushed: false,
@@ -548,13 +551,26 @@ impl Writer {
             }
         }
         let threshold = self.shared.config.epoch_bytes / 8;
+        let delay = self.shared.config.compaction_delay;
+        let now = Instant::now();
         let sealed = self.epochs.len().saturating_sub(1);
-        let candidate = self
-            .epochs
-            .iter()
-            .take(sealed)
-            .map(|t| t.id)
-            .find(|id| live.get(id).is_some_and(|&bytes| bytes <= threshold));
+        // Epochs under the threshold, with the live bytes they had when last seen shrinking: an
+        // epoch that a reader is still consuming shrinks and is left to it.
+        let stalled = &mut self.stalled;
+        stalled.retain(|id, _| live.contains_key(id));
+        let candidate = self.epochs.iter().take(sealed).map(|t| t.id).find(|id| {
+            let Some(&bytes) = live.get(id).filter(|&&b| b <= threshold) else {
+                return false;
+            };
+            let since = match stalled.get(id) {
+                Some(&(seen, since)) if seen == bytes => since,
+                _ => {
+                    stalled.insert(*id, (bytes, now));
+                    now
+                }
+            };
+            now.duration_since(since) >= delay
+        });
         if let Some(id) = candidate {
             self.compact(id);
         }

@@ -10,10 +10,12 @@ use store::{EnqueueError, ManualClock, Quota, QuotaPolicy, Reader, Store, StoreC
 const PAYLOAD: usize = 256;
 
 fn small_epochs(dir: &std::path::Path, clock: &ManualClock) -> StoreConfig {
-    config(dir, clock)
+    let mut config = config(dir, clock)
         .with_durability(periodic())
         .with_epoch_bytes(128 * 1024)
-        .with_segment_bytes(16 * 1024)
+        .with_segment_bytes(16 * 1024);
+    config.compaction_delay = std::time::Duration::from_millis(50);
+    config
 }
 
 /// Reads and acks up to `n` entries.

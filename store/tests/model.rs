@@ -139,6 +139,8 @@ impl Harness {
             .with_segment_bytes(64);
         // The cleaner works at segment granularity, invisible to the model: keep it away.
         cfg.cleanup_interval = Duration::from_secs(3600);
+        // Compact as soon as possible, so that order across copied epochs is exercised.
+        cfg.compaction_delay = Duration::ZERO;
         self.store = Some(Store::open(cfg).expect("open"));
     }
 
