@@ -4,10 +4,19 @@
 //! Layout:
 //! - [`cli`]: the `edgehub` command line (`route check`, `route test`, ...);
 //! - [`manifest`]: reading IoT Edge deployment manifests;
+//! - [`hub`]: the running hub (route table, store, sessions, listeners);
+//! - [`mqtt`]: connections, sessions, topics and property bags;
+//! - [`delivery`]: pumps from the store to module inputs;
+//! - [`stored`]: the stored form of a message; [`metrics`]: counters.
 //! - [`identity`]: identities, their keys and store, the CONNECT username;
 //! - [`sas`]: SAS tokens and the authentication of a CONNECT.
 
 pub mod cli;
-pub mod manifest;
+pub mod delivery;
+pub mod hub;
 pub mod identity;
+pub mod manifest;
+pub mod metrics;
+pub mod mqtt;
 pub mod sas;
+pub mod stored;

@@ -1,0 +1,306 @@
+//! The hub: the route table, the store, the sessions and the listeners, wired together.
+//!
+//! [`Hub::start`] opens the store, installs the routes (a store endpoint per route endpoint, a
+//! delivery pump per module input), binds the listeners and serves connections until
+//! [`Hub::shutdown`], which stops accepting, closes connections, stops the pumps and closes
+//! the store (flushing what was persisted).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use router::{ConfigErrors, EdgeHubRoutes, Endpoint, RouteTable, Router};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::delivery::{self, ModuleInput};
+use crate::metrics::Metrics;
+use crate::mqtt::auth::Authenticator;
+use crate::mqtt::connection;
+use crate::mqtt::session::Sessions;
+
+/// What a hub needs to start; built from the configuration file by the binary.
+#[derive(Debug)]
+pub struct HubSettings {
+    /// This edge device's id.
+    pub device_id: String,
+    /// Where the hub keeps its state (store, sessions).
+    pub data_dir: PathBuf,
+    /// Plain MQTT listener (development, benchmarks).
+    pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS listener and its TLS configuration.
+    pub mqtts: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// Store settings (its `dir` is set under `data_dir` when empty).
+    pub store: store::StoreConfig,
+    /// The routes and the global TTL, from the `$edgeHub` desired properties.
+    pub routes: EdgeHubRoutes,
+    /// Time a new connection has to send its CONNECT (and finish its TLS handshake).
+    pub connect_timeout: std::time::Duration,
+}
+
+impl HubSettings {
+    /// The default time a connection has to send its CONNECT.
+    pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+}
+
+/// State shared by connections and pumps.
+#[derive(Debug)]
+pub struct Shared {
+    /// This edge device's id (module endpoints are `{device_id}/{module}/{input}`).
+    pub device_id: String,
+    /// The running route table.
+    pub router: Router,
+    /// The store.
+    pub store: store::Store,
+    /// The sessions.
+    pub sessions: Sessions,
+    /// Who may connect.
+    pub auth: Arc<dyn Authenticator>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Time a new connection has to send its CONNECT.
+    pub connect_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for dyn Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authenticator")
+    }
+}
+
+/// A running hub.
+#[derive(Debug)]
+pub struct Hub {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<JoinSet<()>>,
+    mqtt_addr: Option<SocketAddr>,
+    mqtts_addr: Option<SocketAddr>,
+}
+
+impl Hub {
+    /// Opens the store, installs the routes, binds the listeners and starts serving.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be opened, the routes do not load, or a listener cannot bind.
+    pub async fn start(settings: HubSettings, auth: Arc<dyn Authenticator>) -> Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data folder {}", settings.data_dir.display()))?;
+        let table = settings
+            .routes
+            .table()
+            .map_err(|e| anyhow::anyhow!("routes do not load: {e}"))?;
+        let store = store::Store::open(settings.store).context("opening the store")?;
+        for quarantined in &store.recovery_report().quarantined {
+            tracing::error!(
+                ?quarantined,
+                "an unreadable store database was moved aside; its messages are not delivered"
+            );
+        }
+        let shared = Arc::new(Shared {
+            device_id: settings.device_id,
+            router: Router::new(RouteTable::empty()),
+            store,
+            sessions: Sessions::new(Some(settings.data_dir.join("sessions.json"))),
+            auth,
+            metrics: Metrics::default(),
+            connect_timeout: settings.connect_timeout,
+        });
+        let (stop, _) = watch::channel(false);
+        let mut hub = Self {
+            shared,
+            stop,
+            tasks: Mutex::new(JoinSet::new()),
+            mqtt_addr: None,
+            mqtts_addr: None,
+        };
+        hub.install(table).context("installing the routes")?;
+        if let Some(addr) = settings.mqtt {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding MQTT on {addr}"))?;
+            hub.mqtt_addr = Some(listener.local_addr()?);
+            tracing::info!(addr = %listener.local_addr()?, "listening for MQTT");
+            hub.spawn(accept_plain(
+                listener,
+                Arc::clone(&hub.shared),
+                hub.stop.subscribe(),
+            ));
+        }
+        if let Some((addr, tls)) = settings.mqtts {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding MQTTS on {addr}"))?;
+            hub.mqtts_addr = Some(listener.local_addr()?);
+            tracing::info!(addr = %listener.local_addr()?, "listening for MQTT over TLS");
+            hub.spawn(accept_tls(
+                listener,
+                tls,
+                Arc::clone(&hub.shared),
+                hub.stop.subscribe(),
+            ));
+        }
+        Ok(hub)
+    }
+
+    /// The plain MQTT listener's address (useful when bound to port 0).
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    /// The TLS listener's address.
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.mqtts_addr
+    }
+
+    /// State shared with connections (metrics, sessions, store).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Validates and installs a new set of routes while messages flow: endpoints are added to
+    /// the store and pumps started before the table is swapped in.
+    ///
+    /// # Errors
+    ///
+    /// Every bad route, by name; the running table stays.
+    pub fn install_routes(&self, routes: &EdgeHubRoutes) -> Result<(), ConfigErrors> {
+        let table = routes.table()?;
+        self.install(table)
+            .map_err(|e| ConfigErrors(vec![router::ConfigError::Document(format!("{e:#}"))]))
+    }
+
+    fn install(&self, table: RouteTable) -> Result<()> {
+        let existing = self.shared.store.endpoints();
+        for endpoint in table.endpoints() {
+            let id = endpoint.id(&self.shared.device_id);
+            if existing.contains(&id) {
+                continue;
+            }
+            self.shared
+                .store
+                .add_endpoint(&id)
+                .with_context(|| format!("adding endpoint {id}"))?;
+            if let Endpoint::ModuleInput { module, input } = endpoint {
+                let reader = self
+                    .shared
+                    .store
+                    .reader(&id)
+                    .with_context(|| format!("reading endpoint {id}"))?;
+                let target = ModuleInput {
+                    endpoint: id,
+                    device: self.shared.device_id.clone(),
+                    module: module.clone(),
+                    input: input.clone(),
+                };
+                self.spawn(delivery::pump(
+                    Arc::clone(&self.shared),
+                    target,
+                    reader,
+                    self.stop.subscribe(),
+                ));
+            }
+        }
+        self.shared.router.replace(table);
+        Ok(())
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .spawn(task);
+    }
+
+    /// Stops accepting, closes every connection, stops the pumps, then closes the store
+    /// (everything acknowledged is already durable; this flushes checkpoints too).
+    ///
+    /// # Errors
+    ///
+    /// When the store fails to close cleanly.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.shared.sessions.close_all();
+        let mut tasks = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("some tasks did not stop within 10 s; aborting them");
+            tasks.abort_all();
+        }
+        let shared = Arc::try_unwrap(self.shared);
+        match shared {
+            Ok(shared) => shared.store.close().context("closing the store"),
+            Err(shared) => shared.store.flush().context("flushing the store"),
+        }
+    }
+}
+
+async fn accept_plain(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let shared = Arc::clone(&shared);
+                    connections.spawn(async move {
+                        tracing::debug!(%peer, "connection accepted");
+                        connection::serve(stream, shared).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn accept_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
+                    connections.spawn(async move {
+                        match tokio::time::timeout(shared.connect_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => connection::serve(tls, shared).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}

@@ -1,0 +1,60 @@
+//! Authentication of a CONNECT: the seam between the MQTT head and the identity store.
+
+use std::fmt;
+
+/// The identity a connection acts as, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// The device id.
+    pub device_id: String,
+    /// The module id, for modules.
+    pub module_id: Option<String>,
+}
+
+impl Identity {
+    /// The MQTT client id of this identity: `device` or `device/module`.
+    pub fn client_id(&self) -> String {
+        match &self.module_id {
+            Some(module) => format!("{}/{module}", self.device_id),
+            None => self.device_id.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.client_id())
+    }
+}
+
+/// The credentials of a CONNECT packet.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials<'a> {
+    /// The client id.
+    pub client_id: &'a str,
+    /// The username, if any.
+    pub username: Option<&'a str>,
+    /// The password (a SAS token), if any. Never logged.
+    pub password: Option<&'a str>,
+}
+
+impl fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Decides who a connection is. Every refusal is answered with CONNACK 5 (decision D1); the
+/// reason is logged, never the token.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The identity these credentials prove, or why they do not.
+    ///
+    /// # Errors
+    ///
+    /// A reason for the log when the credentials are refused.
+    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Identity, String>;
+}

@@ -1,0 +1,387 @@
+//! One client connection, from CONNECT to close.
+//!
+//! A connection is one task that owns its socket, its in-flight tables and its order of
+//! acknowledgements; it shares nothing mutable with other connections. Inbound QoS 1 messages
+//! are PUBACKed in the order they arrived, each only when the store says it is durable in every
+//! target queue; at most [`INBOUND_WINDOW`] wait at once, beyond which the socket is not read
+//! (backpressure reaches the client). Outbound messages come from the delivery pumps through
+//! the bounded outbox of the session's [`Link`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt as _, StreamExt as _};
+use router::message::system;
+use router::{Message, Ttl as RouteTtl};
+use rumqttc::mqttbytes::v4::{
+    Codec, ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
+    UnsubAck,
+};
+use rumqttc::mqttbytes::{Protocol, QoS};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::Framed;
+
+use super::auth::{Credentials, Identity};
+use super::session::{Link, Outbound};
+use super::topic::{Inbound, PropertyBag, decode_bag};
+use crate::hub::Shared;
+use crate::metrics::DropReason;
+use crate::stored;
+
+/// The largest packet accepted: IoT Hub's 256 KiB message plus room for the topic.
+pub const MAX_PACKET: usize = 256 * 1024 + 16 * 1024;
+/// The largest routed message (body plus property keys and values), as IoT Hub.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// Inbound QoS 1 messages awaiting durability before the socket stops being read.
+pub const INBOUND_WINDOW: usize = 64;
+/// Capacity of a connection's outbox.
+pub const OUTBOX: usize = 64;
+
+type PendingAck = Pin<Box<dyn Future<Output = (u16, Result<(), store::EnqueueError>)> + Send>>;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Close {
+    /// The client said goodbye or went away.
+    Client,
+    /// Another connection with the same client id took over.
+    TakenOver,
+    /// The client broke a rule; the reason is logged.
+    Violation(String),
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve<S>(stream: S, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let codec = Codec {
+        max_incoming_size: MAX_PACKET,
+        max_outgoing_size: MAX_PACKET,
+    };
+    let mut framed = Framed::new(stream, codec);
+    let connect = match tokio::time::timeout(shared.connect_timeout, framed.next()).await {
+        Ok(Some(Ok(Packet::Connect(connect)))) => connect,
+        Ok(Some(Ok(other))) => {
+            tracing::debug!(packet = ?other, "first packet is not CONNECT; closing");
+            return;
+        }
+        Ok(Some(Err(e))) => {
+            tracing::debug!(error = %e, "unreadable first packet; closing");
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    };
+    if connect.protocol != Protocol::V4 {
+        let _ = framed
+            .send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::RefusedProtocolVersion,
+                false,
+            )))
+            .await;
+        return;
+    }
+    let credentials = Credentials {
+        client_id: &connect.client_id,
+        username: connect.login.as_ref().map(|l| l.username.as_str()),
+        password: connect.login.as_ref().map(|l| l.password.as_str()),
+    };
+    let identity = match shared.auth.authenticate(&credentials) {
+        Ok(identity) => identity,
+        Err(reason) => {
+            tracing::warn!(client_id = %connect.client_id, %reason, "connection refused");
+            shared.metrics.connection_refused();
+            let _ = framed
+                .send(Packet::ConnAck(ConnAck::new(
+                    ConnectReturnCode::NotAuthorized,
+                    false,
+                )))
+                .await;
+            return;
+        }
+    };
+    let client_id = identity.client_id();
+    let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+    let (close, close_rx) = watch::channel(false);
+    let link = Link {
+        id: shared.sessions.next_link_id(),
+        outbox,
+        close,
+    };
+    let link_id = link.id;
+    let connected = shared
+        .sessions
+        .connect(&client_id, connect.clean_session, link);
+    if connected.replaced.is_some() {
+        tracing::info!(%client_id, "a new connection took over the client's previous one");
+    }
+    let ack = ConnAck::new(ConnectReturnCode::Success, connected.session_present);
+    if framed.send(Packet::ConnAck(ack)).await.is_err() {
+        shared.sessions.disconnect(&client_id, link_id);
+        return;
+    }
+    tracing::info!(%client_id, clean_session = connect.clean_session, "client connected");
+    let keep_alive = match connect.keep_alive {
+        0 => Duration::from_secs(600),
+        secs => Duration::from_millis(u64::from(secs) * 1500).min(Duration::from_secs(600)),
+    };
+    let mut connection = Connection {
+        framed,
+        shared: Arc::clone(&shared),
+        identity,
+        keep_alive,
+        pending_acks: FuturesOrdered::new(),
+        in_flight: HashMap::new(),
+        next_pkid: 1,
+    };
+    let close = connection.run(outbox_rx, close_rx).await;
+    shared.sessions.disconnect(&client_id, link_id);
+    match close {
+        Close::Client => tracing::info!(%client_id, "client disconnected"),
+        Close::TakenOver => tracing::info!(%client_id, "connection replaced by a newer one"),
+        Close::Violation(reason) => tracing::warn!(%client_id, %reason, "connection closed"),
+    }
+}
+
+struct Connection<S> {
+    framed: Framed<S, Codec>,
+    shared: Arc<Shared>,
+    identity: Identity,
+    keep_alive: Duration,
+    /// Inbound QoS 1 publishes awaiting durability, in arrival order.
+    pending_acks: FuturesOrdered<PendingAck>,
+    /// Outbound QoS 1 publishes awaiting the client's PUBACK.
+    in_flight: HashMap<u16, oneshot::Sender<()>>,
+    next_pkid: u16,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    async fn run(
+        &mut self,
+        mut outbox: mpsc::Receiver<Outbound>,
+        mut close: watch::Receiver<bool>,
+    ) -> Close {
+        loop {
+            let reading = self.pending_acks.len() < INBOUND_WINDOW;
+            let sending = self.in_flight.len() < usize::from(u16::MAX) - 1;
+            tokio::select! {
+                packet = tokio::time::timeout(self.keep_alive, self.framed.next()), if reading => {
+                    let result = match packet {
+                        Err(_) => Err(Close::Violation("keep-alive expired".to_owned())),
+                        Ok(None) => Err(Close::Client),
+                        Ok(Some(Err(e))) => Err(Close::Violation(format!("malformed packet: {e}"))),
+                        Ok(Some(Ok(packet))) => self.on_packet(packet).await,
+                    };
+                    if let Err(close) = result {
+                        return close;
+                    }
+                }
+                Some((pkid, durable)) = self.pending_acks.next() => {
+                    if let Err(e) = durable {
+                        // Not stored: withhold the PUBACK and close, so the client resends.
+                        return Close::Violation(format!("message not stored ({e}); closing without PUBACK"));
+                    }
+                    if self.framed.send(Packet::PubAck(PubAck::new(pkid))).await.is_err() {
+                        return Close::Client;
+                    }
+                }
+                Some(outbound) = outbox.recv(), if sending => {
+                    if self.deliver(outbound).await.is_err() {
+                        return Close::Client;
+                    }
+                }
+                _ = close.changed() => return Close::TakenOver,
+            }
+        }
+    }
+
+    async fn on_packet(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish).await,
+            Packet::PubAck(ack) => {
+                if let Some(acked) = self.in_flight.remove(&ack.pkid) {
+                    let _ = acked.send(());
+                }
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                let filters: Vec<(String, QoS)> = subscribe
+                    .filters
+                    .into_iter()
+                    .map(|f| (f.path, f.qos))
+                    .collect();
+                let granted = self
+                    .shared
+                    .sessions
+                    .subscribe(&self.identity.client_id(), &filters);
+                let codes = granted
+                    .into_iter()
+                    .map(SubscribeReasonCode::Success)
+                    .collect();
+                self.send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+                    .await
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.shared
+                    .sessions
+                    .unsubscribe(&self.identity.client_id(), &unsubscribe.topics);
+                self.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
+                    .await
+            }
+            Packet::PingReq => self.send(Packet::PingResp).await,
+            Packet::Disconnect => Err(Close::Client),
+            Packet::Connect(_) => Err(Close::Violation("second CONNECT".to_owned())),
+            other => Err(Close::Violation(format!("unexpected packet {other:?}"))),
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<(), Close> {
+        self.framed.send(packet).await.map_err(|_| Close::Client)
+    }
+
+    async fn on_publish(&mut self, publish: Publish) -> Result<(), Close> {
+        if publish.qos == QoS::ExactlyOnce {
+            return Err(Close::Violation("QoS 2 is not supported".to_owned()));
+        }
+        let ticket = match Inbound::parse(&publish.topic) {
+            Inbound::Telemetry {
+                device,
+                module,
+                bag,
+            } => {
+                if device != self.identity.device_id || module != self.identity.module_id.as_deref()
+                {
+                    return Err(Close::Violation(format!(
+                        "published as {device}{} on topic {:?}",
+                        module.map(|m| format!("/{m}")).unwrap_or_default(),
+                        publish.topic
+                    )));
+                }
+                let bag = decode_bag(bag);
+                self.ingest(bag, publish.payload)?
+            }
+            Inbound::Unknown => {
+                self.shared.metrics.dropped(DropReason::UnknownTopic);
+                tracing::warn!(client_id = %self.identity, topic = %publish.topic, "publish to an unknown topic dropped");
+                None
+            }
+            Inbound::TwinGet { .. }
+            | Inbound::TwinPatchReported { .. }
+            | Inbound::MethodResponse { .. } => {
+                self.shared.metrics.dropped(DropReason::Unsupported);
+                tracing::warn!(client_id = %self.identity, topic = %publish.topic, "twin and method topics are not served yet; dropped");
+                None
+            }
+        };
+        if publish.qos == QoS::AtLeastOnce {
+            let pkid = publish.pkid;
+            let pending: PendingAck = match ticket {
+                Some(ticket) => Box::pin(async move { (pkid, ticket.await) }),
+                None => Box::pin(async move { (pkid, Ok(())) }),
+            };
+            self.pending_acks.push_back(pending);
+        }
+        Ok(())
+    }
+
+    /// Routes a telemetry message and hands it to the store; `None` when no route wants it.
+    fn ingest(&self, bag: PropertyBag, body: bytes::Bytes) -> Result<Option<store::Ticket>, Close> {
+        let PropertyBag {
+            properties,
+            mut system_properties,
+        } = bag;
+        system_properties.insert(
+            system::CONNECTION_DEVICE_ID,
+            self.identity.device_id.as_str(),
+        );
+        if let Some(module) = &self.identity.module_id {
+            system_properties.insert(system::CONNECTION_MODULE_ID, module.as_str());
+        }
+        let message = Message {
+            body,
+            properties,
+            system_properties,
+        };
+        let size = message.body.len()
+            + [&message.properties, &message.system_properties]
+                .iter()
+                .flat_map(|p| p.iter())
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > MAX_MESSAGE {
+            self.shared.metrics.dropped(DropReason::TooLarge);
+            return Err(Close::Violation(format!(
+                "message of {size} bytes exceeds {MAX_MESSAGE}"
+            )));
+        }
+        self.shared.metrics.received();
+        let table = self.shared.router.load();
+        let started = std::time::Instant::now();
+        let deliveries = table.dispatch(&message);
+        self.shared.metrics.route_evaluated(started.elapsed());
+        if deliveries.is_empty() {
+            self.shared.metrics.dropped(DropReason::NoRoute);
+            return Ok(None);
+        }
+        let ids: Vec<String> = deliveries
+            .iter()
+            .map(|d| d.endpoint.id(&self.shared.device_id))
+            .collect();
+        let targets: Vec<store::Target<'_>> = deliveries
+            .iter()
+            .zip(&ids)
+            .map(|(d, id)| store::Target::new(id, d.priority, store_ttl(d.ttl)))
+            .collect();
+        match self
+            .shared
+            .store
+            .enqueue(stored::encode(&message), &targets)
+        {
+            Ok(ticket) => Ok(Some(ticket)),
+            Err(e) => {
+                self.shared.metrics.dropped(DropReason::StoreRefused);
+                Err(Close::Violation(format!("store refused the message: {e}")))
+            }
+        }
+    }
+
+    /// Publishes a message from a delivery pump.
+    async fn deliver(&mut self, outbound: Outbound) -> Result<(), Close> {
+        let mut publish = Publish::new(outbound.topic, outbound.qos, Vec::new());
+        publish.payload = outbound.payload;
+        publish.dup = outbound.dup;
+        if outbound.qos == QoS::AtMostOnce {
+            self.send(Packet::Publish(publish)).await?;
+            let _ = outbound.acked.send(());
+        } else {
+            let pkid = self.next_free_pkid();
+            publish.pkid = pkid;
+            self.in_flight.insert(pkid, outbound.acked);
+            self.send(Packet::Publish(publish)).await?;
+        }
+        self.shared.metrics.sent();
+        Ok(())
+    }
+
+    fn next_free_pkid(&mut self) -> u16 {
+        loop {
+            let pkid = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.in_flight.contains_key(&pkid) {
+                return pkid;
+            }
+        }
+    }
+}
+
+fn store_ttl(ttl: RouteTtl) -> store::Ttl {
+    match ttl {
+        RouteTtl::Never => store::Ttl::Never,
+        RouteTtl::Secs(secs) => store::Ttl::After(Duration::from_secs(secs)),
+    }
+}

@@ -1,0 +1,363 @@
+//! Sessions: the subscriptions of each client and its live connection, if any.
+//!
+//! One registry owns this state behind a short mutex (never held across an `.await`). The
+//! subscriptions of `clean_session = 0` clients are persisted to a JSON file and restored at
+//! start (decision D9: the Python SDK never subscribes again after a reconnect). Delivery
+//! pumps watch a session to learn when its client connects or subscribes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rumqttc::QoS;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::topic::filter_matches;
+
+/// A message for a client, handed to its connection: the connection picks the packet id and
+/// completes `acked` when the client acknowledges it (QoS 1) or when it is written (QoS 0).
+#[derive(Debug)]
+pub struct Outbound {
+    /// Topic to publish on.
+    pub topic: String,
+    /// Payload.
+    pub payload: bytes::Bytes,
+    /// QoS of the subscription it matched (at most 1).
+    pub qos: QoS,
+    /// Set on a redelivery.
+    pub dup: bool,
+    /// Completed on acknowledgement; dropped if the connection goes first.
+    pub acked: oneshot::Sender<()>,
+}
+
+/// The live connection of a client: where to send it messages.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Unique per connection, to tell a takeover from a stale disconnect.
+    pub id: u64,
+    /// The connection's outbox (bounded).
+    pub outbox: mpsc::Sender<Outbound>,
+    /// Closing this tells the connection to close (a second connection took over).
+    pub close: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct Session {
+    subscriptions: BTreeMap<String, QoS>,
+    persistent: bool,
+    link: Option<Link>,
+    changes: watch::Sender<u64>,
+}
+
+impl Session {
+    fn new(persistent: bool) -> Self {
+        Self {
+            subscriptions: BTreeMap::new(),
+            persistent,
+            link: None,
+            changes: watch::Sender::new(0),
+        }
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// The registry of sessions.
+#[derive(Debug)]
+pub struct Sessions {
+    sessions: Mutex<HashMap<String, Session>>,
+    file: Option<PathBuf>,
+    next_link: AtomicU64,
+}
+
+/// What [`Sessions::connect`] returns.
+#[derive(Debug)]
+pub struct Connected {
+    /// Whether a stored session was resumed (CONNACK's session-present flag).
+    pub session_present: bool,
+    /// The connection this one replaces, already told to close.
+    pub replaced: Option<Link>,
+}
+
+impl Sessions {
+    /// A registry that persists subscriptions to `file` (if given) and restores them from it.
+    pub fn new(file: Option<PathBuf>) -> Self {
+        let mut sessions = HashMap::new();
+        if let Some(path) = &file
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            match serde_json::from_str::<BTreeMap<String, BTreeMap<String, u8>>>(&text) {
+                Ok(saved) => {
+                    for (client, filters) in saved {
+                        let mut session = Session::new(true);
+                        session.subscriptions = filters
+                            .into_iter()
+                            .map(|(f, q)| {
+                                (
+                                    f,
+                                    if q == 0 {
+                                        QoS::AtMostOnce
+                                    } else {
+                                        QoS::AtLeastOnce
+                                    },
+                                )
+                            })
+                            .collect();
+                        sessions.insert(client, session);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "sessions file unreadable; starting without saved subscriptions");
+                }
+            }
+        }
+        Self {
+            sessions: Mutex::new(sessions),
+            file,
+            next_link: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh link id.
+    pub fn next_link_id(&self) -> u64 {
+        self.next_link.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Attaches a new connection to `client_id`'s session, replacing (and closing) any other.
+    /// A clean session drops what was stored.
+    pub fn connect(&self, client_id: &str, clean_session: bool, link: Link) -> Connected {
+        let mut sessions = self.lock();
+        let existed = sessions
+            .get(client_id)
+            .is_some_and(|s| !s.subscriptions.is_empty() || s.persistent);
+        let session = sessions
+            .entry(client_id.to_owned())
+            .or_insert_with(|| Session::new(!clean_session));
+        if clean_session {
+            session.subscriptions.clear();
+        }
+        session.persistent = !clean_session;
+        let replaced = session.link.replace(link);
+        if let Some(old) = &replaced {
+            let _ = old.close.send(true);
+        }
+        session.changed();
+        let session_present = existed && !clean_session;
+        drop(sessions);
+        self.save();
+        Connected {
+            session_present,
+            replaced,
+        }
+    }
+
+    /// Detaches connection `link_id` if it is still the session's connection. A clean
+    /// session's subscriptions are forgotten.
+    pub fn disconnect(&self, client_id: &str, link_id: u64) {
+        let mut sessions = self.lock();
+        let Some(session) = sessions.get_mut(client_id) else {
+            return;
+        };
+        if session.link.as_ref().is_some_and(|l| l.id == link_id) {
+            session.link = None;
+            if !session.persistent {
+                // Forget what a clean session stored, but keep the entry: pumps watch it.
+                session.subscriptions.clear();
+            }
+            session.changed();
+        }
+    }
+
+    /// Adds subscriptions; returns the granted QoS of each (never above 1).
+    pub fn subscribe(&self, client_id: &str, filters: &[(String, QoS)]) -> Vec<QoS> {
+        let granted = {
+            let mut sessions = self.lock();
+            let session = sessions
+                .entry(client_id.to_owned())
+                .or_insert_with(|| Session::new(false));
+            let granted = filters
+                .iter()
+                .map(|(filter, qos)| {
+                    let qos = if *qos == QoS::AtMostOnce {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    };
+                    session.subscriptions.insert(filter.clone(), qos);
+                    qos
+                })
+                .collect();
+            session.changed();
+            granted
+        };
+        self.save();
+        granted
+    }
+
+    /// Removes subscriptions.
+    pub fn unsubscribe(&self, client_id: &str, filters: &[String]) {
+        {
+            let mut sessions = self.lock();
+            if let Some(session) = sessions.get_mut(client_id) {
+                for filter in filters {
+                    session.subscriptions.remove(filter);
+                }
+                session.changed();
+            }
+        }
+        self.save();
+    }
+
+    /// The connection to deliver `topic` to, and the QoS, if `client_id` is connected and
+    /// subscribed to a filter that matches it.
+    pub fn route(&self, client_id: &str, topic: &str) -> Option<(Link, QoS)> {
+        let sessions = self.lock();
+        let session = sessions.get(client_id)?;
+        let link = session.link.clone()?;
+        let qos = session
+            .subscriptions
+            .iter()
+            .filter(|(filter, _)| filter_matches(filter, topic))
+            .map(|(_, qos)| *qos)
+            .max_by_key(|q| *q as u8)?;
+        Some((link, qos))
+    }
+
+    /// A receiver that changes whenever `client_id` connects, disconnects or (un)subscribes.
+    pub fn watch(&self, client_id: &str) -> watch::Receiver<u64> {
+        self.lock()
+            .entry(client_id.to_owned())
+            .or_insert_with(|| Session::new(false))
+            .changes
+            .subscribe()
+    }
+
+    /// How many clients are connected.
+    pub fn connected(&self) -> usize {
+        self.lock().values().filter(|s| s.link.is_some()).count()
+    }
+
+    /// Tells every connection to close.
+    pub fn close_all(&self) {
+        for session in self.lock().values() {
+            if let Some(link) = &session.link {
+                let _ = link.close.send(true);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the subscriptions of persistent sessions (temp file, fsync, rename).
+    fn save(&self) {
+        let Some(path) = &self.file else {
+            return;
+        };
+        let saved: BTreeMap<String, BTreeMap<String, u8>> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.persistent && !s.subscriptions.is_empty())
+            .map(|(client, s)| {
+                let filters = s
+                    .subscriptions
+                    .iter()
+                    .map(|(f, q)| (f.clone(), *q as u8))
+                    .collect();
+                (client.clone(), filters)
+            })
+            .collect();
+        let result = (|| -> std::io::Result<()> {
+            let tmp = path.with_extension("json.tmp");
+            let file = std::fs::File::create(&tmp)?;
+            serde_json::to_writer(&file, &saved)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, "could not save subscriptions");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(sessions: &Sessions) -> (Link, mpsc::Receiver<Outbound>, watch::Receiver<bool>) {
+        let (outbox, rx) = mpsc::channel(4);
+        let (close, closed) = watch::channel(false);
+        (
+            Link {
+                id: sessions.next_link_id(),
+                outbox,
+                close,
+            },
+            rx,
+            closed,
+        )
+    }
+
+    #[test]
+    fn a_second_connection_takes_over_and_closes_the_first() {
+        let sessions = Sessions::new(None);
+        let (first, _rx1, closed1) = link(&sessions);
+        let first_id = first.id;
+        assert!(!sessions.connect("d/m", false, first).session_present);
+        let (second, _rx2, _closed2) = link(&sessions);
+        let second_id = second.id;
+        let connected = sessions.connect("d/m", false, second);
+        assert!(connected.session_present);
+        assert!(*closed1.borrow());
+        // The first connection's late disconnect does not detach the second.
+        sessions.disconnect("d/m", first_id);
+        sessions.subscribe("d/m", &[("devices/d/modules/m/#".into(), QoS::ExactlyOnce)]);
+        let (routed, qos) = sessions
+            .route("d/m", "devices/d/modules/m/inputs/in1/")
+            .unwrap();
+        assert_eq!((routed.id, qos), (second_id, QoS::AtLeastOnce));
+    }
+
+    #[test]
+    fn persistent_subscriptions_survive_a_restart_and_clean_sessions_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sessions.json");
+        {
+            let sessions = Sessions::new(Some(file.clone()));
+            let (l1, _r1, _c1) = link(&sessions);
+            sessions.connect("d/keep", false, l1);
+            sessions.subscribe(
+                "d/keep",
+                &[("devices/d/modules/keep/#".into(), QoS::AtLeastOnce)],
+            );
+            let (l2, _r2, _c2) = link(&sessions);
+            sessions.connect("d/clean", true, l2);
+            sessions.subscribe(
+                "d/clean",
+                &[("devices/d/modules/clean/#".into(), QoS::AtLeastOnce)],
+            );
+        }
+        let sessions = Sessions::new(Some(file));
+        let (l, _r, _c) = link(&sessions);
+        let connected = sessions.connect("d/keep", false, l);
+        assert!(connected.session_present);
+        assert!(
+            sessions
+                .route("d/keep", "devices/d/modules/keep/inputs/x/")
+                .is_some()
+        );
+        let (l, _r, _c) = link(&sessions);
+        assert!(!sessions.connect("d/clean", false, l).session_present);
+        assert!(
+            sessions
+                .route("d/clean", "devices/d/modules/clean/inputs/x/")
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! IoT Hub MQTT topics (protocol spec 2.1 to 2.4): what a client publishes to, what its
+//! subscriptions mean, and the property bags carried in topic segments.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use router::Properties;
+
+/// What an inbound PUBLISH topic addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound<'t> {
+    /// Telemetry of a device, or an output of a module: `devices/{d}[/modules/{m}]/messages/events[/{bag}][/]`.
+    Telemetry {
+        /// The device id in the topic.
+        device: &'t str,
+        /// The module id in the topic, for modules.
+        module: Option<&'t str>,
+        /// The property bag segment (may be empty).
+        bag: &'t str,
+    },
+    /// `$iothub/twin/GET/?$rid={rid}`.
+    TwinGet {
+        /// The request id.
+        rid: Option<String>,
+    },
+    /// `$iothub/twin/PATCH/properties/reported/?$rid={rid}`.
+    TwinPatchReported {
+        /// The request id.
+        rid: Option<String>,
+    },
+    /// `$iothub/methods/res/{status}/?$rid={rid}`.
+    MethodResponse {
+        /// The status segment, as sent.
+        status: &'t str,
+        /// The request id.
+        rid: Option<String>,
+    },
+    /// Any other topic (decision D2: acknowledged, dropped, counted).
+    Unknown,
+}
+
+impl<'t> Inbound<'t> {
+    /// Classifies an inbound topic.
+    pub fn parse(topic: &'t str) -> Self {
+        if let Some(rest) = topic.strip_prefix("$iothub/") {
+            return Self::parse_iothub(rest);
+        }
+        let segments: Vec<&str> = topic.split('/').collect();
+        let (device, module, rest) = match segments.as_slice() {
+            ["devices", d, "modules", m, "messages", "events", rest @ ..] => (*d, Some(*m), rest),
+            ["devices", d, "messages", "events", rest @ ..] => (*d, None, rest),
+            _ => return Self::Unknown,
+        };
+        let bag = match rest {
+            [] | [""] => "",
+            [bag] | [bag, ""] => bag,
+            _ => return Self::Unknown,
+        };
+        if device.is_empty() || module.is_some_and(str::is_empty) {
+            return Self::Unknown;
+        }
+        Self::Telemetry {
+            device,
+            module,
+            bag,
+        }
+    }
+
+    fn parse_iothub(rest: &'t str) -> Self {
+        let (path, query) = rest.split_once("/?").unwrap_or((rest, ""));
+        let rid = query_value(query, "$rid");
+        match path.split('/').collect::<Vec<_>>().as_slice() {
+            ["twin", "GET"] => Self::TwinGet { rid },
+            ["twin", "PATCH", "properties", "reported"] => Self::TwinPatchReported { rid },
+            ["methods", "res", status] => Self::MethodResponse { status, rid },
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// The value of `name` in a `a=1&b=2` query, percent-decoded.
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| decode(v))
+    })
+}
+
+/// What a subscription filter asks for (spec 2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubscriptionKind {
+    /// `$iothub/methods/POST/#`
+    Methods,
+    /// `$iothub/twin/PATCH/properties/desired/#`
+    DesiredProperties,
+    /// `$iothub/twin/res/#`
+    TwinResponses,
+    /// `devices/{d}/messages/devicebound/#`
+    CloudToDevice,
+    /// `devices/{d}/modules/{m}/#` or `.../inputs/#`
+    ModuleMessages,
+    /// Anything else: acknowledged and ignored.
+    Unknown,
+}
+
+impl SubscriptionKind {
+    /// Classifies a filter by prefix and suffix, as edgeHub does.
+    pub fn of(filter: &str) -> Self {
+        if filter.starts_with("$iothub/methods/POST/") {
+            Self::Methods
+        } else if filter.starts_with("$iothub/twin/PATCH/properties/desired/") {
+            Self::DesiredProperties
+        } else if filter == "$iothub/twin/res/#" {
+            Self::TwinResponses
+        } else if filter.starts_with("devices/") && filter.ends_with("messages/devicebound/#") {
+            Self::CloudToDevice
+        } else if is_module_messages(filter) {
+            Self::ModuleMessages
+        } else {
+            Self::Unknown
+        }
+    }
+}
+
+/// `^devices/.+/modules/.+/#$`
+fn is_module_messages(filter: &str) -> bool {
+    filter
+        .strip_prefix("devices/")
+        .and_then(|rest| rest.strip_suffix("/#"))
+        .and_then(|middle| middle.split_once("/modules/"))
+        .is_some_and(|(d, m)| !d.is_empty() && !m.is_empty())
+}
+
+/// Standard MQTT topic filter matching (`+` one level, `#` the rest), ordinal.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        match level {
+            "#" => return true,
+            "+" => {
+                if topic_levels.next().is_none() {
+                    return false;
+                }
+            }
+            literal => {
+                if topic_levels.next() != Some(literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+/// The topic a module input message is published on (spec 2.4).
+pub fn module_input_topic(device: &str, module: &str, input: &str, bag: &str) -> String {
+    if bag.is_empty() {
+        format!("devices/{device}/modules/{module}/inputs/{input}/")
+    } else {
+        format!("devices/{device}/modules/{module}/inputs/{input}/{bag}")
+    }
+}
+
+/// Wire names of system properties and the keys the hub stores them under (spec 2.3).
+const SYSTEM_PROPERTIES: [(&str, &str); 14] = [
+    ("$.mid", "messageId"),
+    ("$.cid", "cid"),
+    ("$.uid", "userId"),
+    ("$.to", "to"),
+    ("$.exp", "absolute-expiry-time"),
+    ("$.ct", "contentType"),
+    ("$.ce", "contentEncoding"),
+    ("$.schema", "messageSchema"),
+    ("$.ctime", "creationTime"),
+    ("$.on", "outputName"),
+    ("$.ifid", "iothub-interface-id"),
+    ("$.sub", "dt-subject"),
+    ("iothub-operation", "operation"),
+    ("ack", "ack"),
+];
+
+/// System properties sent to receivers, in this order (spec 2.4): never `$.on` or `$.ifid`.
+const OUTBOUND_SYSTEM_PROPERTIES: [(&str, &str); 14] = [
+    ("$.mid", "messageId"),
+    ("$.cid", "cid"),
+    ("$.uid", "userId"),
+    ("$.to", "to"),
+    ("$.exp", "absolute-expiry-time"),
+    ("$.ct", "contentType"),
+    ("$.ce", "contentEncoding"),
+    ("$.schema", "messageSchema"),
+    ("$.ctime", "creationTime"),
+    ("$.sub", "dt-subject"),
+    ("$.cdid", "connectionDeviceId"),
+    ("$.cmid", "connectionModuleId"),
+    ("iothub-operation", "operation"),
+    ("ack", "ack"),
+];
+
+/// Application properties a sender may not set: the hub writes them from the sender's identity.
+const SENDER_KEYS: [&str; 2] = ["$.cdid", "$.cmid"];
+
+/// A property bag split into application and system properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PropertyBag {
+    /// Application properties.
+    pub properties: Properties,
+    /// System properties under the hub's internal names (`messageId`, `contentType`, ...).
+    pub system_properties: Properties,
+}
+
+/// Decodes a property bag segment: `key=value&...`, percent-decoded (`+` is a plus), a key
+/// without `=` has an empty value, a `?` in a key is removed, the last duplicate wins.
+pub fn decode_bag(bag: &str) -> PropertyBag {
+    let mut out = PropertyBag::default();
+    for pair in bag.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(&key.replace('?', ""));
+        if key.is_empty() {
+            continue;
+        }
+        let value = decode(value);
+        match SYSTEM_PROPERTIES.iter().find(|(wire, _)| *wire == key) {
+            Some((_, internal)) => out.system_properties.insert(*internal, value),
+            None => out.properties.insert(key, value),
+        }
+    }
+    out
+}
+
+/// Encodes the bag a receiver sees: application properties, then the outbound system
+/// properties (spec 2.4).
+pub fn encode_bag(properties: &Properties, system_properties: &Properties) -> String {
+    let mut out = String::new();
+    let mut push = |key: &str, value: &str| {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.extend(utf8_percent_encode(key, BAG));
+        out.push('=');
+        out.extend(utf8_percent_encode(value, BAG));
+    };
+    for (key, value) in properties.iter() {
+        if !SENDER_KEYS.contains(&key) {
+            push(key, value);
+        }
+    }
+    for (wire, internal) in OUTBOUND_SYSTEM_PROPERTIES {
+        if let Some(value) = system_properties.get(internal) {
+            push(wire, value);
+        }
+    }
+    out
+}
+
+/// RFC 3986 unreserved characters stay; everything else is percent-encoded.
+const BAG: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn decode(text: &str) -> String {
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_topics_in_every_documented_form() {
+        for (topic, device, module, bag) in [
+            ("devices/d/messages/events/", "d", None, ""),
+            ("devices/d/messages/events", "d", None, ""),
+            ("devices/d/messages/events/a=1/", "d", None, "a=1"),
+            ("devices/d/messages/events/a=1", "d", None, "a=1"),
+            ("devices/d/modules/m/messages/events/", "d", Some("m"), ""),
+            (
+                "devices/d/modules/m/messages/events/%24.on=out1&x=2",
+                "d",
+                Some("m"),
+                "%24.on=out1&x=2",
+            ),
+        ] {
+            assert_eq!(
+                Inbound::parse(topic),
+                Inbound::Telemetry {
+                    device,
+                    module,
+                    bag
+                },
+                "{topic}"
+            );
+        }
+        for topic in [
+            "devices/d/messages/events/a/b",
+            "devices//messages/events/",
+            "devices/d/modules//messages/events/",
+            "devices/d/messages/devicebound/x",
+            "random/topic",
+            "",
+        ] {
+            assert_eq!(Inbound::parse(topic), Inbound::Unknown, "{topic}");
+        }
+    }
+
+    #[test]
+    fn iothub_topics_carry_their_request_id() {
+        assert_eq!(
+            Inbound::parse("$iothub/twin/GET/?$rid=42"),
+            Inbound::TwinGet {
+                rid: Some("42".into())
+            }
+        );
+        assert_eq!(
+            Inbound::parse("$iothub/twin/PATCH/properties/reported/?$rid=7&$version=3"),
+            Inbound::TwinPatchReported {
+                rid: Some("7".into())
+            }
+        );
+        assert_eq!(
+            Inbound::parse("$iothub/methods/res/200/?$rid=abc"),
+            Inbound::MethodResponse {
+                status: "200",
+                rid: Some("abc".into())
+            }
+        );
+        assert_eq!(
+            Inbound::parse("$iothub/twin/GET/foo/?$rid=1"),
+            Inbound::Unknown
+        );
+    }
+
+    #[test]
+    fn subscriptions_are_classified_like_edgehub() {
+        use SubscriptionKind::*;
+        for (filter, kind) in [
+            ("$iothub/methods/POST/#", Methods),
+            ("$iothub/twin/PATCH/properties/desired/#", DesiredProperties),
+            ("$iothub/twin/res/#", TwinResponses),
+            ("devices/d/messages/devicebound/#", CloudToDevice),
+            ("devices/d/modules/m/#", ModuleMessages),
+            ("devices/d/modules/m/inputs/#", ModuleMessages),
+            ("devices/d/#", Unknown),
+            ("a/b", Unknown),
+        ] {
+            assert_eq!(SubscriptionKind::of(filter), kind, "{filter}");
+        }
+    }
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(filter_matches(
+            "devices/d/modules/m/#",
+            "devices/d/modules/m/inputs/in1/x=1"
+        ));
+        assert!(filter_matches(
+            "devices/d/modules/m/inputs/#",
+            "devices/d/modules/m/inputs/in1/"
+        ));
+        assert!(filter_matches("a/+/c", "a/b/c"));
+        assert!(!filter_matches("a/+/c", "a/b/c/d"));
+        assert!(!filter_matches(
+            "devices/d/modules/m/#",
+            "devices/d/modules/n/inputs/in1"
+        ));
+        assert!(filter_matches("#", "anything/at/all"));
+    }
+
+    #[test]
+    fn bags_decode_keys_and_values_and_map_system_properties() {
+        let bag = decode_bag(
+            "%24.on=out1&%24.mid=mid-1&%24.cid=cid-1&%24.ct=application%2Fjson&%24.ce=utf-8&color=red%2Fblue%20%26x%3D1&n=5&plus=a+b&?q&dup=1&dup=2",
+        );
+        let sys = &bag.system_properties;
+        assert_eq!(sys.get("outputName"), Some("out1"));
+        assert_eq!(sys.get("messageId"), Some("mid-1"));
+        assert_eq!(sys.get("cid"), Some("cid-1"));
+        assert_eq!(sys.get("contentType"), Some("application/json"));
+        assert_eq!(sys.get("contentEncoding"), Some("utf-8"));
+        let app = &bag.properties;
+        assert_eq!(app.get("color"), Some("red/blue &x=1"));
+        assert_eq!(app.get("plus"), Some("a+b"));
+        assert_eq!(app.get("q"), Some(""));
+        assert_eq!(app.get("dup"), Some("2"));
+        assert_eq!(app.len(), 5);
+    }
+
+    #[test]
+    fn outbound_bags_carry_the_sender_and_never_the_output_name() {
+        let props: Properties = [("color", "red/blue &x=1"), ("$.cdid", "spoofed")]
+            .into_iter()
+            .collect();
+        let sys: Properties = [
+            ("messageId", "mid-1"),
+            ("outputName", "out1"),
+            ("contentType", "application/json"),
+            ("connectionDeviceId", "dev1"),
+            ("connectionModuleId", "modA"),
+        ]
+        .into_iter()
+        .collect();
+        let bag = encode_bag(&props, &sys);
+        assert_eq!(
+            bag,
+            "color=red%2Fblue%20%26x%3D1&%24.mid=mid-1&%24.ct=application%2Fjson&%24.cdid=dev1&%24.cmid=modA"
+        );
+        let back = decode_bag(&bag);
+        assert_eq!(back.properties.get("color"), Some("red/blue &x=1"));
+        assert_eq!(back.properties.get("$.cdid"), Some("dev1"));
+    }
+}

@@ -1,0 +1,321 @@
+//! The hub over plain MQTT with rumqttc clients: routing module to module, order, offline
+//! backlog, authorization, protocol violations and garbage on the socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgehub::hub::{Hub, HubSettings};
+use edgehub::mqtt::auth::{Authenticator, Credentials, Identity};
+use router::EdgeHubRoutes;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+
+const DEVICE: &str = "edge";
+
+/// Accepts `edge/<module>` with the password `key-<module>`.
+struct TestKeys;
+
+impl Authenticator for TestKeys {
+    fn authenticate(&self, c: &Credentials<'_>) -> Result<Identity, String> {
+        let (device, module) = c.client_id.split_once('/').ok_or("not a module")?;
+        if device != DEVICE || c.password != Some(&format!("key-{module}")) {
+            return Err("bad credentials".to_owned());
+        }
+        Ok(Identity {
+            device_id: device.to_owned(),
+            module_id: Some(module.to_owned()),
+        })
+    }
+}
+
+async fn start_hub(data: &std::path::Path, routes: serde_json::Value) -> Hub {
+    let settings = HubSettings {
+        device_id: DEVICE.to_owned(),
+        data_dir: data.to_owned(),
+        mqtt: Some("127.0.0.1:0".parse().unwrap()),
+        mqtts: None,
+        store: store::StoreConfig::new(data.join("store")),
+        routes: EdgeHubRoutes::from_desired(&json!({
+            "schemaVersion": "1.1",
+            "routes": routes,
+            "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
+        }))
+        .unwrap(),
+        connect_timeout: Duration::from_secs(2),
+    };
+    Hub::start(settings, Arc::new(TestKeys)).await.unwrap()
+}
+
+struct Client {
+    client: AsyncClient,
+    incoming: mpsc::UnboundedReceiver<rumqttc::Publish>,
+    connack: mpsc::UnboundedReceiver<rumqttc::ConnectReturnCode>,
+}
+
+fn options(hub: &Hub, module: &str, password: &str) -> MqttOptions {
+    let addr = hub.mqtt_addr().unwrap();
+    let mut options = MqttOptions::new(
+        format!("{DEVICE}/{module}"),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    options.set_credentials(
+        format!("hub/{DEVICE}/{module}/?api-version=2021-04-12"),
+        password,
+    );
+    options.set_clean_session(false);
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+fn connect(options: MqttOptions) -> Client {
+    let (client, eventloop) = AsyncClient::new(options, 100);
+    let (publishes, incoming) = mpsc::unbounded_channel();
+    let (acks, connack) = mpsc::unbounded_channel();
+    tokio::spawn(drive(eventloop, publishes, acks));
+    Client {
+        client,
+        incoming,
+        connack,
+    }
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    publishes: mpsc::UnboundedSender<rumqttc::Publish>,
+    acks: mpsc::UnboundedSender<rumqttc::ConnectReturnCode>,
+) {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if publishes.send(p).is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                let _ = acks.send(c.code);
+            }
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                let _ = acks.send(code);
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn recv(client: &mut Client) -> rumqttc::Publish {
+    tokio::time::timeout(Duration::from_secs(10), client.incoming.recv())
+        .await
+        .expect("a message arrives within 10 s")
+        .expect("the client runs")
+}
+
+fn module_to_module() -> serde_json::Value {
+    json!({"aToB": "FROM /messages/modules/a/outputs/out1 INTO BrokeredEndpoint(\"/modules/b/inputs/in1\")"})
+}
+
+#[tokio::test]
+async fn a_module_output_reaches_another_module_input_with_its_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let mut b = connect(options(&hub, "b", "key-b"));
+    b.client
+        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let a = connect(options(&hub, "a", "key-a"));
+    a.client
+        .publish(
+            "devices/edge/modules/a/messages/events/%24.on=out1&%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&color=red%2Fblue",
+            QoS::AtLeastOnce,
+            false,
+            br#"{"t": 1}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let got = recv(&mut b).await;
+    assert_eq!(got.payload.as_ref(), br#"{"t": 1}"#);
+    assert_eq!(
+        got.topic,
+        "devices/edge/modules/b/inputs/in1/color=red%2Fblue&%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&%24.cdid=edge&%24.cmid=a"
+    );
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_thousand_messages_arrive_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let mut b = connect(options(&hub, "b", "key-b"));
+    b.client
+        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let a = connect(options(&hub, "a", "key-a"));
+    let sender = tokio::spawn(async move {
+        for i in 0..1000u32 {
+            a.client
+                .publish(
+                    "devices/edge/modules/a/messages/events/%24.on=out1",
+                    QoS::AtLeastOnce,
+                    false,
+                    i.to_be_bytes().to_vec(),
+                )
+                .await
+                .unwrap();
+        }
+        a
+    });
+    for i in 0..1000u32 {
+        let got = recv(&mut b).await;
+        assert_eq!(got.payload.as_ref(), i.to_be_bytes(), "message {i}");
+    }
+    drop(sender.await.unwrap());
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_offline_module_gets_its_backlog_when_it_returns_without_subscribing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    {
+        let b = connect(options(&hub, "b", "key-b"));
+        b.client
+            .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.client.disconnect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let a = connect(options(&hub, "a", "key-a"));
+    for i in 0..20u8 {
+        a.client
+            .publish(
+                "devices/edge/modules/a/messages/events/%24.on=out1",
+                QoS::AtLeastOnce,
+                false,
+                vec![i],
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Back, with the same persistent session, and no SUBSCRIBE (as the Python SDK does).
+    let mut b = connect(options(&hub, "b", "key-b"));
+    for i in 0..20u8 {
+        assert_eq!(recv(&mut b).await.payload.as_ref(), [i]);
+    }
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_credentials_get_connack_not_authorized() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let mut bad = connect(options(&hub, "a", "wrong"));
+    let code = tokio::time::timeout(Duration::from_secs(5), bad.connack.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, rumqttc::ConnectReturnCode::NotAuthorized);
+    assert_eq!(hub.shared().metrics.received_total(), 0);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn publishing_as_another_identity_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let mut b = connect(options(&hub, "b", "key-b"));
+    b.client
+        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let a = connect(options(&hub, "a", "key-a"));
+    // Module a pretends to be module c.
+    a.client
+        .publish(
+            "devices/edge/modules/c/messages/events/%24.on=out1",
+            QoS::AtLeastOnce,
+            false,
+            b"x".to_vec(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hub.shared().metrics.received_total(), 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), b.incoming.recv())
+            .await
+            .is_err()
+    );
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_without_a_route_is_accepted_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let a = connect(options(&hub, "a", "key-a"));
+    a.client
+        .publish(
+            "devices/edge/modules/a/messages/events/%24.on=unrouted",
+            QoS::AtLeastOnce,
+            false,
+            b"x".to_vec(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        hub.shared()
+            .metrics
+            .dropped_total(edgehub::metrics::DropReason::NoRoute),
+        1
+    );
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn garbage_on_one_socket_closes_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let mut b = connect(options(&hub, "b", "key-b"));
+    b.client
+        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let addr = hub.mqtt_addr().unwrap();
+    for garbage in [
+        vec![0xff; 64],
+        vec![0x10, 0xff, 0xff, 0xff, 0xff, 0x7f],
+        vec![0x10, 0x05, 0x00, 0x04, b'M'],
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(&garbage).await.unwrap();
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "garbage {garbage:?} must close the socket"
+        );
+    }
+    let a = connect(options(&hub, "a", "key-a"));
+    a.client
+        .publish(
+            "devices/edge/modules/a/messages/events/%24.on=out1",
+            QoS::AtLeastOnce,
+            false,
+            b"still here".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b).await.payload.as_ref(), b"still here");
+    hub.shutdown().await.unwrap();
+}
