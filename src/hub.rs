@@ -124,8 +124,9 @@ impl Hub {
                 .with_context(|| format!("binding MQTT on {addr}"))?;
             hub.mqtt_addr = Some(listener.local_addr()?);
             tracing::info!(addr = %listener.local_addr()?, "listening for MQTT");
-            hub.spawn(accept_plain(
+            hub.spawn(accept(
                 listener,
+                None,
                 Arc::clone(&hub.shared),
                 hub.stop.subscribe(),
             ));
@@ -136,9 +137,9 @@ impl Hub {
                 .with_context(|| format!("binding MQTTS on {addr}"))?;
             hub.mqtts_addr = Some(listener.local_addr()?);
             tracing::info!(addr = %listener.local_addr()?, "listening for MQTT over TLS");
-            hub.spawn(accept_tls(
+            hub.spawn(accept(
                 listener,
-                tls,
+                Some(tokio_rustls::TlsAcceptor::from(tls)),
                 Arc::clone(&hub.shared),
                 hub.stop.subscribe(),
             ));
@@ -246,48 +247,27 @@ impl Hub {
     }
 }
 
-async fn accept_plain(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let shared = Arc::clone(&shared);
-                    connections.spawn(async move {
-                        tracing::debug!(%peer, "connection accepted");
-                        connection::serve(stream, shared).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = stop.changed() => break,
-        }
-    }
-    while connections.join_next().await.is_some() {}
-}
-
-async fn accept_tls(
+/// Accepts connections until `stop`, each served in its own task (after a TLS handshake when
+/// `tls` is given); on stop, waits for the connections to close.
+async fn accept(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let (acceptor, shared) = (acceptor.clone(), Arc::clone(&shared));
+                    let (tls, shared) = (tls.clone(), Arc::clone(&shared));
                     connections.spawn(async move {
+                        let Some(acceptor) = tls else {
+                            return connection::serve(stream, shared).await;
+                        };
                         match tokio::time::timeout(shared.connect_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => connection::serve(tls, shared).await,
+                            Ok(Ok(stream)) => connection::serve(stream, shared).await,
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }

@@ -114,19 +114,25 @@ async fn recv(client: &mut Client) -> rumqttc::Publish {
         .expect("the client runs")
 }
 
+/// A hub routing `a`'s output `out1` to `b`'s input `in1`, with `b` connected and subscribed.
+async fn hub_with_b() -> (tempfile::TempDir, Hub, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let b = connect(options(&hub, "b", "key-b"));
+    b.client
+        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    (dir, hub, b)
+}
+
 fn module_to_module() -> serde_json::Value {
     json!({"aToB": "FROM /messages/modules/a/outputs/out1 INTO BrokeredEndpoint(\"/modules/b/inputs/in1\")"})
 }
 
 #[tokio::test]
 async fn a_module_output_reaches_another_module_input_with_its_properties() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(dir.path(), module_to_module()).await;
-    let mut b = connect(options(&hub, "b", "key-b"));
-    b.client
-        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    let (_dir, hub, mut b) = hub_with_b().await;
     let a = connect(options(&hub, "a", "key-a"));
     a.client
         .publish(
@@ -148,13 +154,7 @@ async fn a_module_output_reaches_another_module_input_with_its_properties() {
 
 #[tokio::test]
 async fn a_thousand_messages_arrive_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(dir.path(), module_to_module()).await;
-    let mut b = connect(options(&hub, "b", "key-b"));
-    b.client
-        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    let (_dir, hub, mut b) = hub_with_b().await;
     let a = connect(options(&hub, "a", "key-a"));
     let sender = tokio::spawn(async move {
         for i in 0..1000u32 {
@@ -229,13 +229,7 @@ async fn wrong_credentials_get_connack_not_authorized() {
 
 #[tokio::test]
 async fn publishing_as_another_identity_closes_the_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(dir.path(), module_to_module()).await;
-    let mut b = connect(options(&hub, "b", "key-b"));
-    b.client
-        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    let (_dir, hub, mut b) = hub_with_b().await;
     let a = connect(options(&hub, "a", "key-a"));
     // Module a pretends to be module c.
     a.client
@@ -283,13 +277,7 @@ async fn a_message_without_a_route_is_accepted_and_dropped() {
 
 #[tokio::test]
 async fn garbage_on_one_socket_closes_only_that_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(dir.path(), module_to_module()).await;
-    let mut b = connect(options(&hub, "b", "key-b"));
-    b.client
-        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    let (_dir, hub, mut b) = hub_with_b().await;
     let addr = hub.mqtt_addr().unwrap();
     for garbage in [
         vec![0xff; 64],

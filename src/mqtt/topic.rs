@@ -159,40 +159,36 @@ pub fn module_input_topic(device: &str, module: &str, input: &str, bag: &str) ->
     }
 }
 
-/// Wire names of system properties and the keys the hub stores them under (spec 2.3).
-const SYSTEM_PROPERTIES: [(&str, &str); 14] = [
-    ("$.mid", "messageId"),
-    ("$.cid", "cid"),
-    ("$.uid", "userId"),
-    ("$.to", "to"),
-    ("$.exp", "absolute-expiry-time"),
-    ("$.ct", "contentType"),
-    ("$.ce", "contentEncoding"),
-    ("$.schema", "messageSchema"),
-    ("$.ctime", "creationTime"),
-    ("$.on", "outputName"),
-    ("$.ifid", "iothub-interface-id"),
-    ("$.sub", "dt-subject"),
-    ("iothub-operation", "operation"),
-    ("ack", "ack"),
-];
+/// How a system property travels (spec 2.3 and 2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Read from senders and sent to receivers.
+    Both,
+    /// Read from senders, never sent to receivers (`$.on`, `$.ifid`).
+    InboundOnly,
+    /// Written by the hub (the sender's identity), sent to receivers.
+    OutboundOnly,
+}
 
-/// System properties sent to receivers, in this order (spec 2.4): never `$.on` or `$.ifid`.
-const OUTBOUND_SYSTEM_PROPERTIES: [(&str, &str); 14] = [
-    ("$.mid", "messageId"),
-    ("$.cid", "cid"),
-    ("$.uid", "userId"),
-    ("$.to", "to"),
-    ("$.exp", "absolute-expiry-time"),
-    ("$.ct", "contentType"),
-    ("$.ce", "contentEncoding"),
-    ("$.schema", "messageSchema"),
-    ("$.ctime", "creationTime"),
-    ("$.sub", "dt-subject"),
-    ("$.cdid", "connectionDeviceId"),
-    ("$.cmid", "connectionModuleId"),
-    ("iothub-operation", "operation"),
-    ("ack", "ack"),
+/// Wire names of system properties, the keys the hub stores them under, and their direction;
+/// outbound bags list them in this order.
+const SYSTEM_PROPERTIES: [(&str, &str, Direction); 16] = [
+    ("$.mid", "messageId", Direction::Both),
+    ("$.cid", "cid", Direction::Both),
+    ("$.uid", "userId", Direction::Both),
+    ("$.to", "to", Direction::Both),
+    ("$.exp", "absolute-expiry-time", Direction::Both),
+    ("$.ct", "contentType", Direction::Both),
+    ("$.ce", "contentEncoding", Direction::Both),
+    ("$.schema", "messageSchema", Direction::Both),
+    ("$.ctime", "creationTime", Direction::Both),
+    ("$.on", "outputName", Direction::InboundOnly),
+    ("$.ifid", "iothub-interface-id", Direction::InboundOnly),
+    ("$.sub", "dt-subject", Direction::Both),
+    ("$.cdid", "connectionDeviceId", Direction::OutboundOnly),
+    ("$.cmid", "connectionModuleId", Direction::OutboundOnly),
+    ("iothub-operation", "operation", Direction::Both),
+    ("ack", "ack", Direction::Both),
 ];
 
 /// Application properties a sender may not set: the hub writes them from the sender's identity.
@@ -218,8 +214,11 @@ pub fn decode_bag(bag: &str) -> PropertyBag {
             continue;
         }
         let value = decode(value);
-        match SYSTEM_PROPERTIES.iter().find(|(wire, _)| *wire == key) {
-            Some((_, internal)) => out.system_properties.insert(*internal, value),
+        let system = SYSTEM_PROPERTIES
+            .iter()
+            .find(|(wire, _, direction)| *wire == key && *direction != Direction::OutboundOnly);
+        match system {
+            Some((_, internal, _)) => out.system_properties.insert(*internal, value),
             None => out.properties.insert(key, value),
         }
     }
@@ -243,8 +242,10 @@ pub fn encode_bag(properties: &Properties, system_properties: &Properties) -> St
             push(key, value);
         }
     }
-    for (wire, internal) in OUTBOUND_SYSTEM_PROPERTIES {
-        if let Some(value) = system_properties.get(internal) {
+    for (wire, internal, direction) in SYSTEM_PROPERTIES {
+        if direction != Direction::InboundOnly
+            && let Some(value) = system_properties.get(internal)
+        {
             push(wire, value);
         }
     }
