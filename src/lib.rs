@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`cli`]: the `edgehub` command line (`route check`, `route test`, ...);
+//! - [`config`]: the configuration file and the embedded default;
 //! - [`manifest`]: reading IoT Edge deployment manifests;
 //! - [`hub`]: the running hub (route table, store, sessions, listeners);
 //! - [`mqtt`]: connections, sessions, topics and property bags;
@@ -12,6 +13,7 @@
 //! - [`sas`]: SAS tokens and the authentication of a CONNECT.
 
 pub mod cli;
+pub mod config;
 pub mod delivery;
 pub mod hub;
 pub mod identity;

@@ -1,0 +1,718 @@
+//! The hub's configuration: the TOML file of `edgehub run --config FILE`, or the embedded
+//! default of `edgehub run`. `config/edgehub.example.toml` documents every key.
+//!
+//! Unknown keys and bad values are errors that name the key. Relative paths in a file
+//! (`data_dir`, `manifest`, `tls.cert`, `tls.key`) are resolved against the file's folder, so
+//! a configuration means the same whatever the working directory.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::identity::{Hostnames, IdentityError, IdentityStore, validate_module_id};
+use crate::manifest;
+
+/// The example deployment manifest shipped in the repository, used by the embedded default.
+pub const EXAMPLE_MANIFEST: &str = include_str!("../config/deployment.example.json");
+
+/// The hub's configuration, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The edge device's id: the device of every module identity.
+    pub device_id: String,
+    /// The IoT Hub's hostname (`HostName=` of connection strings).
+    pub iothub_hostname: String,
+    /// The hostname modules and leaf devices use to reach the hub (`GatewayHostName=`, the
+    /// server certificate's name).
+    pub gateway_hostname: String,
+    /// The folder of the store, the identities and the generated certificates.
+    pub data_dir: PathBuf,
+    /// The deployment manifest: routes, TTL, and the modules that get identities.
+    pub manifest: ManifestSource,
+    /// The listening addresses.
+    pub listen: ListenConfig,
+    /// The server certificate and key; `None`: generated under `data_dir/certs`.
+    pub tls: Option<TlsConfig>,
+    /// The store's settings.
+    pub store: StoreSettings,
+}
+
+/// Where the deployment manifest comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestSource {
+    /// A file.
+    File(PathBuf),
+    /// Text built into the binary ([`EXAMPLE_MANIFEST`] for the embedded default).
+    Embedded(&'static str),
+}
+
+/// The `[listen]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    /// MQTT over TLS (default `0.0.0.0:8883`).
+    pub mqtts: SocketAddr,
+    /// Plain MQTT, for development and benchmarks (default: off).
+    pub mqtt: Option<SocketAddr>,
+    /// HTTPS, for the direct methods API (default `0.0.0.0:443`).
+    pub https: SocketAddr,
+    /// Prometheus metrics at `/metrics` (default: off).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The `[tls]` table: a server certificate chain and its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain, server certificate first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The `[store]` table, passed through to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// When a message counts as stored (and the publisher gets its PUBACK).
+    pub durability: Durability,
+    /// Most bytes the store may take on disk; `None`: no limit.
+    pub max_store_bytes: Option<u64>,
+    /// Free bytes to leave on the disk; `None`: no floor.
+    pub min_free_disk_bytes: Option<u64>,
+    /// What happens when a limit is reached (decision D10).
+    pub quota_policy: QuotaPolicy,
+}
+
+/// `store.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `"sync"` (default): acknowledged after an fsync that covers the message.
+    Sync,
+    /// `"periodic"`: acknowledged once written; flushed at least every `interval`
+    /// (`store.flush_interval_ms`, default 100). A crash can lose the last interval.
+    Periodic {
+        /// Most time between flushes.
+        interval: Duration,
+    },
+}
+
+/// `store.quota_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPolicy {
+    /// `"reject"` (default): new messages are refused (no PUBACK) until space comes back.
+    Reject,
+    /// `"drop_oldest"`: the oldest messages are dropped to make room.
+    DropOldest,
+}
+
+/// Default of `store.flush_interval_ms`.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            mqtts: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            mqtt: None,
+            https: SocketAddr::from(([0, 0, 0, 0], 443)),
+            metrics: None,
+        }
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Sync,
+            max_store_bytes: None,
+            min_free_disk_bytes: None,
+            quota_policy: QuotaPolicy::Reject,
+        }
+    }
+}
+
+/// The parts of the deployment manifest the hub needs at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// `modulesContent.$edgeHub."properties.desired"`: routes, store-and-forward settings.
+    pub edge_hub: Value,
+    /// The module ids of `$edgeAgent`'s `modules`: each gets an identity at start.
+    pub modules: Vec<String>,
+}
+
+/// Why the configuration (or its deployment manifest) cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Not TOML, an unknown key, a missing key, or a value of the wrong type (the message
+    /// names the key and shows its line).
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<toml::de::Error>,
+    },
+    /// A value of the right type that is not acceptable.
+    #[error("{origin}: invalid `{key}`: {reason}")]
+    Invalid {
+        /// The file, or `<embedded default>`.
+        origin: Origin,
+        /// The key, with its table (`listen.mqtts`).
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The deployment manifest cannot be read or lacks what the hub needs.
+    #[error("deployment manifest {origin}: {reason}")]
+    Manifest {
+        /// The manifest file, or `<embedded example>`.
+        origin: Origin,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The key a [`ConfigError::Invalid`] is about.
+    #[must_use]
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Where a configuration or manifest came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file.
+    File(PathBuf),
+    /// Built into the binary.
+    Embedded,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => path.display().fmt(f),
+            Self::Embedded => f.write_str("<embedded default>"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read, is not TOML, has an unknown or missing key, or a bad
+    /// value; the error names the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text as if read from `path` (relative paths resolve against its
+    /// folder).
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`].
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        raw.validate(&Validator {
+            origin: Origin::File(path.to_owned()),
+            base,
+        })
+    }
+
+    /// The configuration of `edgehub run` without `--config`: a `localhost` gateway, the data
+    /// folder `working_dir/data`, generated certificates, MQTT over TLS on `0.0.0.0:8883`,
+    /// plain MQTT on `127.0.0.1:1883`, metrics on `127.0.0.1:9600`, and the example
+    /// deployment manifest built into the binary.
+    #[must_use]
+    pub fn embedded_default(working_dir: &Path) -> Self {
+        Self {
+            device_id: "edge-device".to_owned(),
+            iothub_hostname: "edgehub.local".to_owned(),
+            gateway_hostname: "localhost".to_owned(),
+            data_dir: working_dir.join("data"),
+            manifest: ManifestSource::Embedded(EXAMPLE_MANIFEST),
+            listen: ListenConfig {
+                mqtt: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+                metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9600))),
+                ..ListenConfig::default()
+            },
+            tls: None,
+            store: StoreSettings::default(),
+        }
+    }
+
+    /// The hostnames clients use (for connection strings and token audiences).
+    #[must_use]
+    pub fn hostnames(&self) -> Hostnames {
+        Hostnames {
+            iothub: self.iothub_hostname.clone(),
+            gateway: self.gateway_hostname.clone(),
+        }
+    }
+
+    /// Opens the identity store of this configuration (`data_dir`, `device_id`).
+    ///
+    /// # Errors
+    ///
+    /// As [`IdentityStore::open`].
+    pub fn identity_store(&self) -> Result<IdentityStore, IdentityError> {
+        IdentityStore::open(&self.data_dir, &self.device_id)
+    }
+
+    /// Reads the deployment manifest: `$edgeHub`'s desired properties and the module ids of
+    /// `$edgeAgent` (none when the manifest has no `$edgeAgent`).
+    ///
+    /// # Errors
+    ///
+    /// When the manifest cannot be read, is not JSON, has no `$edgeHub` desired properties, or
+    /// names a module whose id IoT Hub would refuse.
+    pub fn load_deployment(&self) -> Result<Deployment, ConfigError> {
+        let (origin, text) = match &self.manifest {
+            ManifestSource::File(path) => {
+                let origin = Origin::File(path.clone());
+                match std::fs::read_to_string(path) {
+                    Ok(text) => (origin, text),
+                    Err(e) => {
+                        return Err(ConfigError::Manifest {
+                            origin,
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+            ManifestSource::Embedded(text) => (Origin::Embedded, (*text).to_owned()),
+        };
+        parse_deployment(&text).map_err(|reason| ConfigError::Manifest { origin, reason })
+    }
+}
+
+fn parse_deployment(text: &str) -> Result<Deployment, String> {
+    let document: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let edge_hub = manifest::desired_properties(&document, "$edgeHub")
+        .map_err(|e| e.to_string())?
+        .clone();
+    let has_agent = manifest::modules_content(&document)
+        .map_err(|e| e.to_string())?
+        .get("$edgeAgent")
+        .is_some();
+    let mut modules = Vec::new();
+    if has_agent {
+        let desired =
+            manifest::desired_properties(&document, "$edgeAgent").map_err(|e| e.to_string())?;
+        match desired.get("modules") {
+            None => {}
+            Some(Value::Object(map)) => modules.extend(map.keys().cloned()),
+            Some(_) => return Err("\"$edgeAgent\" has \"modules\" that is not an object".into()),
+        }
+    }
+    for module in &modules {
+        validate_module_id(module).map_err(|e| format!("in $edgeAgent's modules: {e}"))?;
+    }
+    Ok(Deployment { edge_hub, modules })
+}
+
+/// The file as written: strings where the hub wants richer types, so that validation can name
+/// the key of a bad value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    device_id: String,
+    iothub_hostname: String,
+    gateway_hostname: String,
+    data_dir: PathBuf,
+    manifest: PathBuf,
+    #[serde(default)]
+    listen: RawListen,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    mqtts: Option<String>,
+    mqtt: Option<String>,
+    https: Option<String>,
+    metrics: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    durability: Option<String>,
+    flush_interval_ms: Option<u64>,
+    max_store_bytes: Option<u64>,
+    min_free_disk_bytes: Option<u64>,
+    quota_policy: Option<String>,
+}
+
+/// Turns raw values into checked ones, naming the key of the first bad one.
+struct Validator<'a> {
+    origin: Origin,
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: &'static str, reason: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.clone(),
+            key,
+            reason: reason.to_string(),
+        }
+    }
+
+    fn hostname(&self, key: &'static str, value: String) -> Result<String, ConfigError> {
+        if is_hostname(&value) {
+            Ok(value)
+        } else {
+            Err(self.invalid(
+                key,
+                format_args!("{value:?} is not a hostname or an IP address"),
+            ))
+        }
+    }
+
+    fn path(&self, key: &'static str, value: &Path) -> Result<PathBuf, ConfigError> {
+        if value.as_os_str().is_empty() {
+            Err(self.invalid(key, "the path is empty"))
+        } else {
+            Ok(self.base.join(value))
+        }
+    }
+
+    fn address(
+        &self,
+        key: &'static str,
+        value: Option<String>,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        value
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    self.invalid(
+                        key,
+                        format_args!("{text:?} is not an address:port such as 0.0.0.0:8883"),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+impl RawConfig {
+    fn validate(self, v: &Validator<'_>) -> Result<Config, ConfigError> {
+        crate::identity::validate_device_id(&self.device_id)
+            .map_err(|e| v.invalid("device_id", e))?;
+        let defaults = ListenConfig::default();
+        let listen = ListenConfig {
+            mqtts: v
+                .address("listen.mqtts", self.listen.mqtts)?
+                .unwrap_or(defaults.mqtts),
+            mqtt: v.address("listen.mqtt", self.listen.mqtt)?,
+            https: v
+                .address("listen.https", self.listen.https)?
+                .unwrap_or(defaults.https),
+            metrics: v.address("listen.metrics", self.listen.metrics)?,
+        };
+        let tls = self
+            .tls
+            .map(|tls| {
+                Ok::<_, ConfigError>(TlsConfig {
+                    cert: v.path("tls.cert", &tls.cert)?,
+                    key: v.path("tls.key", &tls.key)?,
+                })
+            })
+            .transpose()?;
+        Ok(Config {
+            iothub_hostname: v.hostname("iothub_hostname", self.iothub_hostname)?,
+            gateway_hostname: v.hostname("gateway_hostname", self.gateway_hostname)?,
+            device_id: self.device_id,
+            data_dir: v.path("data_dir", &self.data_dir)?,
+            manifest: ManifestSource::File(v.path("manifest", &self.manifest)?),
+            listen,
+            tls,
+            store: self.store.validate(v)?,
+        })
+    }
+}
+
+impl RawStore {
+    fn validate(self, v: &Validator<'_>) -> Result<StoreSettings, ConfigError> {
+        let interval = match self.flush_interval_ms {
+            Some(0) => return Err(v.invalid("store.flush_interval_ms", "must be positive")),
+            Some(ms) => Duration::from_millis(ms),
+            None => DEFAULT_FLUSH_INTERVAL,
+        };
+        let durability = match self.durability.as_deref() {
+            None | Some("sync") => Durability::Sync,
+            Some("periodic") => Durability::Periodic { interval },
+            Some(other) => {
+                return Err(v.invalid(
+                    "store.durability",
+                    format_args!("{other:?} is neither \"sync\" nor \"periodic\""),
+                ));
+            }
+        };
+        let quota_policy = match self.quota_policy.as_deref() {
+            None | Some("reject") => QuotaPolicy::Reject,
+            Some("drop_oldest") => QuotaPolicy::DropOldest,
+            Some(other) => {
+                return Err(v.invalid(
+                    "store.quota_policy",
+                    format_args!("{other:?} is neither \"reject\" nor \"drop_oldest\""),
+                ));
+            }
+        };
+        Ok(StoreSettings {
+            durability,
+            max_store_bytes: self.max_store_bytes,
+            min_free_disk_bytes: self.min_free_disk_bytes,
+            quota_policy,
+        })
+    }
+}
+
+/// A DNS name (labels of letters, digits, `-` and `_`, at most 253 characters) or an IP
+/// address.
+fn is_hostname(text: &str) -> bool {
+    if text.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+device_id = "edge-1"
+iothub_hostname = "myhub.azure-devices.net"
+gateway_hostname = "gateway.local"
+data_dir = "data"
+manifest = "deployment.json"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            &format!("{MINIMAL}{extra}"),
+            Path::new("/etc/edgehub/edgehub.toml"),
+        )
+    }
+
+    fn invalid_key(extra: &str) -> &'static str {
+        let error = parse(extra).unwrap_err();
+        error
+            .key()
+            .unwrap_or_else(|| panic!("not an invalid value: {error}"))
+    }
+
+    #[test]
+    fn minimal_file_gets_the_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.device_id, "edge-1");
+        assert_eq!(config.data_dir, Path::new("/etc/edgehub/data"));
+        assert_eq!(
+            config.manifest,
+            ManifestSource::File("/etc/edgehub/deployment.json".into())
+        );
+        assert_eq!(config.listen, ListenConfig::default());
+        assert_eq!(config.listen.mqtts.to_string(), "0.0.0.0:8883");
+        assert_eq!(config.listen.https.to_string(), "0.0.0.0:443");
+        assert_eq!(config.tls, None);
+        assert_eq!(config.store, StoreSettings::default());
+    }
+
+    #[test]
+    fn absolute_paths_are_kept() {
+        let config = parse("[tls]\ncert = \"/pki/server.pem\"\nkey = \"key.pem\"\n").unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.cert, Path::new("/pki/server.pem"));
+        assert_eq!(tls.key, Path::new("/etc/edgehub/key.pem"));
+    }
+
+    #[test]
+    fn every_listener_and_store_key_is_read() {
+        let config = parse(
+            r#"
+[listen]
+mqtts = "[::]:8883"
+mqtt = "127.0.0.1:1883"
+https = "0.0.0.0:8443"
+metrics = "127.0.0.1:9600"
+
+[store]
+durability = "periodic"
+flush_interval_ms = 250
+max_store_bytes = 1073741824
+min_free_disk_bytes = 104857600
+quota_policy = "drop_oldest"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.listen.mqtts.to_string(), "[::]:8883");
+        assert_eq!(config.listen.mqtt.unwrap().to_string(), "127.0.0.1:1883");
+        assert_eq!(config.listen.https.port(), 8443);
+        assert_eq!(config.listen.metrics.unwrap().port(), 9600);
+        assert_eq!(
+            config.store,
+            StoreSettings {
+                durability: Durability::Periodic {
+                    interval: Duration::from_millis(250)
+                },
+                max_store_bytes: Some(1 << 30),
+                min_free_disk_bytes: Some(100 << 20),
+                quota_policy: QuotaPolicy::DropOldest,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(invalid_key("[listen]\nmqtts = \"8883\"\n"), "listen.mqtts");
+        assert_eq!(
+            invalid_key("[listen]\nmetrics = \"x:1\"\n"),
+            "listen.metrics"
+        );
+        assert_eq!(
+            invalid_key("[store]\ndurability = \"fast\"\n"),
+            "store.durability"
+        );
+        assert_eq!(
+            invalid_key("[store]\nquota_policy = \"evict\"\n"),
+            "store.quota_policy"
+        );
+        assert_eq!(
+            invalid_key("[store]\nflush_interval_ms = 0\n"),
+            "store.flush_interval_ms"
+        );
+        let bad_device = MINIMAL.replace("edge-1", "edge/1");
+        let error = Config::parse(&bad_device, Path::new("c.toml")).unwrap_err();
+        assert_eq!(error.key(), Some("device_id"));
+        assert!(error.to_string().contains("`device_id`"), "{error}");
+        let bad_host = MINIMAL.replace("gateway.local", "");
+        let error = Config::parse(&bad_host, Path::new("c.toml")).unwrap_err();
+        assert_eq!(error.key(), Some("gateway_hostname"));
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_are_named() {
+        let unknown = parse("colour = \"blue\"\n").unwrap_err().to_string();
+        assert!(unknown.contains("colour"), "{unknown}");
+        let nested = parse("[listen]\namqp = \"0.0.0.0:5671\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(nested.contains("amqp"), "{nested}");
+        let missing = Config::parse(
+            &MINIMAL.replace("device_id = \"edge-1\"", ""),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("device_id"), "{missing}");
+        let wrong_type = parse("[store]\nmax_store_bytes = \"1GB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(wrong_type.contains("max_store_bytes"), "{wrong_type}");
+    }
+
+    #[test]
+    fn hostnames_are_dns_names_or_ip_addresses() {
+        for good in [
+            "localhost",
+            "gw.example.com",
+            "my_gw-1",
+            "192.168.1.10",
+            "::1",
+        ] {
+            assert!(is_hostname(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a..b",
+            "a b",
+            "gw.example.com.",
+            "https://gw",
+            "gw:8883",
+        ] {
+            assert!(!is_hostname(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn embedded_default_runs_the_example_deployment() {
+        let config = Config::embedded_default(Path::new("/work"));
+        assert_eq!(config.gateway_hostname, "localhost");
+        assert_eq!(config.data_dir, Path::new("/work/data"));
+        assert_eq!(config.listen.mqtt.unwrap().to_string(), "127.0.0.1:1883");
+        let deployment = config.load_deployment().unwrap();
+        assert_eq!(deployment.modules, ["sensor", "filter"]);
+        assert!(deployment.edge_hub["routes"].is_object());
+    }
+
+    #[test]
+    fn deployment_without_agent_has_no_modules() {
+        let text = r#"{"modulesContent": {"$edgeHub": {"properties.desired": {"routes": {}}}}}"#;
+        let deployment = parse_deployment(text).unwrap();
+        assert!(deployment.modules.is_empty());
+        assert_eq!(deployment.edge_hub["routes"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn deployment_errors_say_what_is_missing() {
+        let no_hub = r#"{"modulesContent": {"$edgeAgent": {"properties.desired": {}}}}"#;
+        assert!(parse_deployment(no_hub).unwrap_err().contains("$edgeHub"));
+        let bad_module = r#"{"modulesContent": {
+            "$edgeHub": {"properties.desired": {}},
+            "$edgeAgent": {"properties.desired": {"modules": {"a/b": {}}}}}}"#;
+        assert!(parse_deployment(bad_module).unwrap_err().contains("a/b"));
+        assert!(parse_deployment("not json").is_err());
+        let missing = Config {
+            manifest: ManifestSource::File("/nonexistent/deployment.json".into()),
+            ..Config::embedded_default(Path::new("/"))
+        };
+        let error = missing.load_deployment().unwrap_err().to_string();
+        assert!(error.contains("/nonexistent/deployment.json"), "{error}");
+    }
+}
