@@ -76,6 +76,8 @@ pub struct Hub {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Mutex<JoinSet<()>>,
+    /// Endpoints whose delivery pump runs.
+    pumps: Mutex<std::collections::HashSet<String>>,
     mqtt_addr: Option<SocketAddr>,
     mqtts_addr: Option<SocketAddr>,
 }
@@ -114,6 +116,7 @@ impl Hub {
             shared,
             stop,
             tasks: Mutex::new(JoinSet::new()),
+            pumps: Mutex::default(),
             mqtt_addr: None,
             mqtts_addr: None,
         };
@@ -178,14 +181,18 @@ impl Hub {
         let existing = self.shared.store.endpoints();
         for endpoint in table.endpoints() {
             let id = endpoint.id(&self.shared.device_id);
-            if existing.contains(&id) {
-                continue;
+            if !existing.contains(&id) {
+                self.shared
+                    .store
+                    .add_endpoint(&id)
+                    .with_context(|| format!("adding endpoint {id}"))?;
             }
-            self.shared
-                .store
-                .add_endpoint(&id)
-                .with_context(|| format!("adding endpoint {id}"))?;
-            if let Endpoint::ModuleInput { module, input } = endpoint {
+            let new_pump = self
+                .pumps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id.clone());
+            if let (true, Endpoint::ModuleInput { module, input }) = (new_pump, endpoint) {
                 let reader = self
                     .shared
                     .store

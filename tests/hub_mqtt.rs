@@ -52,6 +52,23 @@ struct Client {
     client: AsyncClient,
     incoming: mpsc::UnboundedReceiver<rumqttc::Publish>,
     connack: mpsc::UnboundedReceiver<rumqttc::ConnectReturnCode>,
+    subacks: mpsc::UnboundedReceiver<()>,
+}
+
+impl Client {
+    /// Subscribes to the module's inputs and waits for the SUBACK.
+    async fn subscribe_inputs(&mut self, module: &str) {
+        self.client
+            .subscribe(
+                format!("devices/{DEVICE}/modules/{module}/inputs/#"),
+                QoS::AtLeastOnce,
+            )
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.subacks.recv())
+            .await
+            .expect("SUBACK within 5 s");
+    }
 }
 
 fn options(hub: &Hub, module: &str, password: &str) -> MqttOptions {
@@ -74,11 +91,13 @@ fn connect(options: MqttOptions) -> Client {
     let (client, eventloop) = AsyncClient::new(options, 100);
     let (publishes, incoming) = mpsc::unbounded_channel();
     let (acks, connack) = mpsc::unbounded_channel();
-    tokio::spawn(drive(eventloop, publishes, acks));
+    let (subscribed, subacks) = mpsc::unbounded_channel();
+    tokio::spawn(drive(eventloop, publishes, acks, subscribed));
     Client {
         client,
         incoming,
         connack,
+        subacks,
     }
 }
 
@@ -86,6 +105,7 @@ async fn drive(
     mut eventloop: EventLoop,
     publishes: mpsc::UnboundedSender<rumqttc::Publish>,
     acks: mpsc::UnboundedSender<rumqttc::ConnectReturnCode>,
+    subscribed: mpsc::UnboundedSender<()>,
 ) {
     loop {
         match eventloop.poll().await {
@@ -96,6 +116,9 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::ConnAck(c))) => {
                 let _ = acks.send(c.code);
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                let _ = subscribed.send(());
             }
             Ok(_) => {}
             Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
@@ -118,11 +141,8 @@ async fn recv(client: &mut Client) -> rumqttc::Publish {
 async fn hub_with_b() -> (tempfile::TempDir, Hub, Client) {
     let dir = tempfile::tempdir().unwrap();
     let hub = start_hub(dir.path(), module_to_module()).await;
-    let b = connect(options(&hub, "b", "key-b"));
-    b.client
-        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    let mut b = connect(options(&hub, "b", "key-b"));
+    b.subscribe_inputs("b").await;
     (dir, hub, b)
 }
 
@@ -183,12 +203,8 @@ async fn an_offline_module_gets_its_backlog_when_it_returns_without_subscribing_
     let dir = tempfile::tempdir().unwrap();
     let hub = start_hub(dir.path(), module_to_module()).await;
     {
-        let b = connect(options(&hub, "b", "key-b"));
-        b.client
-            .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut b = connect(options(&hub, "b", "key-b"));
+        b.subscribe_inputs("b").await;
         b.client.disconnect().await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -305,5 +321,95 @@ async fn garbage_on_one_socket_closes_only_that_connection() {
         .await
         .unwrap();
     assert_eq!(recv(&mut b).await.payload.as_ref(), b"still here");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn qos_2_and_oversized_messages_close_the_connection_and_are_not_delivered() {
+    let (_dir, hub, mut b) = hub_with_b().await;
+    let a = connect(options(&hub, "a", "key-a"));
+    a.client
+        .publish(
+            "devices/edge/modules/a/messages/events/%24.on=out1",
+            QoS::ExactlyOnce,
+            false,
+            b"qos2".to_vec(),
+        )
+        .await
+        .unwrap();
+    let mut big = options(&hub, "a2", "key-a2");
+    big.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    let a2 = connect(big);
+    a2.client
+        .publish(
+            "devices/edge/modules/a2/messages/events/%24.on=out1",
+            QoS::AtLeastOnce,
+            false,
+            vec![7u8; 300 * 1024],
+        )
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), b.incoming.recv())
+            .await
+            .is_err()
+    );
+    assert_eq!(hub.shared().metrics.received_total(), 0);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_connection_with_the_same_client_id_takes_over() {
+    let (_dir, hub, _b) = hub_with_b().await;
+    // A second `b`: the first is closed, the new one gets the messages (session kept).
+    let mut b2 = connect(options(&hub, "b", "key-b"));
+    let code = tokio::time::timeout(Duration::from_secs(5), b2.connack.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, rumqttc::ConnectReturnCode::Success);
+    let a = connect(options(&hub, "a", "key-a"));
+    a.client
+        .publish(
+            "devices/edge/modules/a/messages/events/%24.on=out1",
+            QoS::AtLeastOnce,
+            false,
+            b"to the newest".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b2).await.payload.as_ref(), b"to the newest");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn subscriptions_and_queued_messages_survive_a_hub_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let hub = start_hub(dir.path(), module_to_module()).await;
+        let mut b = connect(options(&hub, "b", "key-b"));
+        b.subscribe_inputs("b").await;
+        b.client.disconnect().await.unwrap();
+        let a = connect(options(&hub, "a", "key-a"));
+        for i in 0..10u8 {
+            a.client
+                .publish(
+                    "devices/edge/modules/a/messages/events/%24.on=out1",
+                    QoS::AtLeastOnce,
+                    false,
+                    vec![i],
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        hub.shutdown().await.unwrap();
+    }
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    // No SUBSCRIBE after the restart: the persisted session is enough.
+    let mut b = connect(options(&hub, "b", "key-b"));
+    for i in 0..10u8 {
+        assert_eq!(recv(&mut b).await.payload.as_ref(), [i]);
+    }
     hub.shutdown().await.unwrap();
 }
