@@ -147,7 +147,7 @@ pub struct Deployment {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -156,7 +156,7 @@ pub enum ConfigError {
     },
     /// Not TOML, an unknown key, a missing key, or a value of the wrong type (the message
     /// names the key and shows its line).
-    #[error("{}: {source}", path.display())]
+    #[error("cannot use {}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
@@ -225,6 +225,24 @@ impl Config {
             source,
         })?;
         Self::parse(&text, path)
+    }
+
+    /// The configuration of a command line: the file at `path`, or without one the
+    /// [embedded default](Self::embedded_default) in the working directory.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`]; [`ConfigError::Read`] when the working directory is unknown.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => Self::load(path),
+            None => std::env::current_dir()
+                .map(|dir| Self::embedded_default(&dir))
+                .map_err(|source| ConfigError::Read {
+                    path: PathBuf::from("."),
+                    source,
+                }),
+        }
     }
 
     /// Parses configuration text as if read from `path` (relative paths resolve against its

@@ -130,7 +130,7 @@ pub enum AuthError {
     #[error("the token's signature matches neither key of {0}")]
     BadSignature(ClientIdentity),
     /// The identity store could not be read.
-    #[error("cannot read the identity store: {0}")]
+    #[error("cannot read the identity store")]
     Store(#[from] IdentityError),
 }
 

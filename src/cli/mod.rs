@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod identity;
 mod route;
 
 /// An IoT Edge hub: routes, durable store-and-forward, MQTT for the official device SDKs.
@@ -21,6 +22,9 @@ enum Command {
     /// Check and test routes.
     #[command(subcommand)]
     Route(route::RouteCommand),
+    /// Create and list the identities of modules and leaf devices.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
 }
 
 /// Runs a parsed command line.
@@ -32,6 +36,7 @@ enum Command {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Route(command) => route::run(command),
+        Command::Identity(command) => identity::run(command),
     }
 }
 

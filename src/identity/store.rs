@@ -83,7 +83,7 @@ pub enum IdentityError {
     #[error(transparent)]
     InvalidId(#[from] IdError),
     /// A file operation failed.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}", path.display())]
     Io {
         /// What we were doing ("read", "write", "lock", ...).
         action: &'static str,
@@ -93,7 +93,7 @@ pub enum IdentityError {
         source: io::Error,
     },
     /// The file is not a valid identity store.
-    #[error("{} is not a valid identity store: {source}", path.display())]
+    #[error("{} is not a valid identity store", path.display())]
     Corrupt {
         /// The file.
         path: PathBuf,
