@@ -156,12 +156,12 @@ pub enum ConfigError {
     },
     /// Not TOML, an unknown key, a missing key, or a value of the wrong type (the message
     /// names the key and shows its line).
-    #[error("cannot use {}", path.display())]
+    #[error("{}: {error}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: Box<toml::de::Error>,
+        /// What the TOML reader says (not a `source`: it is the message itself).
+        error: Box<toml::de::Error>,
     },
     /// A value of the right type that is not acceptable.
     #[error("{origin}: invalid `{key}`: {reason}")]
@@ -252,9 +252,9 @@ impl Config {
     ///
     /// As [`Config::load`].
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            error: Box::new(error),
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
         raw.validate(&Validator {
