@@ -2,6 +2,7 @@
 //! this crate is the hub around them and its command line.
 //!
 //! Layout:
+//! - [`certs`]: the TLS server configuration, generated certificates;
 //! - [`cli`]: the `edgehub` command line (`route check`, `route test`, ...);
 //! - [`config`]: the configuration file and the embedded default;
 //! - [`manifest`]: reading IoT Edge deployment manifests;
@@ -12,6 +13,7 @@
 //! - [`identity`]: identities, their keys and store, the CONNECT username;
 //! - [`sas`]: SAS tokens and the authentication of a CONNECT.
 
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod delivery;

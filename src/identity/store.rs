@@ -27,7 +27,6 @@ use super::{ClientIdentity, Hostnames};
 /// The store's file name under the data folder.
 pub const FILE_NAME: &str = "identities.json";
 const LOCK_NAME: &str = "identities.lock";
-const TEMP_NAME: &str = "identities.json.tmp";
 
 /// An identity the hub accepts: a module of the edge device, or a leaf device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,7 +394,7 @@ impl IdentityStore {
         })
     }
 
-    /// Replaces the file atomically: temporary file (0600), fsync, rename, fsync the folder.
+    /// Replaces the file atomically, readable by its owner only.
     fn write(&self, identities: &BTreeMap<ClientIdentity, Identity>) -> Result<(), IdentityError> {
         let contents = StoreFile {
             version: FORMAT_VERSION,
@@ -412,30 +411,7 @@ impl IdentityStore {
         let mut text =
             serde_json::to_vec_pretty(&contents).expect("identity records always serialize");
         text.push(b'\n');
-        let temp = self.dir.join(TEMP_NAME);
-        let temp_error = |source| IdentityError::Io {
-            action: "write",
-            path: temp.clone(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(temp_error)?;
-        file.write_all(&text).map_err(temp_error)?;
-        file.sync_all().map_err(temp_error)?;
-        drop(file);
-        fs::rename(&temp, &self.path).map_err(|source| self.io_error("replace", source))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|source| IdentityError::Io {
-                action: "sync",
-                path: self.dir.clone(),
-                source,
-            })
+        write_atomically(&self.path, &text, 0o600).map_err(|source| self.io_error("write", source))
     }
 
     fn io_error(&self, action: &'static str, source: io::Error) -> IdentityError {
@@ -445,6 +421,31 @@ impl IdentityStore {
             source,
         }
     }
+}
+
+/// Replaces `path` with `contents` so that a crash leaves the old file or the new one, never a
+/// mix: a temporary file `<path>.tmp` created with `mode`, fsync, rename, fsync of the folder.
+/// One writer at a time per path (callers hold a lock or run once).
+///
+/// # Errors
+///
+/// The first failing file operation.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut temp_name = path.file_name().unwrap_or_default().to_owned();
+    temp_name.push(".tmp");
+    let temp = path.with_file_name(temp_name);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(mode)
+        .open(&temp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temp, path)?;
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    File::open(folder.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]
@@ -550,7 +551,7 @@ mod tests {
         store.add_device("leaf").unwrap();
         assert_eq!(mode(store.path()), 0o600);
         assert_eq!(mode(&data), 0o700);
-        assert!(!data.join(TEMP_NAME).exists());
+        assert!(!data.join("identities.json.tmp").exists());
     }
 
     #[test]
