@@ -199,6 +199,8 @@ impl Properties {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn parse(username: &str) -> Username {
@@ -358,5 +360,36 @@ mod tests {
         let device = ClientIdentity::device("leaf");
         check_client_id("leaf", &device).unwrap();
         assert!(check_client_id("leaf/m", &device).is_err());
+    }
+
+    /// An id IoT Hub accepts; `$` first only for devices.
+    const ID: &str = "[A-Za-z0-9\\-:.+%_#*?!(),=@']{1,20}";
+
+    proptest! {
+        #[test]
+        fn every_form_names_the_identity_it_was_built_from(
+            host in "[a-z0-9.\\-]{0,30}",
+            device in ID,
+            module in proptest::option::of(ID),
+            question_mark: bool,
+            api_version in "[0-9\\-]{0,10}",
+            client_type in "\\PC{0,20}",
+        ) {
+            let ids = match &module {
+                Some(module) => format!("{device}/{module}"),
+                None => device.clone(),
+            };
+            let props = format!(
+                "api-version={api_version}&DeviceClientType={}",
+                percent_encoding::utf8_percent_encode(&client_type, percent_encoding::NON_ALPHANUMERIC)
+            );
+            let username = format!("{host}/{ids}/{}{props}", if question_mark { "?" } else { "" });
+            let parsed = parse_username(&username).unwrap();
+            prop_assert_eq!(&parsed.identity.device_id, &device);
+            prop_assert_eq!(&parsed.identity.module_id, &module);
+            prop_assert_eq!(parsed.api_version, api_version);
+            prop_assert_eq!(parsed.device_client_type, Some(client_type));
+            check_client_id(&ids, &parsed.identity).unwrap();
+        }
     }
 }
