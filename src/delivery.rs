@@ -1,12 +1,13 @@
 //! Delivery pumps: one task per module input endpoint, moving messages from the store to the
 //! module's connection.
 //!
-//! A pump waits until its module is connected and subscribed to its inputs, reads a window of
-//! messages (priority first, then FIFO), publishes them all, then acknowledges them in order
-//! as the module's PUBACKs come back. A missing PUBACK (timeout, or the connection went away)
+//! A pump waits until its module is connected and subscribed to its inputs, then keeps a
+//! sliding window of messages in flight (priority first, then FIFO), acknowledging them to the
+//! store in order as the module's PUBACKs come back. A missing PUBACK (timeout, or the connection went away)
 //! rewinds the reader: the unacknowledged messages are sent again, in order, marked DUP, when
 //! the module is back (at-least-once; the legacy hub sends one message at a time).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,19 @@ pub struct ModuleInput {
     pub input: String,
 }
 
+/// A message published and not yet acknowledged.
+#[derive(Debug)]
+struct InFlight {
+    id: store::EntryId,
+    /// `None` for an unreadable record, acknowledged (dropped) in its turn.
+    ack: Option<oneshot::Receiver<()>>,
+    deadline: tokio::time::Instant,
+}
+
 /// Runs the pump of one module input until `stop` turns true or the endpoint is removed.
+///
+/// A sliding window: up to [`WINDOW`] messages are in flight; each acknowledgement, taken in
+/// order, lets one more go. A missed one rewinds the reader and starts over from it.
 pub async fn pump(
     shared: Arc<Shared>,
     target: ModuleInput,
@@ -48,67 +61,102 @@ pub async fn pump(
     let client_id = format!("{}/{}", target.device, target.module);
     let probe = module_input_topic(&target.device, &target.module, &target.input, "");
     let mut changes = shared.sessions.watch(&client_id);
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(WINDOW);
     let mut redelivery = false;
     loop {
         let Some((link, qos)) = shared.sessions.route(&client_id, &probe) else {
+            // Whatever was in flight went with the connection: send it again later.
+            if !in_flight.is_empty() {
+                in_flight.clear();
+                reader.rewind();
+                redelivery = true;
+            }
             tokio::select! {
                 _ = changes.changed() => continue,
                 _ = stop.changed() => return,
             }
         };
+        let room = WINDOW - in_flight.len();
+        let front_deadline = in_flight.front().map(|f| f.deadline);
         tokio::select! {
-            () = reader.ready() => {}
-            _ = changes.changed() => continue,
+            () = reader.ready(), if room > 0 => {
+                let batch = match reader.read(room, WINDOW_BYTES) {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::info!(endpoint = %target.endpoint, error = %e, "delivery pump stops");
+                        return;
+                    }
+                };
+                for entry in batch {
+                    let ack = send(&shared, &target, &link, qos, &entry, redelivery).await;
+                    in_flight.push_back(InFlight {
+                        id: entry.id,
+                        ack,
+                        deadline: tokio::time::Instant::now() + ACK_TIMEOUT,
+                    });
+                }
+            }
+            acked = front_ack(in_flight.front_mut()), if front_deadline.is_some() => {
+                let front = in_flight.pop_front().expect("a front entry was awaited");
+                if acked {
+                    if let Err(e) = reader.ack(front.id) {
+                        tracing::error!(endpoint = %target.endpoint, error = %e, "acknowledgement refused by the store");
+                    }
+                    redelivery = false;
+                } else {
+                    in_flight.clear();
+                    reader.rewind();
+                    redelivery = true;
+                }
+            }
+            _ = changes.changed() => {}
             _ = stop.changed() => return,
         }
-        let batch = match reader.read(WINDOW, WINDOW_BYTES) {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::info!(endpoint = %target.endpoint, error = %e, "delivery pump stops");
-                return;
-            }
-        };
-        let mut awaiting = Vec::with_capacity(batch.len());
-        let mut complete = true;
-        for entry in batch {
-            let message = match stored::decode(&entry.payload) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(endpoint = %target.endpoint, error = %e, "stored message unreadable; dropped");
-                    shared.metrics.dropped(DropReason::Unreadable);
-                    awaiting.push((entry.id, None));
-                    continue;
-                }
-            };
-            let bag = encode_bag(&message.properties, &message.system_properties);
-            let (acked, ack) = oneshot::channel();
-            let outbound = Outbound {
-                topic: module_input_topic(&target.device, &target.module, &target.input, &bag),
-                payload: message.body,
-                qos,
-                dup: redelivery,
-                acked,
-            };
-            if link.outbox.send(outbound).await.is_err() {
-                complete = false;
-                break;
-            }
-            awaiting.push((entry.id, Some(ack)));
-        }
-        for (id, ack) in awaiting {
-            if let Some(ack) = ack
-                && !matches!(tokio::time::timeout(ACK_TIMEOUT, ack).await, Ok(Ok(())))
-            {
-                complete = false;
-                break;
-            }
-            if let Err(e) = reader.ack(id) {
-                tracing::error!(endpoint = %target.endpoint, error = %e, "acknowledgement refused by the store");
-            }
-        }
-        redelivery = !complete;
-        if !complete {
-            reader.rewind();
-        }
     }
+}
+
+/// Waits for the front message's acknowledgement until its deadline: `true` if acknowledged.
+async fn front_ack(front: Option<&mut InFlight>) -> bool {
+    let Some(front) = front else {
+        return false;
+    };
+    match front.ack.as_mut() {
+        None => true,
+        Some(ack) => matches!(
+            tokio::time::timeout_at(front.deadline, ack).await,
+            Ok(Ok(()))
+        ),
+    }
+}
+
+/// Publishes one stored message to the module; `None` when the record is unreadable (it is
+/// dropped and counted) or the connection is gone (the ack will be missed, which rewinds).
+async fn send(
+    shared: &Shared,
+    target: &ModuleInput,
+    link: &crate::mqtt::session::Link,
+    qos: rumqttc::QoS,
+    entry: &store::Entry,
+    dup: bool,
+) -> Option<oneshot::Receiver<()>> {
+    let message = match stored::decode(&entry.payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(endpoint = %target.endpoint, error = %e, "stored message unreadable; dropped");
+            shared.metrics.dropped(DropReason::Unreadable);
+            return None;
+        }
+    };
+    let bag = encode_bag(&message.properties, &message.system_properties);
+    let (acked, ack) = oneshot::channel();
+    let outbound = Outbound {
+        topic: module_input_topic(&target.device, &target.module, &target.input, &bag),
+        payload: message.body,
+        qos,
+        dup,
+        acked,
+    };
+    // A closed outbox drops `acked`, so the ack is missed and the reader rewinds.
+    let _ = link.outbox.send(outbound).await;
+    Some(ack)
 }

@@ -22,5 +22,6 @@ pub mod identity;
 pub mod manifest;
 pub mod metrics;
 pub mod mqtt;
+pub mod run;
 pub mod sas;
 pub mod stored;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod identity;
 mod route;
+mod run;
 
 /// An IoT Edge hub: routes, durable store-and-forward, MQTT for the official device SDKs.
 #[derive(Debug, Parser)]
@@ -25,6 +26,8 @@ enum Command {
     /// Create and list the identities of modules and leaf devices.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
+    /// Run the hub until SIGTERM or SIGINT.
+    Run(run::RunArgs),
 }
 
 /// Runs a parsed command line.
@@ -37,6 +40,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Route(command) => route::run(command),
         Command::Identity(command) => identity::run(command),
+        Command::Run(args) => run::run(&args),
     }
 }
 

@@ -58,3 +58,42 @@ pub trait Authenticator: Send + Sync + 'static {
     /// A reason for the log when the credentials are refused.
     fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Identity, String>;
 }
+
+/// The hub's authenticator: SAS tokens checked against the identity store (protocol spec 1.2
+/// and 1.3), which is re-read when another process (`edgehub identity add`) changed it.
+#[derive(Debug)]
+pub struct SasAuthenticator {
+    identities: crate::identity::IdentityStore,
+    hostnames: crate::identity::Hostnames,
+}
+
+impl SasAuthenticator {
+    /// An authenticator over `identities`, accepting tokens for these hostnames.
+    pub fn new(
+        identities: crate::identity::IdentityStore,
+        hostnames: crate::identity::Hostnames,
+    ) -> Self {
+        Self {
+            identities,
+            hostnames,
+        }
+    }
+}
+
+impl Authenticator for SasAuthenticator {
+    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Identity, String> {
+        let authenticated = crate::sas::authenticate(
+            credentials.client_id,
+            credentials.username,
+            credentials.password,
+            &self.identities,
+            &self.hostnames,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        Ok(Identity {
+            device_id: authenticated.identity.device_id,
+            module_id: authenticated.identity.module_id,
+        })
+    }
+}

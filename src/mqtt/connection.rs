@@ -191,7 +191,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     }
                 }
                 Some(outbound) = outbox.recv(), if sending => {
-                    if self.deliver(outbound).await.is_err() {
+                    // Write what is waiting as one burst, then flush once.
+                    let mut burst = vec![outbound];
+                    while burst.len() < OUTBOX {
+                        match outbox.try_recv() {
+                            Ok(more) => burst.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    if self.deliver(burst).await.is_err() {
                         return Close::Client;
                     }
                 }
@@ -350,21 +358,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
-    /// Publishes a message from a delivery pump.
-    async fn deliver(&mut self, outbound: Outbound) -> Result<(), Close> {
-        let mut publish = Publish::new(outbound.topic, outbound.qos, Vec::new());
-        publish.payload = outbound.payload;
-        publish.dup = outbound.dup;
-        if outbound.qos == QoS::AtMostOnce {
-            self.send(Packet::Publish(publish)).await?;
-            let _ = outbound.acked.send(());
-        } else {
-            let pkid = self.next_free_pkid();
-            publish.pkid = pkid;
-            self.in_flight.insert(pkid, outbound.acked);
-            self.send(Packet::Publish(publish)).await?;
+    /// Publishes messages from the delivery pumps, flushing once for the burst.
+    async fn deliver(&mut self, burst: Vec<Outbound>) -> Result<(), Close> {
+        let mut written = Vec::new();
+        for outbound in burst {
+            let mut publish = Publish::new(outbound.topic, outbound.qos, Vec::new());
+            publish.payload = outbound.payload;
+            publish.dup = outbound.dup;
+            if outbound.qos == QoS::AtMostOnce {
+                written.push(outbound.acked);
+            } else {
+                publish.pkid = self.next_free_pkid();
+                self.in_flight.insert(publish.pkid, outbound.acked);
+            }
+            self.framed
+                .feed(Packet::Publish(publish))
+                .await
+                .map_err(|_| Close::Client)?;
+            self.shared.metrics.sent();
         }
-        self.shared.metrics.sent();
+        self.framed.flush().await.map_err(|_| Close::Client)?;
+        // QoS 0 is complete once written.
+        for acked in written {
+            let _ = acked.send(());
+        }
         Ok(())
     }
 

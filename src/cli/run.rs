@@ -1,0 +1,40 @@
+//! `edgehub run [--config FILE]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+use super::INVALID;
+use crate::config::Config;
+
+#[derive(Debug, Args)]
+pub(super) struct RunArgs {
+    /// The configuration file (TOML). Without it, the embedded default runs: a `localhost`
+    /// gateway, a data folder `./data`, generated certificates and an example deployment.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
+    let config = match Config::load_or_default(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(INVALID));
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(crate::run::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}

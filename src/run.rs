@@ -1,0 +1,78 @@
+//! `edgehub run`: from a configuration to a running hub, until SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use router::EdgeHubRoutes;
+
+use crate::config::{self, Config};
+use crate::hub::{Hub, HubSettings};
+use crate::mqtt::auth::SasAuthenticator;
+
+/// Runs the hub described by `config` until SIGTERM or SIGINT, then shuts it down cleanly
+/// (stop accepting, close connections, close the store).
+///
+/// # Errors
+///
+/// When the deployment, the identities, the certificates, the store or a listener cannot be
+/// set up, or the store fails to close.
+pub async fn run(config: Config) -> Result<()> {
+    let deployment = config
+        .load_deployment()
+        .context("reading the deployment manifest")?;
+    let routes = EdgeHubRoutes::from_desired(&deployment.edge_hub)
+        .map_err(|e| anyhow::anyhow!("the $edgeHub desired properties are invalid: {e}"))?;
+    let identities = config
+        .identity_store()
+        .context("opening the identity store")?;
+    let created = identities
+        .add_modules(deployment.modules.iter().map(String::as_str))
+        .context("creating the identities of the deployment's modules")?;
+    tracing::info!(modules = created.len(), "module identities ready");
+    let tls = crate::certs::load_server_tls(&config).context("setting up TLS")?;
+    let settings = HubSettings {
+        device_id: config.device_id.clone(),
+        data_dir: config.data_dir.clone(),
+        mqtt: config.listen.mqtt,
+        mqtts: Some((config.listen.mqtts, tls)),
+        store: store_config(&config),
+        routes,
+        connect_timeout: HubSettings::CONNECT_TIMEOUT,
+    };
+    let auth = Arc::new(SasAuthenticator::new(identities, config.hostnames()));
+    let hub = Hub::start(settings, auth).await?;
+    tracing::info!(device_id = %config.device_id, gateway = %config.gateway_hostname, "edgehub running");
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    hub.shutdown().await
+}
+
+fn store_config(config: &Config) -> store::StoreConfig {
+    let settings = &config.store;
+    let durability = match settings.durability {
+        config::Durability::Sync => store::Durability::Sync,
+        config::Durability::Periodic { interval } => store::Durability::Periodic { interval },
+    };
+    let quota = store::Quota {
+        max_store_bytes: settings.max_store_bytes,
+        min_free_disk_bytes: settings.min_free_disk_bytes,
+        policy: match settings.quota_policy {
+            config::QuotaPolicy::Reject => store::QuotaPolicy::Reject,
+            config::QuotaPolicy::DropOldest => store::QuotaPolicy::DropOldest,
+        },
+    };
+    store::StoreConfig::new(config.data_dir.join("store"))
+        .with_durability(durability)
+        .with_quota(quota)
+}
+
+async fn shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

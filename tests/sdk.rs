@@ -1,0 +1,166 @@
+//! Compatibility with the official Azure IoT Python SDK (`azure-iot-device`, unmodified), run
+//! from a virtualenv this test creates (`.venv`, from `tests/sdk/requirements.txt`) against
+//! `edgehub run` on port 8883 of `localhost`, over TLS with the hub's generated CA.
+//!
+//! The SDK has no port option, so the scenarios run one after another in one test.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GATEWAY_PORT: u16 = 8883;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The virtualenv's python, created and filled on first use.
+fn python() -> PathBuf {
+    let venv = repo().join(".venv");
+    let python = venv.join("bin/python");
+    let ready = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import azure.iot.device, paho.mqtt.client"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready(&python) {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs");
+        assert!(status.success(), "python3 -m venv failed");
+        let status = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "-r"])
+            .arg(repo().join("tests/sdk/requirements.txt"))
+            .status()
+            .expect("pip runs");
+        assert!(status.success(), "pip install of the Azure IoT SDK failed");
+    }
+    python
+}
+
+/// A hub process, stopped when dropped (also when the test fails).
+struct HubProcess {
+    child: Child,
+}
+
+impl HubProcess {
+    fn start(config: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_edgehub"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "edgehub=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("edgehub starts");
+        let hub = Self { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", GATEWAY_PORT)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the hub did not listen on {GATEWAY_PORT} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        hub
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the hub did not exit within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn edgehub(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgehub"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "edgehub {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn the_python_sdk_talks_to_the_hub() {
+    let python = python();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = serde_json::json!({"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {"sender": {}, "receiver": {}}}},
+        "$edgeHub": {"properties.desired": {
+            "schemaVersion": "1.1",
+            "routes": {"senderToReceiver": "FROM /messages/modules/sender/outputs/out1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/in1\")"},
+            "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
+        }}
+    }});
+    std::fs::write(dir.path().join("deployment.json"), manifest.to_string()).unwrap();
+    let config = dir.path().join("edgehub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"edge-device\"\niothub_hostname = \"test-hub.azure-devices.net\"\n\
+             gateway_hostname = \"localhost\"\ndata_dir = \"data\"\nmanifest = \"deployment.json\"\n\
+             [listen]\nmqtts = \"127.0.0.1:{GATEWAY_PORT}\"\nhttps = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let cs_a = edgehub(&["identity", "add", "--config", config_arg, "sender"]);
+    let cs_b = edgehub(&["identity", "add", "--config", config_arg, "receiver"]);
+    assert!(cs_a.starts_with(
+        "HostName=test-hub.azure-devices.net;DeviceId=edge-device;ModuleId=sender;SharedAccessKey="
+    ));
+    assert!(cs_a.ends_with(";GatewayHostName=localhost"));
+
+    let hub = HubProcess::start(&config);
+    let ca = dir.path().join("data/certs/ca.pem");
+    for scenario in ["module_to_module", "wrong_key", "expired_token"] {
+        let out = Command::new(&python)
+            .arg(repo().join("tests/sdk/scenarios.py"))
+            .arg(scenario)
+            .env("CS_A", &cs_a)
+            .env("CS_B", &cs_b)
+            .env("CA_FILE", &ca)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scenario {scenario} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = hub.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM ends the hub with exit 0");
+}

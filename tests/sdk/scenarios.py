@@ -1,0 +1,134 @@
+"""Compatibility scenarios run with the official Azure IoT Python SDK, unmodified.
+
+Usage: python scenarios.py SCENARIO
+Environment: CS_A and CS_B (module connection strings), CA_FILE (the hub's CA, PEM),
+SAS_KEY_A (module A's key, for the expired-token scenario), GATEWAY (host name).
+Exits 0 when the scenario holds; prints what went wrong otherwise.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import queue
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+
+from azure.iot.device import IoTHubModuleClient, Message
+from azure.iot.device.exceptions import CredentialError
+
+CA = open(os.environ["CA_FILE"]).read()
+
+
+def client(connection_string):
+    return IoTHubModuleClient.create_from_connection_string(
+        connection_string, server_verification_cert=CA, connection_retry=False
+    )
+
+
+def fields(connection_string):
+    return dict(part.split("=", 1) for part in connection_string.split(";"))
+
+
+def module_to_module():
+    """A's output out1 reaches B's input in1 with body, properties, content type and encoding;
+    1,000 messages arrive in order; a message to an output without a route is accepted."""
+    received = queue.Queue()
+    b = client(os.environ["CS_B"])
+    b.on_message_received = received.put
+    b.connect()
+    a = client(os.environ["CS_A"])
+    a.connect()
+
+    body = json.dumps({"machine": {"temperature": 31.5}})
+    message = Message(body, message_id="mid-1", content_encoding="utf-8", content_type="application/json")
+    message.correlation_id = "cid-1"
+    message.custom_properties["color"] = "red/blue &x=1"
+    message.custom_properties["n"] = 5
+    a.send_message_to_output(message, "out1")
+    got = received.get(timeout=30)
+    assert got.input_name == "in1", got.input_name
+    assert got.data == body.encode(), got.data
+    assert got.message_id == "mid-1", got.message_id
+    assert got.correlation_id == "cid-1", got.correlation_id
+    assert got.content_type == "application/json", got.content_type
+    assert got.content_encoding == "utf-8", got.content_encoding
+    assert got.custom_properties["color"] == "red/blue &x=1", got.custom_properties
+    assert got.custom_properties["n"] == "5", got.custom_properties
+    assert got.custom_properties["$.cmid"] == fields(os.environ["CS_A"])["ModuleId"], got.custom_properties
+    assert got.custom_properties["$.cdid"] == fields(os.environ["CS_A"])["DeviceId"], got.custom_properties
+
+    count = 1000
+    sender = threading.Thread(
+        target=lambda: [a.send_message_to_output(Message(str(i)), "out1") for i in range(count)]
+    )
+    sender.start()
+    for i in range(count):
+        got = received.get(timeout=60)
+        assert got.data.decode() == str(i), f"message {i} arrived as {got.data!r}"
+    sender.join()
+
+    # Accepted (the call returns once PUBACKed) and dropped: no route for this output.
+    a.send_message_to_output(Message("nowhere"), "unrouted")
+    try:
+        extra = received.get(timeout=2)
+        raise AssertionError(f"an unrouted message was delivered: {extra.data!r}")
+    except queue.Empty:
+        pass
+    a.shutdown()
+    b.shutdown()
+
+
+def wrong_key():
+    """A connection string with a wrong key is refused: the SDK raises CredentialError."""
+    parts = fields(os.environ["CS_A"])
+    parts["SharedAccessKey"] = base64.b64encode(b"0" * 32).decode()
+    bad = client(";".join(f"{k}={v}" for k, v in parts.items()))
+    try:
+        bad.connect()
+    except CredentialError:
+        return
+    finally:
+        bad.shutdown()
+    raise AssertionError("connected with a wrong key")
+
+
+def expired_token():
+    """A correctly signed token that expired more than the 5-minute skew ago gets CONNACK 5.
+    The SDK refuses to send an expired token, so this uses its MQTT transport (paho) directly."""
+    import paho.mqtt.client as mqtt
+
+    parts = fields(os.environ["CS_A"])
+    device, module, hub = parts["DeviceId"], parts["ModuleId"], parts["HostName"]
+    resource = urllib.parse.quote(f"{hub}/devices/{device}/modules/{module}", safe="")
+    expiry = str(int(time.time()) - 3600)
+    key = base64.b64decode(parts["SharedAccessKey"])
+    signature = base64.b64encode(hmac.new(key, f"{resource}\n{expiry}".encode(), hashlib.sha256).digest())
+    token = f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote(signature, safe='')}&se={expiry}"
+
+    result = queue.Queue()
+    paho = mqtt.Client(client_id=f"{device}/{module}", clean_session=False, protocol=mqtt.MQTTv311)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLSv1_2)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    context.load_verify_locations(cadata=CA)
+    paho.tls_set_context(context)
+    paho.username_pw_set(f"{hub}/{device}/{module}/?api-version=2021-04-12", token)
+    paho.on_connect = lambda _client, _userdata, _flags, rc: result.put(rc)
+    paho.connect(parts["GatewayHostName"], 8883)
+    paho.loop_start()
+    try:
+        rc = result.get(timeout=20)
+    finally:
+        paho.loop_stop()
+    assert rc == 5, f"CONNACK {rc}, expected 5"
+
+
+if __name__ == "__main__":
+    scenario = globals()[sys.argv[1]]
+    scenario()
+    print(f"{sys.argv[1]}: ok")
