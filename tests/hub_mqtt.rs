@@ -413,3 +413,20 @@ async fn subscriptions_and_queued_messages_survive_a_hub_restart() {
     }
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn subscribing_to_another_identitys_topics_closes_the_connection() {
+    let (_dir, hub, _b) = hub_with_b().await;
+    let mut spy = connect(options(&hub, "a", "key-a"));
+    spy.client
+        .subscribe("devices/edge/modules/b/inputs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), spy.subacks.recv())
+            .await
+            .map_or(true, |suback| suback.is_none()),
+        "no SUBACK for a foreign subscription"
+    );
+    hub.shutdown().await.unwrap();
+}

@@ -28,7 +28,7 @@ use tokio_util::codec::Framed;
 
 use super::auth::{Credentials, Identity};
 use super::session::{Link, Outbound};
-use super::topic::{Inbound, PropertyBag, decode_bag};
+use super::topic::{self, Inbound, PropertyBag, decode_bag};
 use crate::hub::Shared;
 use crate::metrics::DropReason;
 use crate::stored;
@@ -218,6 +218,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Ok(())
             }
             Packet::Subscribe(subscribe) => {
+                if let Some(foreign) = subscribe
+                    .filters
+                    .iter()
+                    .find(|f| !topic::may_subscribe(&self.identity, &f.path))
+                {
+                    return Err(Close::Violation(format!(
+                        "subscribed to another identity's topic {:?}",
+                        foreign.path
+                    )));
+                }
                 let filters: Vec<(String, QoS)> = subscribe
                     .filters
                     .into_iter()

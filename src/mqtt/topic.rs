@@ -120,6 +120,21 @@ impl SubscriptionKind {
     }
 }
 
+/// Whether `identity` may subscribe to `filter` (decision D3): topics under `devices/` must
+/// name the identity itself; `$iothub/` topics are per connection anyway; anything else is
+/// accepted and ignored, as edgeHub does.
+pub fn may_subscribe(identity: &super::auth::Identity, filter: &str) -> bool {
+    let Some(rest) = filter.strip_prefix("devices/") else {
+        return true;
+    };
+    let own = match &identity.module_id {
+        Some(module) => format!("{}/modules/{module}/", identity.device_id),
+        None => format!("{}/", identity.device_id),
+    };
+    rest.starts_with(&own)
+        && (identity.module_id.is_some() || !rest[own.len()..].starts_with("modules/"))
+}
+
 /// `^devices/.+/modules/.+/#$`
 fn is_module_messages(filter: &str) -> bool {
     filter
@@ -346,6 +361,32 @@ mod tests {
         ] {
             assert_eq!(SubscriptionKind::of(filter), kind, "{filter}");
         }
+    }
+
+    #[test]
+    fn clients_subscribe_only_to_their_own_topics() {
+        use crate::mqtt::auth::Identity;
+        let module = Identity {
+            device_id: "d".into(),
+            module_id: Some("m".into()),
+        };
+        let device = Identity {
+            device_id: "d".into(),
+            module_id: None,
+        };
+        assert!(may_subscribe(&module, "devices/d/modules/m/#"));
+        assert!(may_subscribe(&module, "devices/d/modules/m/inputs/#"));
+        assert!(may_subscribe(&module, "$iothub/methods/POST/#"));
+        assert!(!may_subscribe(&module, "devices/d/modules/other/#"));
+        assert!(!may_subscribe(&module, "devices/d/modules/m2/#"));
+        assert!(!may_subscribe(&module, "devices/#"));
+        assert!(!may_subscribe(&module, "devices/+/modules/m/#"));
+        assert!(may_subscribe(&device, "devices/d/messages/devicebound/#"));
+        assert!(!may_subscribe(&device, "devices/d/modules/m/#"));
+        assert!(!may_subscribe(
+            &device,
+            "devices/other/messages/devicebound/#"
+        ));
     }
 
     #[test]
