@@ -32,6 +32,8 @@ pub struct HubSettings {
     pub mqtt: Option<SocketAddr>,
     /// MQTT over TLS listener and its TLS configuration.
     pub mqtts: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// Prometheus metrics listener (`GET /metrics`).
+    pub metrics: Option<SocketAddr>,
     /// Store settings (its `dir` is set under `data_dir` when empty).
     pub store: store::StoreConfig,
     /// The routes and the global TTL, from the `$edgeHub` desired properties.
@@ -80,6 +82,7 @@ pub struct Hub {
     pumps: Mutex<std::collections::HashSet<String>>,
     mqtt_addr: Option<SocketAddr>,
     mqtts_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Hub {
@@ -119,6 +122,7 @@ impl Hub {
             pumps: Mutex::default(),
             mqtt_addr: None,
             mqtts_addr: None,
+            metrics_addr: None,
         };
         hub.install(table).context("installing the routes")?;
         if let Some(addr) = settings.mqtt {
@@ -147,7 +151,24 @@ impl Hub {
                 hub.stop.subscribe(),
             ));
         }
+        if let Some(addr) = settings.metrics {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics on {addr}"))?;
+            hub.metrics_addr = Some(listener.local_addr()?);
+            tracing::info!(addr = %listener.local_addr()?, "serving metrics at /metrics");
+            hub.spawn(crate::http::serve_metrics(
+                listener,
+                Arc::clone(&hub.shared),
+                hub.stop.subscribe(),
+            ));
+        }
         Ok(hub)
+    }
+
+    /// The metrics listener's address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The plain MQTT listener's address (useful when bound to port 0).

@@ -35,6 +35,7 @@ pub async fn run(config: Config) -> Result<()> {
         data_dir: config.data_dir.clone(),
         mqtt: config.listen.mqtt,
         mqtts: Some((config.listen.mqtts, tls)),
+        metrics: config.listen.metrics,
         store: store_config(&config),
         routes,
         connect_timeout: HubSettings::CONNECT_TIMEOUT,

@@ -36,6 +36,7 @@ async fn start_hub(data: &std::path::Path, routes: serde_json::Value) -> Hub {
         data_dir: data.to_owned(),
         mqtt: Some("127.0.0.1:0".parse().unwrap()),
         mqtts: None,
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
         store: store::StoreConfig::new(data.join("store")),
         routes: EdgeHubRoutes::from_desired(&json!({
             "schemaVersion": "1.1",
@@ -428,5 +429,42 @@ async fn subscribing_to_another_identitys_topics_closes_the_connection() {
             .map_or(true, |suback| suback.is_none()),
         "no SUBACK for a foreign subscription"
     );
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_show_counters_and_the_upstream_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = json!({"toCloud": "FROM /messages/modules/a/* INTO $upstream"});
+    let hub = start_hub(dir.path(), routes).await;
+    let a = connect(options(&hub, "a", "key-a"));
+    for _ in 0..3 {
+        a.client
+            .publish(
+                "devices/edge/modules/a/messages/events/",
+                QoS::AtLeastOnce,
+                false,
+                b"x".to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut stream = tokio::net::TcpStream::connect(hub.metrics_addr().unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("edgehub_messages_received_total 3"), "{text}");
+    assert!(
+        text.contains("edgehub_queue_length{endpoint=\"iothub\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("edgehub_connected_clients 1"), "{text}");
     hub.shutdown().await.unwrap();
 }
