@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgehub::hub::{Hub, HubSettings};
-use edgehub::mqtt::auth::{Authenticator, Credentials, Identity};
+use edgehub::mqtt::auth::{Authenticator, Credentials, Grant, Identity};
 use router::EdgeHubRoutes;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::json;
@@ -18,14 +18,19 @@ const DEVICE: &str = "edge";
 struct TestKeys;
 
 impl Authenticator for TestKeys {
-    fn authenticate(&self, c: &Credentials<'_>) -> Result<Identity, String> {
+    fn authenticate(&self, c: &Credentials<'_>) -> Result<Grant, String> {
         let (device, module) = c.client_id.split_once('/').ok_or("not a module")?;
         if device != DEVICE || c.password != Some(&format!("key-{module}")) {
             return Err("bad credentials".to_owned());
         }
-        Ok(Identity {
-            device_id: device.to_owned(),
-            module_id: Some(module.to_owned()),
+        Ok(Grant {
+            identity: Identity {
+                device_id: device.to_owned(),
+                module_id: Some(module.to_owned()),
+            },
+            // Module `brief` holds a token that expires a second after it connects.
+            valid_until: (module == "brief")
+                .then(|| std::time::SystemTime::now() + Duration::from_secs(1)),
         })
     }
 }
@@ -466,5 +471,25 @@ async fn metrics_show_counters_and_the_upstream_backlog() {
         "{text}"
     );
     assert!(text.contains("edgehub_connected_clients 1"), "{text}");
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_closes_when_its_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let mut brief = connect(options(&hub, "brief", "key-brief"));
+    let code = tokio::time::timeout(Duration::from_secs(5), brief.connack.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, rumqttc::ConnectReturnCode::Success);
+    assert_eq!(hub.shared().sessions.connected(), 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        hub.shared().sessions.connected(),
+        0,
+        "the expired connection was closed"
+    );
     hub.shutdown().await.unwrap();
 }

@@ -48,6 +48,16 @@ impl fmt::Debug for Credentials<'_> {
     }
 }
 
+/// A connection's proven identity, and until when its credentials hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Who the connection acts as.
+    pub identity: Identity,
+    /// When the credentials expire (a SAS token's `se` plus the clock skew); the connection is
+    /// closed then, and the SDK reconnects with a fresh token. `None`: no expiry.
+    pub valid_until: Option<std::time::SystemTime>,
+}
+
 /// Decides who a connection is. Every refusal is answered with CONNACK 5 (decision D1); the
 /// reason is logged, never the token.
 pub trait Authenticator: Send + Sync + 'static {
@@ -56,7 +66,7 @@ pub trait Authenticator: Send + Sync + 'static {
     /// # Errors
     ///
     /// A reason for the log when the credentials are refused.
-    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Identity, String>;
+    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Grant, String>;
 }
 
 /// The hub's authenticator: SAS tokens checked against the identity store (protocol spec 1.2
@@ -81,7 +91,7 @@ impl SasAuthenticator {
 }
 
 impl Authenticator for SasAuthenticator {
-    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Identity, String> {
+    fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Grant, String> {
         let authenticated = crate::sas::authenticate(
             credentials.client_id,
             credentials.username,
@@ -91,9 +101,12 @@ impl Authenticator for SasAuthenticator {
             std::time::SystemTime::now(),
         )
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
-        Ok(Identity {
-            device_id: authenticated.identity.device_id,
-            module_id: authenticated.identity.module_id,
+        Ok(Grant {
+            identity: Identity {
+                device_id: authenticated.identity.device_id,
+                module_id: authenticated.identity.module_id,
+            },
+            valid_until: Some(authenticated.valid_until),
         })
     }
 }

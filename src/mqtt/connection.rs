@@ -91,8 +91,8 @@ where
         username: connect.login.as_ref().map(|l| l.username.as_str()),
         password: connect.login.as_ref().map(|l| l.password.as_str()),
     };
-    let identity = match shared.auth.authenticate(&credentials) {
-        Ok(identity) => identity,
+    let (identity, valid_until) = match shared.auth.authenticate(&credentials) {
+        Ok(grant) => (grant.identity, grant.valid_until),
         Err(reason) => {
             tracing::warn!(client_id = %connect.client_id, %reason, "connection refused");
             shared.metrics.connection_refused();
@@ -138,6 +138,13 @@ where
         pending_acks: FuturesOrdered::new(),
         in_flight: HashMap::new(),
         next_pkid: 1,
+        expires: valid_until.map(|until| {
+            let left = until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::Instant::now() + left
+        }),
+        last_unknown_topic_warning: None,
     };
     let close = connection.run(outbox_rx, close_rx).await;
     shared.sessions.disconnect(&client_id, link_id);
@@ -158,6 +165,10 @@ struct Connection<S> {
     /// Outbound QoS 1 publishes awaiting the client's PUBACK.
     in_flight: HashMap<u16, oneshot::Sender<()>>,
     next_pkid: u16,
+    /// When the connection's credentials expire.
+    expires: Option<tokio::time::Instant>,
+    /// Publishes to unknown topics are warned about at most once a minute per connection.
+    last_unknown_topic_warning: Option<tokio::time::Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -204,6 +215,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     }
                 }
                 _ = close.changed() => return Close::TakenOver,
+                () = sleep_until(self.expires) => {
+                    return Close::Violation("the SAS token expired".to_owned());
+                }
             }
         }
     }
@@ -285,7 +299,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             Inbound::Unknown => {
                 self.shared.metrics.dropped(DropReason::UnknownTopic);
-                tracing::warn!(client_id = %self.identity, topic = %publish.topic, "publish to an unknown topic dropped");
+                let now = tokio::time::Instant::now();
+                if self
+                    .last_unknown_topic_warning
+                    .is_none_or(|last| now - last >= Duration::from_secs(60))
+                {
+                    self.last_unknown_topic_warning = Some(now);
+                    tracing::warn!(client_id = %self.identity, topic = %publish.topic, "publish to an unknown topic dropped (counted; warned once a minute)");
+                }
                 None
             }
             Inbound::TwinGet { .. }
@@ -403,6 +424,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 return pkid;
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
