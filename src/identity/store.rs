@@ -320,10 +320,6 @@ impl IdentityStore {
 
     /// An exclusive lock on the lock file, released when the returned file is dropped (or the
     /// process dies).
-    #[expect(
-        clippy::incompatible_msrv,
-        reason = "File::lock is stable since 1.89; the workspace's rust-version must follow"
-    )]
     fn lock_writers(&self) -> Result<File, IdentityError> {
         let path = self.dir.join(LOCK_NAME);
         let io_error = |action| {
