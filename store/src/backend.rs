@@ -12,6 +12,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -30,7 +31,13 @@ pub(crate) enum OpenFailure {
     Backend(#[from] BackendError),
     #[error("sled panicked while opening: {0}")]
     Panic(String),
+    /// Another handle (in this process or another) holds the database's file lock.
+    #[error("database locked by another handle")]
+    Locked,
 }
+
+/// How long an open waits for a file lock that a just-closed handle still holds.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenFailure> {
     let config = sled::Config::new()
@@ -39,17 +46,28 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenFailure> {
         .mode(sled::Mode::LowSpace)
         // The store decides when to flush (group commit); no sled flusher thread per Db.
         .flush_every_ms(None);
-    // sled 0.34.7 is known to panic on some damaged logs instead of returning an error.
-    match catch_unwind(AssertUnwindSafe(|| config.open())) {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(OpenFailure::Backend(e.into())),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(ToString::to_string)
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            Err(OpenFailure::Panic(msg))
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // sled 0.34.7 is known to panic on some damaged logs instead of returning an error.
+        match catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => return Ok(db),
+            // A database closed a moment ago keeps its file lock until sled's I/O threads let
+            // go of it: wait a little. Held longer, another handle or process has it.
+            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(OpenFailure::Locked);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(Err(e)) => return Err(OpenFailure::Backend(e.into())),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(ToString::to_string)
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                return Err(OpenFailure::Panic(msg));
+            }
         }
     }
 }

@@ -143,7 +143,7 @@ pub(crate) enum Reopen {
     Done,
     /// Someone else holds a handle; try again later.
     Busy,
-    /// Closed, but could not be opened again; the epoch is no longer readable.
+    /// Closed, but could not be opened again; readers wait until a later attempt succeeds.
     Failed(OpenFailure),
 }
 
@@ -175,9 +175,11 @@ impl EpochTable {
         let mut table = self.0.write().unwrap_or_else(PoisonError::into_inner);
         match table.get(&id) {
             Some(db) if Arc::strong_count(db) == 1 => {}
-            _ => return Reopen::Busy,
+            Some(_) => return Reopen::Busy,
+            // Closed by an earlier attempt whose open failed: try again.
+            None => {}
         }
-        // Dropping the last handle closes the database (and releases its file lock).
+        // Dropping the last handle closes the database (its file lock goes a moment later).
         table.remove(&id);
         match open() {
             Ok(db) => {

@@ -34,6 +34,13 @@ pub enum OpenError {
         /// What the backend said.
         reason: String,
     },
+    /// A database of the store is locked: another process (or another `Store` in this
+    /// process) has the store open.
+    #[error("store database {path} is in use by another process")]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+    },
     /// The configuration is inconsistent.
     #[error("invalid store configuration: {0}")]
     Config(&'static str),

@@ -128,7 +128,9 @@ impl Reader {
                 let (epoch, segno, seg_last) = (seg.epoch.id, seg.segno, seg.last_seq);
                 moved = true;
                 let segment = match self.load(epoch, segno) {
-                    Ok(segment) => segment,
+                    Ok(Some(segment)) => segment,
+                    // The epoch is being closed and reopened: this queue waits a moment.
+                    Ok(None) => break,
                     Err(reason) => {
                         tracing::error!(endpoint = %endpoint.name, epoch, segno, %reason, "segment unreadable; its entries are dropped");
                         let lost = q.drop_unreadable(seg_last);
@@ -240,27 +242,25 @@ impl Reader {
         }
     }
 
-    fn load(&mut self, epoch: u64, segno: u64) -> Result<Arc<Segment>, String> {
+    /// The decoded segment, or `None` while its epoch is being reopened.
+    fn load(&mut self, epoch: u64, segno: u64) -> Result<Option<Arc<Segment>>, String> {
         if let Some(c) = &self.cached
             && c.epoch == epoch
             && c.segno == segno
         {
-            return Ok(Arc::clone(&c.segment));
+            return Ok(Some(Arc::clone(&c.segment)));
         }
-        let data = self
-            .shared
-            .epochs
-            .with(epoch, |db| db.read(segno))
-            .ok_or("epoch not open")?
-            .map_err(|e| e.to_string())?
-            .ok_or("segment missing")?;
+        let Some(data) = self.shared.epochs.with(epoch, |db| db.read(segno)) else {
+            return Ok(None);
+        };
+        let data = data.map_err(|e| e.to_string())?.ok_or("segment missing")?;
         let segment = Arc::new(Segment::decode(data).map_err(|e| e.to_string())?);
         self.cached = Some(Cached {
             epoch,
             segno,
             segment: Arc::clone(&segment),
         });
-        Ok(segment)
+        Ok(Some(segment))
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::backend::{EpochDb, MetaContents, MetaDb};
+use crate::backend::{EpochDb, MetaContents, MetaDb, OpenFailure};
 use crate::endpoint::Endpoint;
 use crate::epoch::{EpochTable, EpochToken, Layout, Quarantined};
 use crate::error::{BackendError, OpenError};
@@ -67,6 +67,11 @@ fn open_meta(
             Ok(contents) => return Ok((meta, contents)),
             Err(e) => e.to_string(),
         },
+        Err(OpenFailure::Locked) => {
+            return Err(OpenError::Locked {
+                path: layout.meta.clone(),
+            });
+        }
         Err(e) => e.to_string(),
     };
     report
@@ -156,13 +161,15 @@ pub(crate) fn recover(
                 .push(layout.quarantine(&dir, reason, now_ms)?);
             continue;
         }
-        let opened = EpochDb::open(&dir, cache_bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|db| {
-                read_summaries(&db)
-                    .map(|s| (db, s))
-                    .map_err(|e| e.to_string())
-            });
+        let opened = match EpochDb::open(&dir, cache_bytes) {
+            Err(OpenFailure::Locked) => return Err(OpenError::Locked { path: dir }),
+            other => other,
+        };
+        let opened = opened.map_err(|e| e.to_string()).and_then(|db| {
+            read_summaries(&db)
+                .map(|s| (db, s))
+                .map_err(|e| e.to_string())
+        });
         let (db, summaries) = match opened {
             Ok(ok) => ok,
             Err(reason) => {

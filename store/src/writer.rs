@@ -4,10 +4,10 @@
 //! blocking, packs the messages into segments and writes them in one sled batch (group
 //! commit). In `sync` mode the syncer thread then fsyncs and acknowledges; in `periodic` mode
 //! the writer acknowledges at once and flushes on a timer. Between turns it saves checkpoints,
-//! runs the cleaner (expiry, epoch deletion, quota) and rotates epochs.
+//! runs the cleaner (`cleaner`: expiry, epoch deletion, quota), rotates epochs and compacts
+//! the ones slow entries would pin (`compaction`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -16,25 +16,24 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::backend::{EpochDb, MetaDb, SegmentWrite};
-use crate::config::{Durability, QuotaPolicy};
+use crate::config::Durability;
 use crate::endpoint::Endpoint;
 use crate::epoch::{EpochToken, Layout, Reopen};
 use crate::error::{BackendError, EnqueueError, OpenError, StoreError};
 use crate::queue::{Dropped, SegRef};
-use crate::quota;
 use crate::recovery::Recovered;
-use crate::segment::{RecordTarget, Segment, SegmentBuilder, Summary};
+use crate::segment::{RecordTarget, SegmentBuilder, Summary};
 use crate::stats::Counters;
 use crate::store::Shared;
 use crate::syncer::{self, Publication, SyncJob};
 use crate::ticket::Completer;
 
+mod cleaner;
+mod compaction;
+
 /// Sequence numbers reserved in the meta database at a time, so that a crash can never make
 /// the store reuse a number that a persisted checkpoint already covers.
 const SEQ_RESERVATION: u64 = 1 << 20;
-
-/// Most epochs evicted or deleted at a time (each deletion costs a few milliseconds).
-const EPOCHS_PER_CLEANUP: usize = 16;
 
 /// A segment ready to be written: number in the current epoch, data, summary.
 type Sealed = (u64, Vec<u8>, Summary);
@@ -442,8 +441,8 @@ impl Writer {
                 Reopen::Done => false,
                 Reopen::Busy => true,
                 Reopen::Failed(e) => {
-                    tracing::error!(epoch = id, error = %e, "a sealed epoch could not be reopened; its entries are not served until restart");
-                    false
+                    tracing::error!(epoch = id, error = %e, "a sealed epoch could not be reopened; its readers wait, retrying");
+                    true
                 }
             }
         });
@@ -509,256 +508,6 @@ impl Writer {
         {
             tracing::error!(error = %e, "saving checkpoints failed; acknowledged entries may be delivered again after a restart");
         }
-    }
-
-    /// Expiry, deletion of consumed epochs, quota: bounded work.
-    fn cleanup(&mut self) {
-        let now_ms = self.shared.config.clock.now_ms();
-        let mut budget = self.shared.config.cleanup_budget;
-        let mut expired = Dropped::default();
-        for endpoint in self.endpoints() {
-            let mut state = endpoint.lock();
-            let mut dropped = Dropped::default();
-            for q in state.queues.values_mut() {
-                dropped += q.expire(now_ms, &mut budget);
-            }
-            if dropped.count > 0 {
-                state.checkpoints_dirty = true;
-            }
-            expired += dropped;
-        }
-        Counters::add(&self.shared.counters.expired, expired.count);
-        if expired.count > 0 {
-            tracing::debug!(
-                count = expired.count,
-                bytes = expired.bytes,
-                "expired entries dropped"
-            );
-        }
-        self.maybe_compact();
-        self.delete_consumed_epochs();
-        self.enforce_quota();
-    }
-
-    /// Copies the oldest sealed epoch whose live payload fell under an eighth of an epoch
-    /// forward into the current epoch, so that a few slow entries do not pin a whole directory
-    /// (disk then follows the live backlog even when consumers run at different speeds).
-    fn maybe_compact(&mut self) {
-        let mut live = HashMap::new();
-        for endpoint in self.endpoints() {
-            for q in endpoint.lock().queues.values() {
-                q.add_live_bytes(&mut live);
-            }
-        }
-        let threshold = self.shared.config.epoch_bytes / 8;
-        let delay = self.shared.config.compaction_delay;
-        let now = Instant::now();
-        let sealed = self.epochs.len().saturating_sub(1);
-        // Epochs under the threshold, with the live bytes they had when last seen shrinking: an
-        // epoch that a reader is still consuming shrinks and is left to it.
-        let stalled = &mut self.stalled;
-        stalled.retain(|id, _| live.contains_key(id));
-        let candidate = self.epochs.iter().take(sealed).map(|t| t.id).find(|id| {
-            let Some(&bytes) = live.get(id).filter(|&&b| b <= threshold) else {
-                return false;
-            };
-            let since = match stalled.get(id) {
-                Some(&(seen, since)) if seen == bytes => since,
-                _ => {
-                    stalled.insert(*id, (bytes, now));
-                    now
-                }
-            };
-            now.duration_since(since) >= delay
-        });
-        if let Some(id) = candidate {
-            self.compact(id);
-        }
-    }
-
-    fn compact(&mut self, id: u64) {
-        let endpoints = self.endpoints();
-        // Which queues still need each segment of the epoch.
-        let mut users: BTreeMap<u64, Vec<(u32, u32)>> = BTreeMap::new();
-        for endpoint in &endpoints {
-            let state = endpoint.lock();
-            for (&priority, q) in &state.queues {
-                for seg in q.segs_in(id) {
-                    users
-                        .entry(seg.segno)
-                        .or_default()
-                        .push((endpoint.num, priority));
-                }
-            }
-        }
-        let mut builder = SegmentBuilder::default();
-        let mut copies = Vec::new();
-        let mut moves = HashMap::new();
-        for (&segno, live) in &users {
-            let segment = self
-                .shared
-                .epochs
-                .with(id, |db| db.read(segno))
-                .and_then(Result::ok)
-                .flatten()
-                .and_then(|data| Segment::decode(data).ok());
-            let Some(segment) = segment else {
-                tracing::warn!(
-                    epoch = id,
-                    segno,
-                    "cannot read a segment to compact; the epoch stays"
-                );
-                continue;
-            };
-            segment.copy_live(live, &mut builder);
-            if builder.is_empty() {
-                continue;
-            }
-            let new = self.current.next_segno;
-            self.current.next_segno += 1;
-            let (data, summary) = builder.take();
-            copies.push((new, data, summary));
-            moves.insert(segno, new);
-        }
-        // The copies must be durable before the old epoch can go.
-        let written = self
-            .write_segments(&copies)
-            .and_then(|bytes| self.current.db.flush().map(|()| bytes));
-        let bytes = match written {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::error!(epoch = id, error = %e, "compaction write failed; the epoch stays");
-                return;
-            }
-        };
-        let token = self.current_token();
-        for endpoint in &endpoints {
-            let mut state = endpoint.lock();
-            for q in state.queues.values_mut() {
-                q.relocate(id, &moves, &token);
-            }
-        }
-        Counters::add(&self.shared.counters.compacted, 1);
-        tracing::debug!(
-            epoch = id,
-            segments = copies.len(),
-            bytes,
-            "epoch compacted into the current one"
-        );
-    }
-
-    fn delete_consumed_epochs(&mut self) {
-        let mut deleted = 0;
-        let mut i = 0;
-        while i + 1 < self.epochs.len() && deleted < EPOCHS_PER_CLEANUP {
-            if Arc::strong_count(&self.epochs[i]) > 1 {
-                i += 1;
-                continue;
-            }
-            let id = self.epochs[i].id;
-            // Remember the checkpoints that released it before its data goes.
-            self.save_checkpoints();
-            self.shared.epochs.remove(id);
-            self.to_reopen.retain(|&r| r != id);
-            match self.layout.delete_epoch(id) {
-                Ok(()) => tracing::debug!(epoch = id, "consumed epoch deleted"),
-                Err(e) => {
-                    tracing::warn!(epoch = id, error = %e, "cannot delete a consumed epoch; will be retried at next open");
-                }
-            }
-            self.epochs.remove(i);
-            deleted += 1;
-        }
-        self.shared
-            .counters
-            .epochs
-            .store(self.epochs.len() as u64, Ordering::Relaxed);
-    }
-
-    fn measure_disk(&mut self) -> Option<u64> {
-        let root = &self.shared.config.dir;
-        match quota::disk_usage(root) {
-            Ok(bytes) => {
-                self.disk_estimate = bytes;
-                self.shared
-                    .counters
-                    .disk_bytes
-                    .store(bytes, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot measure the store's size"),
-        }
-        quota::free_space(root).ok()
-    }
-
-    fn update_quota_flag(&self) {
-        let quota = &self.shared.config.quota;
-        if quota
-            .max_store_bytes
-            .is_some_and(|max| self.disk_estimate > max)
-        {
-            self.set_over_quota(true);
-        }
-    }
-
-    fn set_over_quota(&self, over: bool) {
-        let was = self.shared.over_quota.swap(over, Ordering::Relaxed);
-        if over && !was {
-            tracing::warn!(disk_bytes = self.disk_estimate, policy = ?self.shared.config.quota.policy, "store quota exhausted");
-        } else if was && !over {
-            tracing::info!(disk_bytes = self.disk_estimate, "store back under quota");
-        }
-    }
-
-    fn enforce_quota(&mut self) {
-        let quota = self.shared.config.quota;
-        let mut free = self.measure_disk();
-        let mut over = quota::exceeded(&quota, self.disk_estimate, free);
-        if over && quota.policy == QuotaPolicy::DropOldest {
-            for _ in 0..EPOCHS_PER_CLEANUP {
-                if !over {
-                    break;
-                }
-                self.evict_oldest_epoch();
-                free = self.measure_disk();
-                over = quota::exceeded(&quota, self.disk_estimate, free);
-            }
-        }
-        self.set_over_quota(over);
-    }
-
-    /// Drops every entry of the oldest epoch (rotating first if it is the one being written).
-    fn evict_oldest_epoch(&mut self) {
-        if self.epochs.len() == 1 {
-            self.rotate();
-        }
-        let Some(id) = self
-            .epochs
-            .front()
-            .map(|t| t.id)
-            .filter(|&id| id != self.current.id)
-        else {
-            return;
-        };
-        let mut evicted = Dropped::default();
-        for endpoint in self.endpoints() {
-            let mut state = endpoint.lock();
-            let mut dropped = Dropped::default();
-            for q in state.queues.values_mut() {
-                dropped += q.evict_epoch(id);
-            }
-            if dropped.count > 0 {
-                state.checkpoints_dirty = true;
-            }
-            evicted += dropped;
-        }
-        Counters::add(&self.shared.counters.evicted, evicted.count);
-        tracing::warn!(
-            epoch = id,
-            count = evicted.count,
-            bytes = evicted.bytes,
-            "quota: oldest entries dropped"
-        );
-        self.delete_consumed_epochs();
     }
 
     fn add_endpoint(&mut self, name: String) -> Result<(), StoreError> {

@@ -87,3 +87,18 @@ fn a_garbled_meta_database_is_quarantined_and_the_store_starts_fresh() {
         "old entries of a forgotten endpoint are not resurrected"
     );
 }
+
+#[test]
+fn a_store_in_use_is_refused_not_moved_aside() {
+    let (dir, clock) = store_with_one_message();
+    let first = Store::open(config(dir.path(), &clock)).expect("open");
+    let second = Store::open(config(dir.path(), &clock));
+    assert!(
+        matches!(second, Err(store::OpenError::Locked { .. })),
+        "{second:?}"
+    );
+    assert_eq!(first.endpoint_stats("e").map(|s| s.count), Some(1));
+    assert!(first.recovery_report().quarantined.is_empty());
+    let quarantine = dir.path().join("quarantine");
+    assert_eq!(fs::read_dir(quarantine).expect("list").count(), 0);
+}

@@ -1,0 +1,159 @@
+//! The cleaner, run by the writer between batches with bounded work: drops expired entries,
+//! deletes consumed epochs, and enforces the disk quota (decision D10).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Writer;
+use crate::config::QuotaPolicy;
+use crate::queue::Dropped;
+use crate::quota;
+use crate::stats::Counters;
+
+/// Most epochs evicted or deleted at a time (each deletion costs a few milliseconds).
+const EPOCHS_PER_CLEANUP: usize = 16;
+
+impl Writer {
+    /// Expiry, deletion of consumed epochs, quota: bounded work.
+    pub(super) fn cleanup(&mut self) {
+        let now_ms = self.shared.config.clock.now_ms();
+        let mut budget = self.shared.config.cleanup_budget;
+        let mut expired = Dropped::default();
+        for endpoint in self.endpoints() {
+            let mut state = endpoint.lock();
+            let mut dropped = Dropped::default();
+            for q in state.queues.values_mut() {
+                dropped += q.expire(now_ms, &mut budget);
+            }
+            if dropped.count > 0 {
+                state.checkpoints_dirty = true;
+            }
+            expired += dropped;
+        }
+        Counters::add(&self.shared.counters.expired, expired.count);
+        if expired.count > 0 {
+            tracing::debug!(
+                count = expired.count,
+                bytes = expired.bytes,
+                "expired entries dropped"
+            );
+        }
+        self.maybe_compact();
+        self.delete_consumed_epochs();
+        self.enforce_quota();
+    }
+
+    pub(super) fn delete_consumed_epochs(&mut self) {
+        let mut deleted = 0;
+        let mut i = 0;
+        while i + 1 < self.epochs.len() && deleted < EPOCHS_PER_CLEANUP {
+            if Arc::strong_count(&self.epochs[i]) > 1 {
+                i += 1;
+                continue;
+            }
+            let id = self.epochs[i].id;
+            // Remember the checkpoints that released it before its data goes.
+            self.save_checkpoints();
+            self.shared.epochs.remove(id);
+            self.to_reopen.retain(|&r| r != id);
+            match self.layout.delete_epoch(id) {
+                Ok(()) => tracing::debug!(epoch = id, "consumed epoch deleted"),
+                Err(e) => {
+                    tracing::warn!(epoch = id, error = %e, "cannot delete a consumed epoch; will be retried at next open");
+                }
+            }
+            self.epochs.remove(i);
+            deleted += 1;
+        }
+        self.shared
+            .counters
+            .epochs
+            .store(self.epochs.len() as u64, Ordering::Relaxed);
+    }
+
+    fn measure_disk(&mut self) -> Option<u64> {
+        let root = &self.shared.config.dir;
+        match quota::disk_usage(root) {
+            Ok(bytes) => {
+                self.disk_estimate = bytes;
+                self.shared
+                    .counters
+                    .disk_bytes
+                    .store(bytes, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot measure the store's size"),
+        }
+        quota::free_space(root).ok()
+    }
+
+    pub(super) fn update_quota_flag(&self) {
+        let quota = &self.shared.config.quota;
+        if quota
+            .max_store_bytes
+            .is_some_and(|max| self.disk_estimate > max)
+        {
+            self.set_over_quota(true);
+        }
+    }
+
+    fn set_over_quota(&self, over: bool) {
+        let was = self.shared.over_quota.swap(over, Ordering::Relaxed);
+        if over && !was {
+            tracing::warn!(disk_bytes = self.disk_estimate, policy = ?self.shared.config.quota.policy, "store quota exhausted");
+        } else if was && !over {
+            tracing::info!(disk_bytes = self.disk_estimate, "store back under quota");
+        }
+    }
+
+    fn enforce_quota(&mut self) {
+        let quota = self.shared.config.quota;
+        let mut free = self.measure_disk();
+        let mut over = quota::exceeded(&quota, self.disk_estimate, free);
+        if over && quota.policy == QuotaPolicy::DropOldest {
+            for _ in 0..EPOCHS_PER_CLEANUP {
+                if !over {
+                    break;
+                }
+                self.evict_oldest_epoch();
+                free = self.measure_disk();
+                over = quota::exceeded(&quota, self.disk_estimate, free);
+            }
+        }
+        self.set_over_quota(over);
+    }
+
+    /// Drops every entry of the oldest epoch (rotating first if it is the one being written).
+    fn evict_oldest_epoch(&mut self) {
+        if self.epochs.len() == 1 {
+            self.rotate();
+        }
+        let Some(id) = self
+            .epochs
+            .front()
+            .map(|t| t.id)
+            .filter(|&id| id != self.current.id)
+        else {
+            return;
+        };
+        let mut evicted = Dropped::default();
+        for endpoint in self.endpoints() {
+            let mut state = endpoint.lock();
+            let mut dropped = Dropped::default();
+            for q in state.queues.values_mut() {
+                dropped += q.evict_epoch(id);
+            }
+            if dropped.count > 0 {
+                state.checkpoints_dirty = true;
+            }
+            evicted += dropped;
+        }
+        Counters::add(&self.shared.counters.evicted, evicted.count);
+        tracing::warn!(
+            epoch = id,
+            count = evicted.count,
+            bytes = evicted.bytes,
+            "quota: oldest entries dropped"
+        );
+        self.delete_consumed_epochs();
+    }
+}
