@@ -66,12 +66,6 @@ pub struct Shared {
     pub connect_timeout: std::time::Duration,
 }
 
-impl std::fmt::Debug for dyn Authenticator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Authenticator")
-    }
-}
-
 /// A running hub.
 #[derive(Debug)]
 pub struct Hub {

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 const DEVICE: &str = "edge";
 
 /// Accepts `edge/<module>` with the password `key-<module>`.
+#[derive(Debug)]
 struct TestKeys;
 
 impl Authenticator for TestKeys {

@@ -60,7 +60,7 @@ pub struct Grant {
 
 /// Decides who a connection is. Every refusal is answered with CONNACK 5 (decision D1); the
 /// reason is logged, never the token.
-pub trait Authenticator: Send + Sync + 'static {
+pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
     /// The identity these credentials prove, or why they do not.
     ///
     /// # Errors
