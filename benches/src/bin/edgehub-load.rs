@@ -1,0 +1,216 @@
+//! `edgehub-load`: the load generator. P publishers and S subscribers exchange N messages of
+//! B bytes through edgehub (`--hub`, the default: module topics, SAS tokens, identities
+//! created in the hub's identity store) or any MQTT broker (`--plain`), and it reports rates,
+//! latency percentiles, losses, duplicates and reorders: a table on stdout, then one JSON line
+//! (the last line of stdout).
+//!
+//! ```sh
+//! # The deployment whose routes carry a scenario, for the hub to start with:
+//! edgehub-load --publishers 1 --subscribers 4 --topology fanout --write-deployment deployment.json
+//! # Against a running hub (plain MQTT listener of its configuration):
+//! edgehub-load --config edgehub.toml --publishers 1 --subscribers 1 --messages 100000
+//! # Against mosquitto on 127.0.0.1:1883:
+//! edgehub-load --plain --port 1883 --publishers 4 --subscribers 4 --qos 1
+//! ```
+
+use std::num::NonZeroU64;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use edgehub::config::Config;
+use edgehub_benches::load::{self, Auth, Endpoint, HubModules, Settings, Topology};
+use rumqttc::QoS;
+
+/// Load generator for edgehub and plain MQTT brokers.
+#[derive(Debug, Parser)]
+#[command(name = "edgehub-load", version)]
+struct Args {
+    /// Plain MQTT topics (`load/{i}`), no authentication: for any broker.
+    #[arg(long, conflicts_with = "hub")]
+    plain: bool,
+    /// edgehub module topics with SAS authentication (the default).
+    #[arg(long)]
+    hub: bool,
+    /// The hub's configuration (hub mode): device, host names, identity store, listeners.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Write the deployment manifest whose routes carry this scenario to FILE and exit.
+    #[arg(long, value_name = "FILE")]
+    write_deployment: Option<PathBuf>,
+    /// Broker host [plain: 127.0.0.1; hub: 127.0.0.1, or the gateway host name with --tls].
+    #[arg(long)]
+    host: Option<String>,
+    /// Broker port [plain: 1883; hub: the configuration's mqtt listener, mqtts with --tls].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Connect over TLS.
+    #[arg(long)]
+    tls: bool,
+    /// The CA certificate (PEM) to trust with --tls [hub: <data_dir>/certs/ca.pem].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Publishing clients.
+    #[arg(long, short = 'p', default_value_t = 1)]
+    publishers: u32,
+    /// Subscribing clients.
+    #[arg(long, short = 's', default_value_t = 1)]
+    subscribers: u32,
+    /// `pairs`: publisher i to subscriber i; `fanout`: every publisher to every subscriber.
+    #[arg(long, value_enum, default_value_t = Topology::Pairs)]
+    topology: Topology,
+    /// Messages per publisher.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    messages: u64,
+    /// Payload bytes per message (at least 28, the header).
+    #[arg(long, short = 'b', default_value_t = 256)]
+    size: usize,
+    /// QoS of publications and subscriptions: 0 or 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Most messages per publisher sent and not yet acknowledged.
+    #[arg(long, short = 'w', default_value_t = 64)]
+    window: usize,
+    /// Total rate of all publishers in msgs/s; open loop when absent.
+    #[arg(long)]
+    rate: Option<NonZeroU64>,
+    /// Stop after this many seconds and report what was delivered by then.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Once the publishers are done, stop waiting after this many seconds without a delivery.
+    #[arg(long, default_value_t = 2.0)]
+    drain_idle: f64,
+    /// The scenario's name in the report [derived from the parameters].
+    #[arg(long)]
+    scenario: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let topology = args.topology;
+    topology.check(args.publishers, args.subscribers)?;
+    if let Some(path) = &args.write_deployment {
+        let manifest = topology.deployment_manifest(args.publishers, args.subscribers);
+        std::fs::write(path, serde_json::to_string_pretty(&manifest)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "wrote {} with {} routes",
+            path.display(),
+            topology.streams(args.publishers, args.subscribers).len()
+        );
+        return Ok(());
+    }
+    let settings = settings(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let report = runtime.block_on(load::run(&settings))?;
+    print!("{}", report.table());
+    println!("{}", report.json_line()?);
+    Ok(())
+}
+
+fn settings(args: &Args) -> Result<Settings> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    if !(args.drain_idle.is_finite() && args.drain_idle >= 0.0) {
+        bail!("--drain-idle must be a non-negative number of seconds");
+    }
+    let qos = if args.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let (endpoint, auth) = if args.plain {
+        plain_target(args)?
+    } else {
+        hub_target(args)?
+    };
+    Ok(Settings {
+        scenario: args.scenario.clone().unwrap_or_else(|| {
+            let rate = args
+                .rate
+                .map_or_else(|| "open".to_owned(), |r| format!("{r}per_s"));
+            format!(
+                "qos{}-{}to{}-{:?}-{}B-{rate}",
+                args.qos, args.publishers, args.subscribers, args.topology, args.size
+            )
+            .to_lowercase()
+        }),
+        endpoint,
+        auth,
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        topology: args.topology,
+        messages: args.messages,
+        payload_bytes: args.size,
+        qos,
+        window: args.window,
+        rate: args.rate,
+        timeout: Duration::from_secs_f64(args.timeout),
+        drain_idle: Duration::from_secs_f64(args.drain_idle),
+        progress: !args.no_progress,
+    })
+}
+
+fn plain_target(args: &Args) -> Result<(Endpoint, Auth)> {
+    let tls = match (&args.ca, args.tls) {
+        (Some(ca), true) => Some(load::connect::tls_trusting(ca)?),
+        (None, true) => bail!("--tls in plain mode needs --ca FILE"),
+        (_, false) => None,
+    };
+    let endpoint = Endpoint {
+        host: args.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned()),
+        port: args.port.unwrap_or(1883),
+        tls,
+    };
+    Ok((endpoint, Auth::Plain))
+}
+
+fn hub_target(args: &Args) -> Result<(Endpoint, Auth)> {
+    let Some(path) = &args.config else {
+        bail!(
+            "hub mode needs --config FILE (the hub's configuration); use --plain for other brokers"
+        );
+    };
+    let config = Config::load(path)?;
+    let (host, port, tls) = if args.tls {
+        let ca = args
+            .ca
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("certs").join("ca.pem"));
+        let host = args
+            .host
+            .clone()
+            .unwrap_or_else(|| config.gateway_hostname.clone());
+        let port = args.port.unwrap_or(config.listen.mqtts.port());
+        (host, port, Some(load::connect::tls_trusting(&ca)?))
+    } else {
+        let port = match (args.port, config.listen.mqtt) {
+            (Some(port), _) => port,
+            (None, Some(addr)) => addr.port(),
+            (None, None) => bail!(
+                "{} has no [listen] mqtt listener: give --port, or --tls for its mqtts listener",
+                path.display()
+            ),
+        };
+        let host = args.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        (host, port, None)
+    };
+    let store = config
+        .identity_store()
+        .context("opening the hub's identity store")?;
+    let modules = HubModules::from_store(
+        &store,
+        &config.device_id,
+        &config.iothub_hostname,
+        &load::client_names(args.publishers, args.subscribers),
+    )?;
+    Ok((Endpoint { host, port, tls }, Auth::Hub(modules)))
+}

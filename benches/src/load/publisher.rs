@@ -1,0 +1,211 @@
+//! One publishing client: sends its messages (paced or open loop, at most a window of them
+//! unacknowledged), and records which ones the broker took.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::Semaphore;
+
+use super::Counters;
+use super::accounting::SeqSet;
+use super::clock::Clock;
+use super::pacing::Schedule;
+use super::payload::Header;
+
+/// What one publisher is to do.
+#[derive(Debug)]
+pub struct PublisherPlan {
+    /// The publisher's index (the sender in each payload header).
+    pub index: u32,
+    /// Its MQTT options.
+    pub options: MqttOptions,
+    /// The topic it publishes on.
+    pub topic: String,
+    /// How many messages.
+    pub messages: u64,
+    /// Each message's size in bytes.
+    pub payload_bytes: usize,
+    /// QoS 0 or 1.
+    pub qos: QoS,
+    /// Most messages sent and not yet acknowledged (QoS 1) or not yet written (QoS 0).
+    pub window: usize,
+    /// When each message is due; `None`: as fast as the window allows.
+    pub schedule: Option<Schedule>,
+    /// The run's id, in each header.
+    pub run_id: u32,
+    /// The run's clock.
+    pub clock: Clock,
+    /// When publishing starts (due times count from it).
+    pub start: Instant,
+    /// When the publisher gives up.
+    pub deadline: Instant,
+}
+
+/// What a publisher did.
+#[derive(Debug)]
+pub struct PublisherOutcome {
+    /// The publisher's index.
+    pub index: u32,
+    /// The messages the broker took: acknowledged at QoS 1, written at QoS 0.
+    pub taken: SeqSet,
+    /// How many messages were written to the connection.
+    pub written: u64,
+    /// When the last message was taken, in ns of the run's clock.
+    pub last_taken_ns: Option<u64>,
+    /// Why it stopped early, if it did (a connection error).
+    pub error: Option<String>,
+}
+
+/// Connects, publishes the plan's messages and disconnects; stops at the deadline.
+pub async fn publish(plan: PublisherPlan, counters: Arc<Counters>) -> PublisherOutcome {
+    let capacity = plan.window.clamp(10, 1024);
+    let (client, mut eventloop) = AsyncClient::new(plan.options.clone(), capacity);
+    let window = Arc::new(Semaphore::new(plan.window.max(1)));
+    let feeder = tokio::spawn(feed(
+        client.clone(),
+        Arc::clone(&window),
+        FeedPlan {
+            index: plan.index,
+            topic: plan.topic.clone(),
+            messages: plan.messages,
+            payload_bytes: plan.payload_bytes,
+            qos: plan.qos,
+            schedule: plan.schedule,
+            run_id: plan.run_id,
+            clock: plan.clock,
+            start: plan.start,
+        },
+    ));
+    let (outcome, connected) = drive(&plan, &mut eventloop, &window, &counters).await;
+    feeder.abort();
+    if connected {
+        disconnect(&client, &mut eventloop).await;
+    }
+    outcome
+}
+
+/// The part of the plan the feeding task needs.
+#[derive(Debug)]
+struct FeedPlan {
+    index: u32,
+    topic: String,
+    messages: u64,
+    payload_bytes: usize,
+    qos: QoS,
+    schedule: Option<Schedule>,
+    run_id: u32,
+    clock: Clock,
+    start: Instant,
+}
+
+/// Hands the messages to the client, each when it is due and a window slot is free.
+async fn feed(client: AsyncClient, window: Arc<Semaphore>, plan: FeedPlan) {
+    let start_ns = plan.clock.ns_at(plan.start);
+    for seq in 0..plan.messages {
+        let due_ns = plan
+            .schedule
+            .map(|schedule| start_ns.saturating_add(schedule.due_ns(seq)));
+        if let Some(due_ns) = due_ns {
+            tokio::time::sleep_until(plan.clock.instant_at(due_ns).into()).await;
+        }
+        match window.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return,
+        }
+        // At a fixed rate the message is stamped with its due time, so that a late send
+        // (a full window, a slow broker) shows as latency instead of being hidden.
+        let header = Header {
+            run_id: plan.run_id,
+            sent_at_ns: due_ns.unwrap_or_else(|| plan.clock.now_ns()),
+            sender: plan.index,
+            seq,
+        };
+        let payload = header.encode(plan.payload_bytes);
+        if client
+            .publish(plan.topic.as_str(), plan.qos, false, payload)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Polls the connection until every message is taken, an error, or the deadline. Returns the
+/// outcome and whether the connection still works.
+async fn drive(
+    plan: &PublisherPlan,
+    eventloop: &mut EventLoop,
+    window: &Semaphore,
+    counters: &Counters,
+) -> (PublisherOutcome, bool) {
+    let mut outcome = PublisherOutcome {
+        index: plan.index,
+        taken: SeqSet::new(plan.messages),
+        written: 0,
+        last_taken_ns: None,
+        error: None,
+    };
+    // Packet id -> sequence number of the QoS 1 messages awaiting their PUBACK.
+    let mut pending = std::collections::HashMap::with_capacity(plan.window);
+    let take = |outcome: &mut PublisherOutcome, seq: u64| {
+        if outcome.taken.insert(seq) == Some(true) {
+            counters.published.fetch_add(1, Ordering::Relaxed);
+            outcome.last_taken_ns = Some(plan.clock.now_ns());
+        }
+        window.add_permits(1);
+    };
+    while outcome.taken.len() < plan.messages {
+        let event = match tokio::time::timeout_at(plan.deadline.into(), eventloop.poll()).await {
+            Err(_) => return (outcome, true),
+            Ok(Err(error)) => {
+                outcome.error = Some(format!("publisher {}: {error}", plan.index));
+                return (outcome, false);
+            }
+            Ok(Ok(event)) => event,
+        };
+        match event {
+            // Messages leave in the order they were handed over (no reconnection here), so
+            // the n-th written PUBLISH is sequence number n.
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let seq = outcome.written;
+                outcome.written += 1;
+                if plan.qos == QoS::AtMostOnce {
+                    take(&mut outcome, seq);
+                } else {
+                    pending.insert(pkid, seq);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(seq) = pending.remove(&ack.pkid) {
+                    take(&mut outcome, seq);
+                }
+            }
+            _ => {}
+        }
+    }
+    (outcome, true)
+}
+
+/// How long a client may take to write its DISCONNECT.
+pub const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// Sends DISCONNECT and polls the connection until it is written (at most
+/// [`DISCONNECT_GRACE`]), so the last messages are flushed and the broker sees a clean close.
+pub async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let written = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    // Past the grace period the connection is dropped as it is.
+    let _ = tokio::time::timeout(DISCONNECT_GRACE, written).await;
+}
