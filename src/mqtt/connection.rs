@@ -295,7 +295,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     )));
                 }
                 let bag = decode_bag(bag);
-                self.ingest(bag, publish.payload)?
+                self.ingest(bag, publish.payload).await?
             }
             Inbound::Unknown => {
                 self.shared.metrics.dropped(DropReason::UnknownTopic);
@@ -329,7 +329,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// Routes a telemetry message and hands it to the store; `None` when no route wants it.
-    fn ingest(&self, bag: PropertyBag, body: bytes::Bytes) -> Result<Option<store::Ticket>, Close> {
+    async fn ingest(
+        &mut self,
+        bag: PropertyBag,
+        body: bytes::Bytes,
+    ) -> Result<Option<store::Ticket>, Close> {
         let PropertyBag {
             properties,
             mut system_properties,
@@ -371,16 +375,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .iter()
             .map(|d| d.endpoint.id(&self.shared.device_id))
             .collect();
-        let targets: Vec<store::Target<'_>> = deliveries
+        let targets: Vec<(String, u32, store::Ttl)> = deliveries
             .iter()
-            .zip(&ids)
-            .map(|(d, id)| store::Target::new(id, d.priority, store_ttl(d.ttl)))
+            .zip(ids)
+            .map(|(d, id)| (id, d.priority, store_ttl(d.ttl)))
             .collect();
-        match self
-            .shared
-            .store
-            .enqueue(stored::encode(&message), &targets)
-        {
+        drop(table);
+        match enqueue(Arc::clone(&self.shared), stored::encode(&message), targets).await {
             Ok(ticket) => Ok(Some(ticket)),
             Err(e) => {
                 self.shared.metrics.dropped(DropReason::StoreRefused);
@@ -425,6 +426,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
         }
     }
+}
+
+/// Hands a message to the store without blocking the runtime: when the writer's inbox is
+/// full, the blocking enqueue runs on the blocking pool, and the connection waits for it (so its
+/// messages keep their order).
+async fn enqueue(
+    shared: Arc<Shared>,
+    payload: bytes::Bytes,
+    targets: Vec<(String, u32, store::Ttl)>,
+) -> Result<store::Ticket, store::EnqueueError> {
+    match shared
+        .store
+        .try_enqueue(payload.clone(), &store_targets(&targets))
+    {
+        Err(store::EnqueueError::Busy) => tokio::task::spawn_blocking(move || {
+            shared.store.enqueue(payload, &store_targets(&targets))
+        })
+        .await
+        .unwrap_or(Err(store::EnqueueError::Closed)),
+        other => other,
+    }
+}
+
+fn store_targets(targets: &[(String, u32, store::Ttl)]) -> Vec<store::Target<'_>> {
+    targets
+        .iter()
+        .map(|(id, priority, ttl)| store::Target::new(id, *priority, *ttl))
+        .collect()
 }
 
 /// Sleeps until `deadline`, or forever without one.
