@@ -32,6 +32,7 @@ impl Authenticator for TestKeys {
             // Module `brief` holds a token that expires a second after it connects.
             valid_until: (module == "brief")
                 .then(|| std::time::SystemTime::now() + Duration::from_secs(1)),
+            model_id: None,
         })
     }
 }

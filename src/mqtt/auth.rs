@@ -56,6 +56,9 @@ pub struct Grant {
     /// When the credentials expire (a SAS token's `se` plus the clock skew); the connection is
     /// closed then, and the SDK reconnects with a fresh token. `None`: no expiry.
     pub valid_until: Option<std::time::SystemTime>,
+    /// The IoT Plug and Play model id the client announced (`model-id` in its username); the
+    /// hub stamps it on the client's messages as the system property `modelId`.
+    pub model_id: Option<String>,
 }
 
 /// Decides who a connection is. Every refusal is answered with CONNACK 5 (decision D1); the
@@ -107,6 +110,7 @@ impl Authenticator for SasAuthenticator {
                 module_id: authenticated.identity.module_id,
             },
             valid_until: Some(authenticated.valid_until),
+            model_id: authenticated.username.model_id,
         })
     }
 }

@@ -91,8 +91,8 @@ where
         username: connect.login.as_ref().map(|l| l.username.as_str()),
         password: connect.login.as_ref().map(|l| l.password.as_str()),
     };
-    let (identity, valid_until) = match shared.auth.authenticate(&credentials) {
-        Ok(grant) => (grant.identity, grant.valid_until),
+    let (identity, valid_until, model_id) = match shared.auth.authenticate(&credentials) {
+        Ok(grant) => (grant.identity, grant.valid_until, grant.model_id),
         Err(reason) => {
             tracing::warn!(client_id = %connect.client_id, %reason, "connection refused");
             shared.metrics.connection_refused();
@@ -145,6 +145,7 @@ where
             tokio::time::Instant::now() + left
         }),
         last_unknown_topic_warning: None,
+        model_id,
     };
     let close = connection.run(outbox_rx, close_rx).await;
     shared.sessions.disconnect(&client_id, link_id);
@@ -169,6 +170,8 @@ struct Connection<S> {
     expires: Option<tokio::time::Instant>,
     /// Publishes to unknown topics are warned about at most once a minute per connection.
     last_unknown_topic_warning: Option<tokio::time::Instant>,
+    /// Stamped on the client's messages as `modelId`.
+    model_id: Option<String>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -344,6 +347,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         );
         if let Some(module) = &self.identity.module_id {
             system_properties.insert(system::CONNECTION_MODULE_ID, module.as_str());
+        }
+        // Spec section 3: what edgeHub adds to every message.
+        let origin = if self.identity.device_id == self.shared.device_id {
+            "internal"
+        } else {
+            "downstream"
+        };
+        system_properties.insert("edgeHubOriginInterface", origin);
+        if let Some(model_id) = &self.model_id {
+            system_properties.insert("modelId", model_id.as_str());
         }
         let message = Message {
             body,
