@@ -280,7 +280,33 @@ fn decode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn any_topic_or_bag_is_classified_without_panicking(text in "\\PC{0,80}") {
+            let _ = Inbound::parse(&text);
+            let _ = SubscriptionKind::of(&text);
+            let _ = decode_bag(&text);
+            let _ = filter_matches(&text, "devices/d/modules/m/inputs/x/");
+        }
+
+        #[test]
+        fn application_properties_survive_encode_then_decode(
+            pairs in prop::collection::vec(("[a-zA-Z0-9 /&=%?+$._~-]{1,12}", "\\PC{0,12}"), 0..6)
+        ) {
+            let properties: Properties = pairs
+                .iter()
+                .filter(|(k, _)| !k.contains('?') && !SENDER_KEYS.contains(&k.as_str()))
+                .filter(|(k, _)| !SYSTEM_PROPERTIES.iter().any(|(wire, _, _)| wire.eq_ignore_ascii_case(k)))
+                .cloned()
+                .collect();
+            let decoded = decode_bag(&encode_bag(&properties, &Properties::new()));
+            prop_assert_eq!(decoded.properties, properties);
+        }
+    }
 
     #[test]
     fn telemetry_topics_in_every_documented_form() {
