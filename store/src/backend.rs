@@ -39,14 +39,14 @@ pub(crate) enum OpenFailure {
 /// How long an open waits for a file lock that a just-closed handle still holds.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenFailure> {
+fn open_db(path: &Path, cache_bytes: u64, lock_wait: Duration) -> Result<sled::Db, OpenFailure> {
     let config = sled::Config::new()
         .path(path)
         .cache_capacity(cache_bytes)
         .mode(sled::Mode::LowSpace)
         // The store decides when to flush (group commit); no sled flusher thread per Db.
         .flush_every_ms(None);
-    let deadline = Instant::now() + LOCK_WAIT;
+    let deadline = Instant::now() + lock_wait;
     loop {
         // sled 0.34.7 is known to panic on some damaged logs instead of returning an error.
         match catch_unwind(AssertUnwindSafe(|| config.open())) {
@@ -110,7 +110,13 @@ pub(crate) struct EpochDb {
 
 impl EpochDb {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, OpenFailure> {
-        open_db(path, cache_bytes).map(|db| Self { db })
+        open_db(path, cache_bytes, LOCK_WAIT).map(|db| Self { db })
+    }
+
+    /// Like [`open`](Self::open), but fails at once with [`OpenFailure::Locked`] if the file
+    /// lock is still held (the writer retries later instead of waiting).
+    pub fn try_open(path: &Path, cache_bytes: u64) -> Result<Self, OpenFailure> {
+        open_db(path, cache_bytes, Duration::ZERO).map(|db| Self { db })
     }
 
     /// Writes segments atomically (one sled batch); not durable before [`flush`](Self::flush).
@@ -196,7 +202,7 @@ fn endpoint_key(name: &str) -> Vec<u8> {
 
 impl MetaDb {
     pub fn open(path: &Path) -> Result<Self, OpenFailure> {
-        open_db(path, 1 << 20).map(|db| Self { db })
+        open_db(path, 1 << 20, LOCK_WAIT).map(|db| Self { db })
     }
 
     pub fn load(&self) -> Result<MetaContents, BackendError> {

@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::backend::{EpochDb, MetaDb, SegmentWrite};
+use crate::backend::{EpochDb, MetaDb, OpenFailure, SegmentWrite};
 use crate::config::Durability;
 use crate::endpoint::Endpoint;
 use crate::epoch::{EpochToken, Layout, Reopen};
@@ -437,9 +437,12 @@ impl Writer {
         let epochs = &self.shared.epochs;
         let layout = &self.layout;
         self.to_reopen.retain(|&id| {
-            match epochs.reopen(id, || EpochDb::open(&layout.epoch_dir(id), cache)) {
+            match epochs.reopen(id, || EpochDb::try_open(&layout.epoch_dir(id), cache)) {
                 Reopen::Done => false,
                 Reopen::Busy => true,
+                // sled's I/O threads still hold the file lock of the handle just closed: the
+                // epoch's readers wait until the next checkpoint tick tries again.
+                Reopen::Failed(OpenFailure::Locked) => true,
                 Reopen::Failed(e) => {
                     tracing::error!(epoch = id, error = %e, "a sealed epoch could not be reopened; its readers wait, retrying");
                     true
@@ -461,6 +464,7 @@ impl Writer {
             self.last_flush = now;
         }
         if now >= self.next_checkpoint {
+            self.reopen_sealed();
             self.save_checkpoints();
             // Cheap (a reference count per epoch), and frees disk and memory soon after the
             // readers are done with an epoch.
@@ -468,7 +472,6 @@ impl Writer {
             self.next_checkpoint = now + self.shared.config.checkpoint_interval;
         }
         if now >= self.next_cleanup {
-            self.reopen_sealed();
             self.cleanup();
             self.next_cleanup = now + self.shared.config.cleanup_interval;
         }
