@@ -100,7 +100,10 @@ impl Reader {
 
     /// The next entries, at most `max_entries` and about `max_bytes` of payload (at least one
     /// entry if any is waiting), highest priority first and in enqueue order within a
-    /// priority. Expired entries are skipped, never returned. Empty if nothing is waiting.
+    /// priority. Expired entries are skipped, never returned. Empty if nothing is waiting, and
+    /// possibly also right after [`ready`](Reader::ready) when what is waiting had expired or
+    /// sits in an epoch being reopened (for at most a checkpoint interval): read again after
+    /// waiting.
     ///
     /// # Errors
     ///
