@@ -31,7 +31,7 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::identity::store::write_atomically;
+use crate::fs::write_atomically;
 
 /// How long a generated server certificate is valid.
 pub const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);

@@ -273,13 +273,8 @@ impl Sessions {
                 (client.clone(), filters)
             })
             .collect();
-        let result = (|| -> std::io::Result<()> {
-            let tmp = path.with_extension("json.tmp");
-            let file = std::fs::File::create(&tmp)?;
-            serde_json::to_writer(&file, &saved)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
+        let text = serde_json::to_vec(&saved).expect("subscriptions serialise");
+        let result = crate::fs::write_atomically(path, &text, 0o600);
         if let Err(e) = result {
             tracing::error!(path = %path.display(), error = %e, "could not save subscriptions");
         }
