@@ -64,6 +64,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Time a new connection has to send its CONNECT.
     pub connect_timeout: std::time::Duration,
+    /// The twins of the identities.
+    pub twins: crate::twin::Twins,
 }
 
 /// A running hub.
@@ -107,6 +109,7 @@ impl Hub {
             auth,
             metrics: Metrics::default(),
             connect_timeout: settings.connect_timeout,
+            twins: crate::twin::Twins::new(settings.data_dir.join("twins")),
         });
         let (stop, _) = watch::channel(false);
         let mut hub = Self {

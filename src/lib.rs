@@ -27,3 +27,4 @@ pub mod mqtt;
 pub mod run;
 pub mod sas;
 pub mod stored;
+pub mod twin;

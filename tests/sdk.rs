@@ -145,7 +145,7 @@ fn the_python_sdk_talks_to_the_hub() {
 
     let hub = HubProcess::start(&config);
     let ca = dir.path().join("data/certs/ca.pem");
-    for scenario in ["module_to_module", "wrong_key", "expired_token"] {
+    for scenario in ["module_to_module", "twin", "wrong_key", "expired_token"] {
         let out = Command::new(&python)
             .arg(repo().join("tests/sdk/scenarios.py"))
             .arg(scenario)

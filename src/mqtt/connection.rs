@@ -312,9 +312,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 None
             }
-            Inbound::TwinGet { .. }
-            | Inbound::TwinPatchReported { .. }
-            | Inbound::MethodResponse { .. } => {
+            Inbound::TwinGet { rid } => {
+                let Some(rid) = rid.filter(|r| !r.is_empty()) else {
+                    return Err(Close::Violation("twin GET without $rid".to_owned()));
+                };
+                let (status, body) = match self.shared.twins.get(&self.identity.client_id()) {
+                    Ok(twin) => (200, twin.to_string().into_bytes()),
+                    Err(e) => {
+                        tracing::error!(client_id = %self.identity, error = %e, "twin unreadable");
+                        (500, Vec::new())
+                    }
+                };
+                self.twin_response(status, &rid, None, body).await?;
+                None
+            }
+            Inbound::TwinPatchReported { rid } => {
+                let result = self
+                    .shared
+                    .twins
+                    .patch_reported(&self.identity.client_id(), &publish.payload);
+                let (status, version) = match result {
+                    Ok(Ok(version)) => (204, Some(version)),
+                    Ok(Err(refused)) => {
+                        tracing::info!(client_id = %self.identity, reason = %refused, "reported properties refused");
+                        (400, None)
+                    }
+                    Err(e) => {
+                        tracing::error!(client_id = %self.identity, error = %e, "twin not stored");
+                        (500, None)
+                    }
+                };
+                if let Some(rid) = rid.filter(|r| !r.is_empty()) {
+                    self.twin_response(status, &rid, version, Vec::new())
+                        .await?;
+                }
+                None
+            }
+            Inbound::MethodResponse { .. } => {
                 self.shared.metrics.dropped(DropReason::Unsupported);
                 tracing::warn!(client_id = %self.identity, topic = %publish.topic, "twin and method topics are not served yet; dropped");
                 None
@@ -401,6 +435,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Err(Close::Violation(format!("store refused the message: {e}")))
             }
         }
+    }
+
+    /// Answers a twin request on `$iothub/twin/res/{status}/?$rid={rid}[&$version={n}]`, even
+    /// when the client has not subscribed to the responses yet (the Python SDK asks first).
+    async fn twin_response(
+        &mut self,
+        status: u16,
+        rid: &str,
+        version: Option<u64>,
+        body: Vec<u8>,
+    ) -> Result<(), Close> {
+        let rid = topic::encode_component(rid);
+        let topic = match version {
+            Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
+            None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
+        };
+        self.send(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body)))
+            .await
     }
 
     /// Publishes messages from the delivery pumps, flushing once for the burst.

@@ -274,6 +274,11 @@ const BAG: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Percent-encodes a topic component, leaving RFC 3986 unreserved characters as they are.
+pub fn encode_component(text: &str) -> String {
+    utf8_percent_encode(text, BAG).collect()
+}
+
 fn decode(text: &str) -> String {
     percent_decode_str(text).decode_utf8_lossy().into_owned()
 }

@@ -83,6 +83,23 @@ def module_to_module():
     b.shutdown()
 
 
+def twin():
+    """get_twin answers with desired and reported versions; a reported patch is stored and read
+    back (responses come even before the SDK subscribes to them)."""
+    a = client(os.environ["CS_A"])
+    a.connect()
+    first = a.get_twin()
+    assert "$version" in first["desired"], first
+    a.patch_twin_reported_properties({"firmware": "1.2.3", "status": {"ok": True}})
+    a.patch_twin_reported_properties({"status": {"load": 5}})
+    second = a.get_twin()
+    reported = second["reported"]
+    assert reported["firmware"] == "1.2.3", reported
+    assert reported["status"] == {"ok": True, "load": 5}, reported
+    assert reported["$version"] == first["reported"]["$version"] + 2, (first, second)
+    a.shutdown()
+
+
 def wrong_key():
     """A connection string with a wrong key is refused: the SDK raises CredentialError."""
     parts = fields(os.environ["CS_A"])
