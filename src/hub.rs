@@ -234,6 +234,49 @@ impl Hub {
         Ok(())
     }
 
+    /// The twin of `client_id` (`device` or `device/module`).
+    ///
+    /// # Errors
+    ///
+    /// When the stored twin cannot be read.
+    pub fn twin(&self, client_id: &str) -> Result<serde_json::Value, crate::twin::StorageError> {
+        self.shared.twins.get(client_id)
+    }
+
+    /// Sets desired properties of `client_id`, and pushes the patch to the client if it is
+    /// connected and subscribed to desired-property updates. A client that is offline reads
+    /// the current twin when it comes back (the SDKs GET it on every connection).
+    ///
+    /// # Errors
+    ///
+    /// `Ok(Err(_))` for an invalid patch; `Err(_)` when storage fails.
+    pub fn set_desired(
+        &self,
+        client_id: &str,
+        patch: &[u8],
+    ) -> Result<Result<u64, crate::twin::PatchError>, crate::twin::StorageError> {
+        let pushed = match self.shared.twins.patch_desired(client_id, patch)? {
+            Ok(pushed) => pushed,
+            Err(e) => return Ok(Err(e)),
+        };
+        let version = pushed["$version"].as_u64().unwrap_or_default();
+        let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
+        if let Some((link, qos)) = self.shared.sessions.route(client_id, &topic) {
+            let (acked, _ack) = tokio::sync::oneshot::channel();
+            let outbound = crate::mqtt::session::Outbound {
+                topic,
+                payload: pushed.to_string().into(),
+                qos,
+                dup: false,
+                acked,
+            };
+            if link.outbox.try_send(outbound).is_err() {
+                tracing::warn!(%client_id, "desired patch not pushed (connection busy); the client reads it on its next GET");
+            }
+        }
+        Ok(Ok(version))
+    }
+
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks
             .lock()

@@ -99,6 +99,38 @@ impl Twins {
         Ok(Ok(version))
     }
 
+    /// Merges a desired patch (set by the operator); returns the patch as clients receive it,
+    /// with the new `$version`.
+    ///
+    /// # Errors
+    ///
+    /// `Ok(Err(_))` for a patch that is not a JSON object or breaks IoT Hub's limits; `Err(_)`
+    /// when storage fails.
+    pub fn patch_desired(
+        &self,
+        client_id: &str,
+        body: &[u8],
+    ) -> Result<Result<Value, PatchError>, StorageError> {
+        let patch = match validate(body) {
+            Ok(patch) => patch,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut cache = self.cache();
+        let mut twin = self.load(&mut cache, client_id)?.clone();
+        let desired = twin
+            .get_mut("desired")
+            .and_then(Value::as_object_mut)
+            .expect("twins always hold a desired object");
+        merge(desired, patch.clone());
+        let version = desired.get("$version").and_then(Value::as_u64).unwrap_or(1) + 1;
+        desired.insert("$version".to_owned(), Value::from(version));
+        self.save(client_id, &twin)?;
+        cache.insert(client_id.to_owned(), twin);
+        let mut pushed = patch;
+        pushed.insert("$version".to_owned(), Value::from(version));
+        Ok(Ok(Value::Object(pushed)))
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
         self.lock
             .lock()
@@ -239,6 +271,21 @@ mod tests {
         assert_eq!(
             reopened.get("d/m").unwrap()["reported"],
             serde_json::json!({"o": {"x": 1, "y": 3}, "$version": 3})
+        );
+    }
+
+    #[test]
+    fn desired_patches_carry_their_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let twins = Twins::new(dir.path().to_owned());
+        let pushed = twins
+            .patch_desired("d/m", br#"{"interval": 5}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(pushed, serde_json::json!({"interval": 5, "$version": 2}));
+        assert_eq!(
+            twins.get("d/m").unwrap()["desired"],
+            serde_json::json!({"interval": 5, "$version": 2})
         );
     }
 

@@ -495,3 +495,31 @@ async fn a_connection_closes_when_its_token_expires() {
     );
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_desired_patch_reaches_a_subscribed_module_with_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let mut b = connect(options(&hub, "b", "key-b"));
+    b.client
+        .subscribe("$iothub/twin/PATCH/properties/desired/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), b.subacks.recv())
+        .await
+        .unwrap();
+    assert_eq!(
+        hub.set_desired("edge/b", br#"{"interval": 5}"#).unwrap(),
+        Ok(2)
+    );
+    let got = recv(&mut b).await;
+    assert_eq!(
+        got.topic,
+        "$iothub/twin/PATCH/properties/desired/?$version=2"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+    assert_eq!(body, json!({"interval": 5, "$version": 2}));
+    assert_eq!(hub.twin("edge/b").unwrap()["desired"]["interval"], 5);
+    assert!(hub.set_desired("edge/b", b"[1]").unwrap().is_err());
+    hub.shutdown().await.unwrap();
+}
