@@ -107,18 +107,17 @@ async fn feed(client: AsyncClient, window: Arc<Semaphore>, plan: FeedPlan) {
         let due_ns = plan
             .schedule
             .map(|schedule| start_ns.saturating_add(schedule.due_ns(seq)));
-        if let Some(due_ns) = due_ns {
-            tokio::time::sleep_until(plan.clock.instant_at(due_ns).into()).await;
-        }
+        let stamp_ns = match due_ns {
+            Some(due_ns) => Some(send_time(plan.clock, due_ns).await),
+            None => None,
+        };
         match window.acquire().await {
             Ok(permit) => permit.forget(),
             Err(_) => return,
         }
-        // At a fixed rate the message is stamped with its due time, so that a late send
-        // (a full window, a slow broker) shows as latency instead of being hidden.
         let header = Header {
             run_id: plan.run_id,
-            sent_at_ns: due_ns.unwrap_or_else(|| plan.clock.now_ns()),
+            sent_at_ns: stamp_ns.unwrap_or_else(|| plan.clock.now_ns()),
             sender: plan.index,
             seq,
         };
@@ -131,6 +130,21 @@ async fn feed(client: AsyncClient, window: Arc<Semaphore>, plan: FeedPlan) {
             return;
         }
     }
+}
+
+/// Waits until `due_ns` and returns the time to stamp the message with.
+///
+/// - Ahead of schedule, it sleeps and returns when it woke: the timer's coarseness (about a
+///   millisecond) is the generator's, not the broker's, and is not counted as latency.
+/// - Behind schedule (a full window or a slow broker held earlier messages back) it returns
+///   the due time, so the delay counts as latency instead of being hidden (no coordinated
+///   omission). The wait for a window slot comes after the stamp for the same reason.
+async fn send_time(clock: Clock, due_ns: u64) -> u64 {
+    if clock.now_ns() >= due_ns {
+        return due_ns;
+    }
+    tokio::time::sleep_until(clock.instant_at(due_ns).into()).await;
+    clock.now_ns()
 }
 
 /// Polls the connection until every message is taken, an error, or the deadline. Returns the

@@ -103,7 +103,8 @@ pub struct Report {
     pub delivered_per_s: f64,
     /// Seconds from the first publish to the stop.
     pub elapsed_s: f64,
-    /// Publish-to-delivery latency (from the due time at a fixed rate).
+    /// Publish-to-delivery latency: from the hand-off to the client in open loop; at a fixed
+    /// rate from the due time when the publisher was behind schedule (see `publisher`).
     #[serde(flatten)]
     pub latency: Latency,
     /// Taken messages never delivered, all streams.
