@@ -40,6 +40,9 @@ pub struct HubSettings {
     pub routes: EdgeHubRoutes,
     /// Time a new connection has to send its CONNECT (and finish its TLS handshake).
     pub connect_timeout: std::time::Duration,
+    /// The `$version` of the `$edgeHub` desired properties the routes came from (1 when the
+    /// manifest has none).
+    pub desired_version: u64,
 }
 
 impl HubSettings {
@@ -66,6 +69,8 @@ pub struct Shared {
     pub connect_timeout: std::time::Duration,
     /// The twins of the identities.
     pub twins: crate::twin::Twins,
+    /// What the `$edgeHub` twin reports.
+    pub edge_hub: crate::edgehub_twin::EdgeHubState,
 }
 
 /// A running hub.
@@ -110,6 +115,7 @@ impl Hub {
             metrics: Metrics::default(),
             connect_timeout: settings.connect_timeout,
             twins: crate::twin::Twins::new(settings.data_dir.join("twins")),
+            edge_hub: crate::edgehub_twin::EdgeHubState::default(),
         });
         let (stop, _) = watch::channel(false);
         let mut hub = Self {
@@ -122,6 +128,13 @@ impl Hub {
             metrics_addr: None,
         };
         hub.install(table).context("installing the routes")?;
+        hub.shared
+            .edge_hub
+            .desired_processed(crate::edgehub_twin::DesiredStatus {
+                version: settings.desired_version,
+                code: 200,
+                description: String::new(),
+            });
         if let Some(addr) = settings.mqtt {
             let listener = TcpListener::bind(addr)
                 .await
@@ -232,6 +245,51 @@ impl Hub {
         }
         self.shared.router.replace(table);
         Ok(())
+    }
+
+    /// Applies new `$edgeHub` desired properties while messages flow: the whole document is
+    /// validated first; an invalid one changes nothing and is reported with code 400 and the
+    /// reason (every bad route named); a valid one replaces the route table atomically.
+    /// Endpoints of removed routes keep their queues (drained by their pumps when the module
+    /// reads them, or expired by TTL); new TTLs apply to new messages.
+    ///
+    /// # Errors
+    ///
+    /// Every problem of an invalid document.
+    pub fn deploy(&self, desired: &serde_json::Value) -> Result<(), ConfigErrors> {
+        let version = desired
+            .get("$version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| {
+                self.shared
+                    .edge_hub
+                    .last_desired()
+                    .map_or(1, |s| s.version + 1)
+            });
+        let result =
+            EdgeHubRoutes::from_desired(desired).and_then(|routes| self.install_routes(&routes));
+        let (code, description) = match &result {
+            Ok(()) => (200, String::new()),
+            Err(e) => (400, format!("Error while parsing desired properties - {e}")),
+        };
+        self.shared
+            .edge_hub
+            .desired_processed(crate::edgehub_twin::DesiredStatus {
+                version,
+                code,
+                description,
+            });
+        result
+    }
+
+    /// The `$edgeHub` twin: no desired properties of its own here, and the reported properties
+    /// of protocol spec 4.2.
+    pub fn edge_hub_twin(&self) -> serde_json::Value {
+        let reported = self
+            .shared
+            .edge_hub
+            .reported(&self.shared.sessions.clients());
+        serde_json::json!({"desired": {}, "reported": reported})
     }
 
     /// The twin of `client_id` (`device` or `device/module`).

@@ -17,6 +17,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod edgehub_twin;
 pub mod fs;
 pub mod http;
 pub mod hub;

@@ -39,6 +39,11 @@ pub async fn run(config: Config) -> Result<()> {
         store: store_config(&config),
         routes,
         connect_timeout: HubSettings::CONNECT_TIMEOUT,
+        desired_version: deployment
+            .edge_hub
+            .get("$version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(1),
     };
     let auth = Arc::new(SasAuthenticator::new(identities, config.hostnames()));
     let hub = Hub::start(settings, auth).await?;

@@ -52,6 +52,7 @@ async fn start_hub(data: &std::path::Path, routes: serde_json::Value) -> Hub {
         }))
         .unwrap(),
         connect_timeout: Duration::from_secs(2),
+        desired_version: 1,
     };
     Hub::start(settings, Arc::new(TestKeys)).await.unwrap()
 }
@@ -521,5 +522,62 @@ async fn a_desired_patch_reaches_a_subscribed_module_with_its_version() {
     assert_eq!(body, json!({"interval": 5, "$version": 2}));
     assert_eq!(hub.twin("edge/b").unwrap()["desired"]["interval"], 5);
     assert!(hub.set_desired("edge/b", b"[1]").unwrap().is_err());
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deployment_switches_routes_live_and_a_bad_one_changes_nothing() {
+    let (_dir, hub, mut b) = hub_with_b().await;
+    let bad = json!({
+        "schemaVersion": "1.1",
+        "$version": 7,
+        "routes": {"broken": "FROM /messages/* WHERE x == 1 INTO $upstream"},
+        "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
+    });
+    let error = hub.deploy(&bad).unwrap_err().to_string();
+    assert!(error.contains("broken"), "{error}");
+    let reported = &hub.edge_hub_twin()["reported"];
+    assert_eq!(reported["lastDesiredVersion"], 7);
+    assert_eq!(reported["lastDesiredStatus"]["code"], 400);
+    assert!(
+        reported["lastDesiredStatus"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("broken")
+    );
+    assert_eq!(reported["clients"]["edge/b"]["status"], "Connected");
+
+    // The old routes still run.
+    let a = connect(options(&hub, "a", "key-a"));
+    let topic = "devices/edge/modules/a/messages/events/%24.on=out1";
+    a.client
+        .publish(topic, QoS::AtLeastOnce, false, b"old".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b).await.payload.as_ref(), b"old");
+
+    // A valid deployment: out1 now goes to input in2.
+    let good = json!({
+        "schemaVersion": "1.1",
+        "$version": 8,
+        "routes": {"aToB2": "FROM /messages/modules/a/outputs/out1 INTO BrokeredEndpoint(\"/modules/b/inputs/in2\")"},
+        "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
+    });
+    hub.deploy(&good).unwrap();
+    assert_eq!(
+        hub.edge_hub_twin()["reported"]["lastDesiredStatus"]["code"],
+        200
+    );
+    a.client
+        .publish(topic, QoS::AtLeastOnce, false, b"new".to_vec())
+        .await
+        .unwrap();
+    let got = recv(&mut b).await;
+    assert_eq!(got.payload.as_ref(), b"new");
+    assert!(
+        got.topic.starts_with("devices/edge/modules/b/inputs/in2/"),
+        "{}",
+        got.topic
+    );
     hub.shutdown().await.unwrap();
 }

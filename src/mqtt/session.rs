@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -48,6 +49,21 @@ struct Session {
     persistent: bool,
     link: Option<Link>,
     changes: watch::Sender<u64>,
+    last_connected: Option<SystemTime>,
+    last_disconnected: Option<SystemTime>,
+}
+
+/// What the `$edgeHub` twin reports about a client (protocol spec 4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientStatus {
+    /// `device` or `device/module`.
+    pub client_id: String,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// When it last connected.
+    pub last_connected: Option<SystemTime>,
+    /// When it last disconnected.
+    pub last_disconnected: Option<SystemTime>,
 }
 
 impl Session {
@@ -57,6 +73,8 @@ impl Session {
             persistent,
             link: None,
             changes: watch::Sender::new(0),
+            last_connected: None,
+            last_disconnected: None,
         }
     }
 
@@ -141,6 +159,7 @@ impl Sessions {
         }
         session.persistent = !clean_session;
         let replaced = session.link.replace(link);
+        session.last_connected = Some(SystemTime::now());
         if let Some(old) = &replaced {
             let _ = old.close.send(true);
         }
@@ -163,6 +182,7 @@ impl Sessions {
         };
         if session.link.as_ref().is_some_and(|l| l.id == link_id) {
             session.link = None;
+            session.last_disconnected = Some(SystemTime::now());
             if !session.persistent {
                 // Forget what a clean session stored, but keep the entry: pumps watch it.
                 session.subscriptions.clear();
@@ -233,6 +253,23 @@ impl Sessions {
             .or_insert_with(|| Session::new(false))
             .changes
             .subscribe()
+    }
+
+    /// Every client that connected since the hub started, with its status.
+    pub fn clients(&self) -> Vec<ClientStatus> {
+        let mut clients: Vec<ClientStatus> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.last_connected.is_some())
+            .map(|(id, s)| ClientStatus {
+                client_id: id.clone(),
+                connected: s.link.is_some(),
+                last_connected: s.last_connected,
+                last_disconnected: s.last_disconnected,
+            })
+            .collect();
+        clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        clients
     }
 
     /// How many clients are connected.
