@@ -32,7 +32,8 @@ pub(crate) struct Shared {
 /// A durable store of per-endpoint message queues. See the [crate documentation](crate).
 ///
 /// `Store` is `Send + Sync`: share it behind an `Arc`. Dropping it (or [`close`](Store::close))
-/// flushes and stops the store's threads.
+/// flushes and stops the store's threads, blocking until they are done: from async code, drop
+/// or close it in a blocking context (`spawn_blocking`).
 #[derive(Debug)]
 pub struct Store {
     shared: Arc<Shared>,
