@@ -13,11 +13,11 @@
 # (utime + stime of /proc/<pid>/stat, after the generator ran minus before) per delivered
 # message, and its peak resident memory (VmHWM of /proc/<pid>/status).
 #
-# Results: benches/results/compare-<UTC date and time>.md (every run, then the medians).
+# Results: benches/results/compare-<UTC date and time>.md (the medians, then every run).
 #
 # Installs what is missing: mosquitto (Debian package, needs root) and rumqttd
-# (`cargo install rumqttd --locked`, a few minutes); a broker that cannot be installed is
-# skipped with a message. Needs python3 for the tables.
+# (`cargo install rumqttd --locked`, then without --locked; a few minutes); a broker that
+# cannot be installed is skipped with a message. Needs python3 for the tables.
 #
 # Environment: ROUNDS (3), MESSAGES (100000 deliveries per open-loop scenario), RATE_SECONDS
 # (5, length of each fixed-rate run), WINDOW (64), SIZE (256), TIMEOUT (120 s per run),
@@ -77,7 +77,10 @@ for broker in $BROKERS; do
         PATH=$PATH:$HOME/.cargo/bin
         if ! command -v rumqttd >/dev/null; then
             log "installing rumqttd (cargo install rumqttd --locked; takes minutes)"
-            cargo install rumqttd --locked >&2 || true
+            # rumqttd 0.20.0's lock file pins metrics 0.22.1, which newer compilers refuse
+            # (E0521); without --locked cargo takes metrics 0.22.4, which builds.
+            cargo install rumqttd --locked >&2 ||
+                { log "retrying without --locked"; cargo install rumqttd >&2; } || true
         fi
         if command -v rumqttd >/dev/null; then
             available+=(rumqttd)

@@ -23,6 +23,16 @@ async fn start_hub(
     routes: Map<String, Value>,
     clients: &[String],
 ) -> (Hub, HubModules) {
+    start_hub_with(dir, routes, clients, None).await
+}
+
+/// As [`start_hub`], with an MQTT over TLS listener when `tls` is given.
+async fn start_hub_with(
+    dir: &Path,
+    routes: Map<String, Value>,
+    clients: &[String],
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (Hub, HubModules) {
     let identities = IdentityStore::open(dir, DEVICE).expect("the identity store opens");
     let modules = HubModules::from_store(&identities, DEVICE, IOTHUB, clients)
         .expect("the load modules get identities");
@@ -31,7 +41,7 @@ async fn start_hub(
         device_id: DEVICE.to_owned(),
         data_dir: dir.to_owned(),
         mqtt: Some(([127, 0, 0, 1], 0).into()),
-        mqtts: None,
+        mqtts: tls.map(|tls| (([127, 0, 0, 1], 0).into(), tls)),
         metrics: None,
         store: store::StoreConfig::new(dir.join("store")),
         routes: router::EdgeHubRoutes::from_desired(&desired).expect("the routes are valid"),
@@ -161,4 +171,35 @@ async fn messages_without_a_route_are_reported_lost_for_their_stream_only() {
     assert_eq!(report.lost, 200);
     let lost: Vec<_> = report.streams.iter().map(|s| (s.sender, s.lost)).collect();
     assert_eq!(lost, [(0, 0), (1, 200)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generator_connects_over_tls_trusting_the_hubs_generated_ca() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    // The hub's generated CA and a server certificate for `localhost`, as `edgehub run` makes them.
+    let mut config = edgehub::config::Config::embedded_default(dir.path());
+    config.gateway_hostname = "localhost".to_owned();
+    let server_tls = edgehub::certs::load_server_tls(&config).expect("certificates are generated");
+    let clients = load::client_names(1, 1);
+    let (hub, modules) = start_hub_with(
+        &config.data_dir,
+        Topology::Pairs.hub_routes(1, 1),
+        &clients,
+        Some(server_tls),
+    )
+    .await;
+    let mut settings = settings(&hub, modules, Topology::Pairs, (1, 1));
+    let ca = config.data_dir.join("certs").join("ca.pem");
+    settings.endpoint = Endpoint {
+        host: "localhost".to_owned(),
+        port: hub.mqtts_addr().expect("the hub listens for MQTTS").port(),
+        tls: Some(load::connect::tls_trusting(&ca).expect("the CA loads")),
+    };
+    settings.messages = 200;
+    let report = load::run(&settings).await.expect("the run completes");
+    hub.shutdown().await.expect("the hub stops");
+
+    assert_complete(&report);
+    assert!(report.tls);
+    assert_eq!(report.delivered, 200);
 }
