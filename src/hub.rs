@@ -71,6 +71,8 @@ pub struct Shared {
     pub twins: crate::twin::Twins,
     /// What the `$edgeHub` twin reports.
     pub edge_hub: crate::edgehub_twin::EdgeHubState,
+    /// Direct method requests awaiting their responses.
+    pub methods: crate::methods::Methods,
 }
 
 /// A running hub.
@@ -116,6 +118,7 @@ impl Hub {
             connect_timeout: settings.connect_timeout,
             twins: crate::twin::Twins::new(settings.data_dir.join("twins")),
             edge_hub: crate::edgehub_twin::EdgeHubState::default(),
+            methods: crate::methods::Methods::default(),
         });
         let (stop, _) = watch::channel(false);
         let mut hub = Self {
@@ -290,6 +293,30 @@ impl Hub {
             .edge_hub
             .reported(&self.shared.sessions.clients());
         serde_json::json!({"desired": {}, "reported": reported})
+    }
+
+    /// Invokes a direct method on a connected client (`device/module` or `device`): waits up
+    /// to `connect_timeout` for it to be connected and subscribed to methods (else 404), then
+    /// up to `response_timeout` for its answer (else 504).
+    pub async fn invoke_method(
+        &self,
+        client_id: &str,
+        method: &str,
+        payload: &serde_json::Value,
+        connect_timeout: std::time::Duration,
+        response_timeout: std::time::Duration,
+    ) -> crate::methods::MethodResult {
+        self.shared
+            .methods
+            .invoke(
+                &self.shared.sessions,
+                client_id,
+                method,
+                payload,
+                connect_timeout,
+                response_timeout,
+            )
+            .await
     }
 
     /// The twin of `client_id` (`device` or `device/module`).

@@ -23,6 +23,7 @@ pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod manifest;
+pub mod methods;
 pub mod metrics;
 pub mod mqtt;
 pub mod run;

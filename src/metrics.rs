@@ -12,8 +12,6 @@ pub enum DropReason {
     NoRoute,
     /// Published on a topic outside the documented set (decision D2).
     UnknownTopic,
-    /// Twin or method topics, not served yet.
-    Unsupported,
     /// Over the size limit (decision D4).
     TooLarge,
     /// The store refused it (quota, failure); the publisher gets no PUBACK.
@@ -23,10 +21,9 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 5] = [
         Self::NoRoute,
         Self::UnknownTopic,
-        Self::Unsupported,
         Self::TooLarge,
         Self::StoreRefused,
         Self::Unreadable,
@@ -36,7 +33,6 @@ impl DropReason {
         match self {
             Self::NoRoute => "no_route",
             Self::UnknownTopic => "unknown_topic",
-            Self::Unsupported => "unsupported",
             Self::TooLarge => "too_large",
             Self::StoreRefused => "store_refused",
             Self::Unreadable => "unreadable",
@@ -62,7 +58,7 @@ pub struct Metrics {
     received: AtomicU64,
     sent: AtomicU64,
     refused: AtomicU64,
-    dropped: [AtomicU64; 6],
+    dropped: [AtomicU64; 5],
     route_nanos: AtomicU64,
     routed: AtomicU64,
 }

@@ -581,3 +581,57 @@ async fn a_deployment_switches_routes_live_and_a_bad_one_changes_nothing() {
     );
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn direct_methods_answer_404_when_absent_504_when_silent_and_the_response_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let payload = json!({"x": 1});
+    let quick = Duration::from_millis(300);
+    let absent = hub
+        .invoke_method("edge/b", "echo", &payload, quick, quick)
+        .await;
+    assert_eq!(absent.status, 404);
+
+    let mut b = connect(options(&hub, "b", "key-b"));
+    b.client
+        .subscribe("$iothub/methods/POST/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), b.subacks.recv())
+        .await
+        .unwrap();
+    let silent = hub
+        .invoke_method("edge/b", "echo", &payload, quick, quick)
+        .await;
+    assert_eq!(silent.status, 504);
+    let _ = recv(&mut b).await; // the request that was not answered
+
+    let responder = tokio::spawn(async move {
+        let request = recv(&mut b).await;
+        let rid = request.topic.split("$rid=").nth(1).unwrap().to_owned();
+        assert!(
+            request
+                .topic
+                .starts_with("$iothub/methods/POST/echo/?$rid=")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&request.payload).unwrap();
+        b.client
+            .publish(
+                format!("$iothub/methods/res/201/?$rid={rid}"),
+                QoS::AtLeastOnce,
+                false,
+                json!({"echo": body}).to_string(),
+            )
+            .await
+            .unwrap();
+        b
+    });
+    let answered = hub
+        .invoke_method("edge/b", "echo", &payload, quick, Duration::from_secs(5))
+        .await;
+    assert_eq!(answered.status, 201);
+    assert_eq!(answered.payload, json!({"echo": {"x": 1}}));
+    drop(responder.await.unwrap());
+    hub.shutdown().await.unwrap();
+}

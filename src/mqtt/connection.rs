@@ -348,9 +348,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 None
             }
-            Inbound::MethodResponse { .. } => {
-                self.shared.metrics.dropped(DropReason::Unsupported);
-                tracing::warn!(client_id = %self.identity, topic = %publish.topic, "twin and method topics are not served yet; dropped");
+            Inbound::MethodResponse { status, rid } => {
+                if let Some(rid) = rid {
+                    self.shared
+                        .methods
+                        .respond(&rid, status, publish.payload.clone());
+                }
                 None
             }
         };
