@@ -34,6 +34,8 @@ pub struct HubSettings {
     pub mqtts: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     /// Prometheus metrics listener (`GET /metrics`).
     pub metrics: Option<SocketAddr>,
+    /// HTTPS listener for module-to-module direct methods (the SDKs call port 443).
+    pub https: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     /// Store settings (its `dir` is set under `data_dir` when empty).
     pub store: store::StoreConfig,
     /// The routes and the global TTL, from the `$edgeHub` desired properties.
@@ -86,6 +88,7 @@ pub struct Hub {
     mqtt_addr: Option<SocketAddr>,
     mqtts_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
 }
 
 impl Hub {
@@ -129,6 +132,7 @@ impl Hub {
             mqtt_addr: None,
             mqtts_addr: None,
             metrics_addr: None,
+            https_addr: None,
         };
         hub.install(table).context("installing the routes")?;
         hub.shared
@@ -164,6 +168,19 @@ impl Hub {
                 hub.stop.subscribe(),
             ));
         }
+        if let Some((addr, tls)) = settings.https {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTPS on {addr}"))?;
+            hub.https_addr = Some(listener.local_addr()?);
+            tracing::info!(addr = %listener.local_addr()?, "serving direct methods over HTTPS");
+            hub.spawn(crate::http::serve_methods(
+                listener,
+                tokio_rustls::TlsAcceptor::from(tls),
+                Arc::clone(&hub.shared),
+                hub.stop.subscribe(),
+            ));
+        }
         if let Some(addr) = settings.metrics {
             let listener = TcpListener::bind(addr)
                 .await
@@ -177,6 +194,11 @@ impl Hub {
             ));
         }
         Ok(hub)
+    }
+
+    /// The HTTPS (direct methods) listener's address.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// The metrics listener's address.

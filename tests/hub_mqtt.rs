@@ -44,6 +44,7 @@ async fn start_hub(data: &std::path::Path, routes: serde_json::Value) -> Hub {
         mqtt: Some("127.0.0.1:0".parse().unwrap()),
         mqtts: None,
         metrics: Some("127.0.0.1:0".parse().unwrap()),
+        https: None,
         store: store::StoreConfig::new(data.join("store")),
         routes: EdgeHubRoutes::from_desired(&json!({
             "schemaVersion": "1.1",

@@ -131,7 +131,7 @@ fn the_python_sdk_talks_to_the_hub() {
         format!(
             "device_id = \"edge-device\"\niothub_hostname = \"test-hub.azure-devices.net\"\n\
              gateway_hostname = \"localhost\"\ndata_dir = \"data\"\nmanifest = \"deployment.json\"\n\
-             [listen]\nmqtts = \"127.0.0.1:{GATEWAY_PORT}\"\nhttps = \"127.0.0.1:0\"\n"
+             [listen]\nmqtts = \"127.0.0.1:{GATEWAY_PORT}\"\nhttps = \"127.0.0.1:443\"\n"
         ),
     )
     .unwrap();
@@ -145,7 +145,7 @@ fn the_python_sdk_talks_to_the_hub() {
 
     let hub = HubProcess::start(&config);
     let ca = dir.path().join("data/certs/ca.pem");
-    for scenario in ["module_to_module", "twin", "wrong_key", "expired_token"] {
+    for scenario in ["module_to_module", "twin", "methods", "wrong_key", "expired_token"] {
         let out = Command::new(&python)
             .arg(repo().join("tests/sdk/scenarios.py"))
             .arg(scenario)

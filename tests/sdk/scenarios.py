@@ -100,6 +100,38 @@ def twin():
     a.shutdown()
 
 
+def methods():
+    """invoke_method from module A (an edge-environment client, as the SDK requires) reaches
+    module B over HTTPS on port 443 and returns B's answer; a module that is not connected
+    gives an error (404)."""
+    from azure.iot.device import MethodResponse
+    from azure.iot.device.exceptions import ClientError
+
+    b = client(os.environ["CS_B"])
+
+    def answer(request):
+        b.send_method_response(MethodResponse.create_from_method_request(request, 201, {"echo": request.payload}))
+
+    b.on_method_request_received = answer
+    b.connect()
+    os.environ["EdgeHubConnectionString"] = os.environ["CS_A"]
+    os.environ["EdgeModuleCACertificateFile"] = os.environ["CA_FILE"]
+    a = IoTHubModuleClient.create_from_edge_environment()
+    target = fields(os.environ["CS_B"])
+    params = {"methodName": "echo", "payload": {"hello": "world"}, "responseTimeoutInSeconds": 5, "connectTimeoutInSeconds": 2}
+    result = a.invoke_method(params, target["DeviceId"], module_id=target["ModuleId"])
+    assert result == {"status": 201, "payload": {"echo": {"hello": "world"}}}, result
+    b.shutdown()
+    params["connectTimeoutInSeconds"] = 0
+    try:
+        a.invoke_method(params, target["DeviceId"], module_id=target["ModuleId"])
+        raise AssertionError("a disconnected module answered")
+    except ClientError as e:
+        # The SDK wraps the HTTP error: ServiceError("HTTP operation returned: 404 ...").
+        assert "404" in str(e.__cause__), repr(e.__cause__)
+    a.shutdown()
+
+
 def wrong_key():
     """A connection string with a wrong key is refused: the SDK raises CredentialError."""
     parts = fields(os.environ["CS_A"])
