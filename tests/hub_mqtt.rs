@@ -636,3 +636,67 @@ async fn direct_methods_answer_404_when_absent_504_when_silent_and_the_response_
     drop(responder.await.unwrap());
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_redeploy_under_a_steady_stream_loses_and_duplicates_nothing() {
+    let (_dir, hub, mut b) = hub_with_b().await;
+    let hub = Arc::new(hub);
+    let a = connect(options(&hub, "a", "key-a"));
+    let total = 600u32;
+    let sender = tokio::spawn(async move {
+        for i in 0..total {
+            a.client
+                .publish(
+                    "devices/edge/modules/a/messages/events/%24.on=out1",
+                    QoS::AtLeastOnce,
+                    false,
+                    i.to_be_bytes().to_vec(),
+                )
+                .await
+                .unwrap();
+            if i % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        a
+    });
+    let redeployer = {
+        let hub = Arc::clone(&hub);
+        tokio::spawn(async move {
+            for version in 2..12u64 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                // The same route under another name, plus an unrelated one: the table is
+                // replaced each time while messages flow.
+                let desired = json!({
+                    "schemaVersion": "1.1",
+                    "$version": version,
+                    "routes": {
+                        format!("aToB{version}"): "FROM /messages/modules/a/outputs/out1 INTO BrokeredEndpoint(\"/modules/b/inputs/in1\")",
+                        "other": "FROM /messages/modules/z/* INTO $upstream"
+                    },
+                    "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
+                });
+                hub.deploy(&desired).unwrap();
+            }
+        })
+    };
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.values().sum::<u32>() < total {
+        let got = recv(&mut b).await;
+        *seen
+            .entry(u32::from_be_bytes(got.payload[..4].try_into().unwrap()))
+            .or_insert(0) += 1;
+    }
+    redeployer.await.unwrap();
+    drop(sender.await.unwrap());
+    // Nothing more arrives: no duplicates beyond the count.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), b.incoming.recv())
+            .await
+            .is_err()
+    );
+    assert_eq!(seen.len() as u32, total, "every message arrived");
+    assert!(seen.values().all(|n| *n == 1), "no message arrived twice");
+    assert_eq!(hub.edge_hub_twin()["reported"]["lastDesiredVersion"], 11);
+    Arc::try_unwrap(hub).unwrap().shutdown().await.unwrap();
+}
