@@ -700,3 +700,39 @@ async fn a_redeploy_under_a_steady_stream_loses_and_duplicates_nothing() {
     assert_eq!(hub.edge_hub_twin()["reported"]["lastDesiredVersion"], 11);
     Arc::try_unwrap(hub).unwrap().shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reported_patch_is_answered_and_routed_as_a_twin_change_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = json!({"twins": "FROM /twinChangeNotifications INTO BrokeredEndpoint(\"/modules/b/inputs/twin\")"});
+    let hub = start_hub(dir.path(), routes).await;
+    let mut b = connect(options(&hub, "b", "key-b"));
+    b.subscribe_inputs("b").await;
+    let mut a = connect(options(&hub, "a", "key-a"));
+    a.client
+        .publish(
+            "$iothub/twin/PATCH/properties/reported/?$rid=7",
+            QoS::AtLeastOnce,
+            false,
+            br#"{"fw": "1.0"}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let response = recv(&mut a).await;
+    assert_eq!(response.topic, "$iothub/twin/res/204/?$rid=7&$version=2");
+    let notification = recv(&mut b).await;
+    assert_eq!(notification.payload.as_ref(), br#"{"fw": "1.0"}"#);
+    assert!(
+        notification
+            .topic
+            .starts_with("devices/edge/modules/b/inputs/twin/"),
+        "{}",
+        notification.topic
+    );
+    assert!(
+        notification.topic.contains("%24.cmid=a"),
+        "{}",
+        notification.topic
+    );
+    hub.shutdown().await.unwrap();
+}

@@ -332,7 +332,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     .twins
                     .patch_reported(&self.identity.client_id(), &publish.payload);
                 let (status, version) = match result {
-                    Ok(Ok(version)) => (204, Some(version)),
+                    Ok(Ok(version)) => {
+                        self.notify_twin_change(publish.payload.clone(), version)
+                            .await;
+                        (204, Some(version))
+                    }
                     Ok(Err(refused)) => {
                         tracing::info!(client_id = %self.identity, reason = %refused, "reported properties refused");
                         (400, None)
@@ -413,30 +417,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             )));
         }
         self.shared.metrics.received();
-        let table = self.shared.router.load();
-        let started = std::time::Instant::now();
-        let deliveries = table.dispatch(&message);
-        self.shared.metrics.route_evaluated(started.elapsed());
-        if deliveries.is_empty() {
-            self.shared.metrics.dropped(DropReason::NoRoute);
-            return Ok(None);
+        route_and_store(&self.shared, &message)
+            .await
+            .map_err(|e| Close::Violation(format!("store refused the message: {e}")))
+    }
+
+    /// Routes an accepted reported patch as a twin change notification (source
+    /// `/twinChangeNotifications`), carrying the reporter as its connection ids. It is not
+    /// waited for: the reported patch is already stored and answered.
+    async fn notify_twin_change(&mut self, patch: bytes::Bytes, version: u64) {
+        let mut system_properties = router::Properties::new();
+        for (key, value) in [
+            (system::MESSAGE_TYPE, "twinChangeNotification"),
+            ("messageSchema", "twinChangeNotification"),
+            (system::CONTENT_TYPE, "application/json"),
+            (system::CONTENT_ENCODING, "utf-8"),
+            (
+                system::CONNECTION_DEVICE_ID,
+                self.identity.device_id.as_str(),
+            ),
+        ] {
+            system_properties.insert(key, value);
         }
-        let ids: Vec<String> = deliveries
-            .iter()
-            .map(|d| d.endpoint.id(&self.shared.device_id))
-            .collect();
-        let targets: Vec<(String, u32, store::Ttl)> = deliveries
-            .iter()
-            .zip(ids)
-            .map(|(d, id)| (id, d.priority, store_ttl(d.ttl)))
-            .collect();
-        drop(table);
-        match enqueue(Arc::clone(&self.shared), stored::encode(&message), targets).await {
-            Ok(ticket) => Ok(Some(ticket)),
-            Err(e) => {
-                self.shared.metrics.dropped(DropReason::StoreRefused);
-                Err(Close::Violation(format!("store refused the message: {e}")))
-            }
+        if let Some(module) = &self.identity.module_id {
+            system_properties.insert(system::CONNECTION_MODULE_ID, module.as_str());
+        }
+        system_properties.insert("version", version.to_string());
+        let message = Message {
+            body: patch,
+            properties: router::Properties::new(),
+            system_properties,
+        };
+        if let Err(e) = route_and_store(&self.shared, &message).await {
+            tracing::warn!(client_id = %self.identity, error = %e, "twin change notification not stored");
         }
     }
 
@@ -492,6 +505,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if !self.in_flight.contains_key(&pkid) {
                 return pkid;
             }
+        }
+    }
+}
+
+/// Evaluates the routes for `message` and hands it to the store for every endpoint selected;
+/// `None` when no route wants it (counted as dropped).
+async fn route_and_store(
+    shared: &Arc<Shared>,
+    message: &Message,
+) -> Result<Option<store::Ticket>, store::EnqueueError> {
+    let table = shared.router.load();
+    let started = std::time::Instant::now();
+    let deliveries = table.dispatch(message);
+    shared.metrics.route_evaluated(started.elapsed());
+    if deliveries.is_empty() {
+        shared.metrics.dropped(DropReason::NoRoute);
+        return Ok(None);
+    }
+    let targets: Vec<(String, u32, store::Ttl)> = deliveries
+        .iter()
+        .map(|d| {
+            (
+                d.endpoint.id(&shared.device_id),
+                d.priority,
+                store_ttl(d.ttl),
+            )
+        })
+        .collect();
+    drop(table);
+    match enqueue(Arc::clone(shared), stored::encode(message), targets).await {
+        Ok(ticket) => Ok(Some(ticket)),
+        Err(e) => {
+            shared.metrics.dropped(DropReason::StoreRefused);
+            Err(e)
         }
     }
 }
