@@ -169,17 +169,26 @@ impl Hub {
             ));
         }
         if let Some((addr, tls)) = settings.https {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding HTTPS on {addr}"))?;
-            hub.https_addr = Some(listener.local_addr()?);
-            tracing::info!(addr = %listener.local_addr()?, "serving direct methods over HTTPS");
-            hub.spawn(crate::http::serve_methods(
-                listener,
-                tokio_rustls::TlsAcceptor::from(tls),
-                Arc::clone(&hub.shared),
-                hub.stop.subscribe(),
-            ));
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    hub.https_addr = Some(listener.local_addr()?);
+                    tracing::info!(addr = %listener.local_addr()?, "serving direct methods over HTTPS");
+                    hub.spawn(crate::http::serve_methods(
+                        listener,
+                        tokio_rustls::TlsAcceptor::from(tls),
+                        Arc::clone(&hub.shared),
+                        hub.stop.subscribe(),
+                    ));
+                }
+                // Port 443 needs privileges a newcomer's shell may not have; the rest of the
+                // hub is useful without module-to-module methods.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => tracing::warn!(
+                    %addr,
+                    "cannot bind HTTPS (permission denied): direct methods between modules are off; \
+                     run with the privilege to bind it or set listen.https to another address"
+                ),
+                Err(e) => return Err(e).with_context(|| format!("binding HTTPS on {addr}")),
+            }
         }
         if let Some(addr) = settings.metrics {
             let listener = TcpListener::bind(addr)
