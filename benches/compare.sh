@@ -21,7 +21,8 @@
 #
 # Environment: ROUNDS (3), MESSAGES (100000 deliveries per open-loop scenario), RATE_SECONDS
 # (5, length of each fixed-rate run), WINDOW (64), SIZE (256), TIMEOUT (120 s per run),
-# BROKERS ("edgehub mosquitto rumqttd"), SCENARIOS (all of them), CARGO_TARGET_DIR.
+# BROKERS ("edgehub mosquitto rumqttd"), SCENARIOS (all of them), CARGO_TARGET_DIR, COMMIT (the
+# commit named in the results; default: git rev-parse HEAD).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -261,7 +262,7 @@ mkdir -p benches/results
 stamp=$(date -u +%Y-%m-%dT%H%M)
 out=benches/results/compare-$stamp.md
 ROUNDS=$ROUNDS MESSAGES=$MESSAGES RATE_SECONDS=$RATE_SECONDS WINDOW=$WINDOW SIZE=$SIZE TICKS=$TICKS \
-    COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+    COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)} \
     MOSQUITTO_VERSION=$( (mosquitto -h 2>/dev/null || true) | head -1) \
     RUMQTTD_VERSION=$( (rumqttd --version 2>/dev/null || true) | head -1) \
     python3 - "$RESULTS" >"$out" <<'EOF'
