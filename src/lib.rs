@@ -13,6 +13,7 @@
 //! - [`identity`]: identities, their keys and store, the CONNECT username;
 //! - [`sas`]: SAS tokens and the authentication of a CONNECT.
 
+pub mod admin;
 pub mod certs;
 pub mod cli;
 pub mod config;

@@ -48,10 +48,48 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let auth = Arc::new(SasAuthenticator::new(identities, config.hostnames()));
     let hub = Hub::start(settings, auth).await?;
+    let socket = crate::admin::socket_path(&config.data_dir);
+    let listener = match crate::admin::bind(&socket) {
+        Ok(listener) => listener,
+        Err(e) => {
+            hub.shutdown().await?;
+            return Err(e)
+                .with_context(|| format!("binding the admin socket {}", socket.display()));
+        }
+    };
+    tracing::info!(socket = %socket.display(), "admin endpoint ready");
+    let hub = Arc::new(hub);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut admin = tokio::task::JoinSet::new();
+    admin.spawn(crate::admin::serve(
+        listener,
+        Arc::clone(&hub),
+        until_stopped(),
+    ));
+    if let config::ManifestSource::File(path) = &config.manifest {
+        admin.spawn(crate::admin::watch_manifest(
+            Arc::clone(&hub),
+            config.clone(),
+            path.clone(),
+            crate::admin::MANIFEST_POLL,
+            until_stopped(),
+        ));
+    }
     tracing::info!(device_id = %config.device_id, gateway = %config.gateway_hostname, "edgehub running");
-    shutdown_signal().await?;
+    let signalled = shutdown_signal().await;
     tracing::info!("shutting down");
-    hub.shutdown().await
+    let _ = stop.send(true);
+    while admin.join_next().await.is_some() {}
+    let hub = Arc::try_unwrap(hub)
+        .map_err(|_| anyhow::anyhow!("the admin endpoint still holds the hub after stopping"))?;
+    hub.shutdown().await?;
+    signalled
 }
 
 fn store_config(config: &Config) -> store::StoreConfig {

@@ -6,9 +6,12 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod deploy;
 mod identity;
+mod method;
 mod route;
 mod run;
+mod twin;
 
 /// An IoT Edge hub: routes, durable store-and-forward, MQTT for the official device SDKs.
 #[derive(Debug, Parser)]
@@ -28,6 +31,14 @@ enum Command {
     Identity(identity::IdentityCommand),
     /// Run the hub until SIGTERM or SIGINT.
     Run(run::RunArgs),
+    /// Read twins and set desired properties through the running hub.
+    #[command(subcommand)]
+    Twin(twin::TwinCommand),
+    /// Check a deployment manifest and apply its routes to the running hub.
+    Deploy(deploy::DeployArgs),
+    /// Invoke direct methods of connected modules and leaf devices.
+    #[command(subcommand)]
+    Method(method::MethodCommand),
 }
 
 /// Runs a parsed command line.
@@ -41,6 +52,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Route(command) => route::run(command),
         Command::Identity(command) => identity::run(command),
         Command::Run(args) => run::run(&args),
+        Command::Twin(command) => twin::run(command),
+        Command::Deploy(args) => deploy::run(&args),
+        Command::Method(command) => method::run(command),
     }
 }
 
