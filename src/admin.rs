@@ -492,10 +492,10 @@ pub async fn watch_manifest(
             .and_then(|s| s.add_modules(deployment.modules.iter().map(String::as_str)))
         {
             Ok(identities) => {
-                tracing::debug!(modules = identities.len(), "module identities ready")
+                tracing::debug!(modules = identities.len(), "module identities ready");
             }
             Err(e) => {
-                tracing::error!(error = %e, "creating the identities of the deployment's modules")
+                tracing::error!(error = %e, "creating the identities of the deployment's modules");
             }
         }
         let _ = apply(&hub, &deployment.edge_hub, "manifest file");
@@ -595,8 +595,21 @@ impl Client {
         );
         stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
         stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
-        stream.write_all(head.as_bytes()).map_err(io_error)?;
-        stream.write_all(body.as_bytes()).map_err(io_error)?;
+        let sent = stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body.as_bytes()));
+        // The hub may refuse a request before reading all of it (413): read its answer then.
+        match sent {
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return Err(io_error(e));
+            }
+            _ => {}
+        }
         let mut answer = Vec::new();
         stream
             .take(MAX_REPLY)
