@@ -43,9 +43,11 @@ async fn start_hub_with(
         mqtt: Some(([127, 0, 0, 1], 0).into()),
         mqtts: tls.map(|tls| (([127, 0, 0, 1], 0).into(), tls)),
         metrics: None,
+        https: None,
         store: store::StoreConfig::new(dir.join("store")),
         routes: router::EdgeHubRoutes::from_desired(&desired).expect("the routes are valid"),
         connect_timeout: Duration::from_secs(5),
+        desired_version: 1,
     };
     let hostnames = Hostnames {
         iothub: IOTHUB.to_owned(),

@@ -166,7 +166,7 @@ pub async fn run(settings: &Settings) -> Result<Report, LoadError> {
         let plan = publisher_plan(settings, index, run_id, clock, start, deadline)?;
         publishers.spawn(publisher::publish(plan, Arc::clone(&counters)));
     }
-    let mut published: Vec<PublisherOutcome> = publishers.join_all().await;
+    let mut published: Vec<PublisherOutcome> = join_all(publishers).await?;
     published.sort_by_key(|outcome| outcome.index);
 
     let written: u64 = settings
@@ -177,7 +177,7 @@ pub async fn run(settings: &Settings) -> Result<Report, LoadError> {
         .sum();
     let drained = wait_for_deliveries(&counters, written, settings.drain_idle, deadline).await;
     let _ = stop.send(true);
-    let mut received: Vec<SubscriberOutcome> = subscribers.join_all().await;
+    let mut received: Vec<SubscriberOutcome> = join_all(subscribers).await?;
     received.sort_by_key(|outcome| outcome.index);
     progress.finish();
 
@@ -303,6 +303,15 @@ fn publisher_plan(
         start,
         deadline,
     })
+}
+
+/// Every task's output, or the first task that panicked.
+async fn join_all<T: 'static>(mut tasks: JoinSet<T>) -> Result<Vec<T>, LoadError> {
+    let mut outputs = Vec::with_capacity(tasks.len());
+    while let Some(output) = tasks.join_next().await {
+        outputs.push(output?);
+    }
+    Ok(outputs)
 }
 
 /// How often the drain wait looks at the counters.
