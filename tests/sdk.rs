@@ -145,13 +145,23 @@ fn the_python_sdk_talks_to_the_hub() {
 
     let hub = HubProcess::start(&config);
     let ca = dir.path().join("data/certs/ca.pem");
-    for scenario in ["module_to_module", "twin", "methods", "wrong_key", "expired_token"] {
+    for scenario in [
+        "module_to_module",
+        "twin",
+        "desired",
+        "offline_desired",
+        "methods",
+        "wrong_key",
+        "expired_token",
+    ] {
         let out = Command::new(&python)
             .arg(repo().join("tests/sdk/scenarios.py"))
             .arg(scenario)
             .env("CS_A", &cs_a)
             .env("CS_B", &cs_b)
             .env("CA_FILE", &ca)
+            .env("EDGEHUB_BIN", env!("CARGO_BIN_EXE_edgehub"))
+            .env("EDGEHUB_CONFIG", &config)
             .output()
             .unwrap();
         assert!(

@@ -2,7 +2,9 @@
 
 Usage: python scenarios.py SCENARIO
 Environment: CS_A and CS_B (module connection strings), CA_FILE (the hub's CA, PEM),
-SAS_KEY_A (module A's key, for the expired-token scenario), GATEWAY (host name).
+SAS_KEY_A (module A's key, for the expired-token scenario), GATEWAY (host name),
+EDGEHUB_BIN and EDGEHUB_CONFIG (the edgehub binary and the hub's configuration, for the
+scenarios that set desired properties as the operator).
 Exits 0 when the scenario holds; prints what went wrong otherwise.
 """
 
@@ -13,6 +15,7 @@ import json
 import os
 import queue
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -130,6 +133,78 @@ def methods():
         # The SDK wraps the HTTP error: ServiceError("HTTP operation returned: 404 ...").
         assert "404" in str(e.__cause__), repr(e.__cause__)
     a.shutdown()
+
+
+def edgehub(command, subcommand, *args):
+    """Runs `edgehub COMMAND SUBCOMMAND --config EDGEHUB_CONFIG ARGS...`; its output as JSON."""
+    out = subprocess.run(
+        [os.environ["EDGEHUB_BIN"], command, subcommand, "--config", os.environ["EDGEHUB_CONFIG"], *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, f"edgehub {command} {subcommand} {args}: exit {out.returncode}: {out.stderr}"
+    return json.loads(out.stdout)
+
+
+def desired():
+    """A desired patch set with `edgehub twin set-desired` arrives at the connected module, with
+    its $version, and get_twin shows it."""
+    patches = queue.Queue()
+    b = client(os.environ["CS_B"])
+    b.on_twin_desired_properties_patch_received = patches.put
+    b.connect()
+    module = fields(os.environ["CS_B"])["ModuleId"]
+    before = b.get_twin()["desired"]["$version"]
+    # The SDK subscribes to desired patches in the background once the handler is set: a
+    # patch set before that subscription lands is not pushed (the module reads it with its
+    # next get_twin), so set a new one until one arrives (three tries). The SDK also hands
+    # the handler the whole desired document it reads when it subscribes: skip those.
+    sent = {}
+    got = None
+    for attempt in range(1, 4):
+        patch = {"threshold": attempt, "unit": {"celsius": True}}
+        version = edgehub("twin", "set-desired", module, json.dumps(patch))["$version"]
+        sent[version] = patch
+        deadline = time.monotonic() + 5
+        while got is None and time.monotonic() < deadline:
+            try:
+                item = patches.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item.get("$version", 0) >= min(sent):
+                got = item
+        if got is not None:
+            break
+    assert got is not None, f"no desired patch arrived; set {sent}"
+    version = got.pop("$version", None)
+    assert version in sent, f"patch {got} arrived with $version {version}; set {sent}"
+    assert got == sent[version], f"patch {got} with $version {version}; set {sent[version]}"
+    assert version > before, (before, version)
+    latest = b.get_twin()["desired"]
+    assert latest["$version"] == max(sent), latest
+    assert latest["threshold"] == sent[max(sent)]["threshold"], latest
+    b.shutdown()
+
+
+def offline_desired():
+    """Two desired patches set while the module is disconnected: when it comes back, get_twin
+    shows the state after both, with the latest $version."""
+    module = fields(os.environ["CS_B"])["ModuleId"]
+    b = client(os.environ["CS_B"])
+    b.connect()
+    b.get_twin()
+    b.shutdown()
+    first = edgehub("twin", "set-desired", module, json.dumps({"offline": 1, "kept": "yes"}))["$version"]
+    second = edgehub("twin", "set-desired", module, json.dumps({"offline": 2}))["$version"]
+    assert second == first + 1, (first, second)
+    b = client(os.environ["CS_B"])
+    b.connect()
+    desired = b.get_twin()["desired"]
+    assert desired["offline"] == 2, desired
+    assert desired["kept"] == "yes", desired
+    assert desired["$version"] == second, desired
+    b.shutdown()
 
 
 def wrong_key():
