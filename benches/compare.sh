@@ -227,7 +227,11 @@ for line in "${selected[@]}"; do
     for round in $(seq 1 "$ROUNDS"); do
         for broker in "${available[@]}"; do
             dir=$WORK/$name-$round-$broker
-            start_broker "$broker" "$dir" "$publishers" "$subscribers" "$topology"
+            if ! start_broker "$broker" "$dir" "$publishers" "$subscribers" "$topology"; then
+                log "$name round $round $broker: the broker did not start: $(tail -3 "$dir/broker.log")"
+                stop_broker
+                continue
+            fi
             args=(--publishers "$publishers" --subscribers "$subscribers" --topology "$topology"
                 --messages "$messages" --size "$SIZE" --window "$WINDOW" --qos 1
                 --timeout "$TIMEOUT" --scenario "$name" --no-progress)

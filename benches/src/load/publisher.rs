@@ -61,7 +61,7 @@ pub struct PublisherOutcome {
 /// Connects, publishes the plan's messages and disconnects; stops at the deadline.
 pub async fn publish(plan: PublisherPlan, counters: Arc<Counters>) -> PublisherOutcome {
     let capacity = plan.window.clamp(10, 1024);
-    let (client, mut eventloop) = AsyncClient::new(plan.options.clone(), capacity);
+    let (client, mut eventloop) = super::connect::client(plan.options.clone(), capacity);
     let window = Arc::new(Semaphore::new(plan.window.max(1)));
     let feeder = tokio::spawn(feed(
         client.clone(),

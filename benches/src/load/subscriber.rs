@@ -91,7 +91,7 @@ pub async fn subscribe(
     };
     // Room for every SUBSCRIBE (sent before the event loop runs) and the DISCONNECT.
     let capacity = plan.filters.len() + 2;
-    let (client, mut eventloop) = AsyncClient::new(plan.options.clone(), capacity);
+    let (client, mut eventloop) = super::connect::client(plan.options.clone(), capacity);
     if let Err(reason) = subscribe_all(&plan, &client, &mut eventloop, &mut outcome).await {
         let _ = ready.send(Err(reason.clone()));
         outcome.error = Some(reason);
