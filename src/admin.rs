@@ -704,40 +704,44 @@ mod tests {
 
     #[test]
     fn bad_paths_get_clear_client_errors() {
-        let status = |method: Method, path: &str| route(&method, path).unwrap_err().status;
-        assert_eq!(status(Method::GET, "/nothing"), StatusCode::NOT_FOUND);
-        assert_eq!(status(Method::GET, "/twins"), StatusCode::NOT_FOUND);
-        assert_eq!(
-            status(Method::DELETE, "/twins/edge"),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
-        assert_eq!(
-            status(Method::GET, "/deployment"),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
-        assert_eq!(
-            status(Method::GET, "/methods/edge/m"),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
-        assert_eq!(
-            status(Method::PATCH, "/twins/edge/reported"),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(status(Method::GET, "/twins/%FF"), StatusCode::BAD_REQUEST);
-        assert_eq!(status(Method::GET, "/twins/a%20b"), StatusCode::BAD_REQUEST);
-        assert_eq!(
-            status(Method::GET, "/twins/edge/%24other"),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(status(Method::GET, "/twins/a/b/c"), StatusCode::BAD_REQUEST);
-        assert_eq!(
-            status(Method::POST, "/methods/edge/m/a%23b"),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            status(Method::POST, "/methods/edge/m/a%2Bb"),
-            StatusCode::BAD_REQUEST
-        );
+        let cases = [
+            (Method::GET, "/nothing", StatusCode::NOT_FOUND),
+            (Method::GET, "/twins", StatusCode::NOT_FOUND),
+            (
+                Method::DELETE,
+                "/twins/edge",
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (Method::GET, "/deployment", StatusCode::METHOD_NOT_ALLOWED),
+            (
+                Method::GET,
+                "/methods/edge/m",
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (Method::PATCH, "/twins/edge/reported", StatusCode::NOT_FOUND),
+            (Method::GET, "/twins/%FF", StatusCode::BAD_REQUEST),
+            (Method::GET, "/twins/a%20b", StatusCode::BAD_REQUEST),
+            (Method::GET, "/twins/edge/%24other", StatusCode::BAD_REQUEST),
+            (Method::GET, "/twins/a/b/c", StatusCode::BAD_REQUEST),
+            (
+                Method::POST,
+                "/methods/edge/m/a%23b",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Method::POST,
+                "/methods/edge/m/a%2Bb",
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (method, path, status) in cases {
+            let refused = route(&method, path).expect_err(path);
+            assert_eq!(
+                refused.status, status,
+                "{method} {path}: {}",
+                refused.message
+            );
+        }
     }
 
     #[test]

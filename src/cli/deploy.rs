@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use router::EdgeHubRoutes;
+use router::{CompiledRoute, ConfigError, EdgeHubRoutes};
+use serde_json::Value;
 
 use super::twin::{self, Failure, HubArgs, REQUEST_TIMEOUT, invalid};
 use crate::identity::id::EDGE_HUB;
@@ -37,18 +38,10 @@ fn deploy(args: &DeployArgs) -> Result<(), Failure> {
     let document = twin::parse_json(&text, &args.manifest.display().to_string())?;
     let desired = manifest::desired_properties(&document, EDGE_HUB)
         .map_err(|e| invalid(format!("{}: {e}", args.manifest.display())))?;
-    EdgeHubRoutes::from_desired(desired)
-        .and_then(|routes| routes.table())
-        .map_err(|errors| {
-            invalid(
-                errors
-                    .0
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?;
+    let problems = route_problems(desired);
+    if !problems.is_empty() {
+        return Err(invalid(problems.join("\n")));
+    }
     let config = args.hub.load()?;
     let outcome = twin::call(
         &config,
@@ -59,4 +52,46 @@ fn deploy(args: &DeployArgs) -> Result<(), Failure> {
     )?;
     println!("{outcome}");
     Ok(())
+}
+
+/// Every problem of `$edgeHub` desired properties, one line each, every bad route named:
+/// those of the document and its entries and, since the route engine compiles routes only
+/// once the entries are well formed, also the readable routes that do not compile.
+fn route_problems(desired: &Value) -> Vec<String> {
+    let errors = match EdgeHubRoutes::from_desired(desired) {
+        Ok(routes) => {
+            return routes
+                .table()
+                .err()
+                .map(|e| e.0)
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        }
+        Err(errors) => errors.0,
+    };
+    let named = |name: &str| {
+        errors.iter().any(|e| matches!(e, ConfigError::Route { name: n, .. } | ConfigError::RouteSpec { name: n, .. } if n == name))
+    };
+    let mut problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let routes = desired.get("routes").and_then(Value::as_object);
+    for (name, value) in routes.into_iter().flatten() {
+        let text = value
+            .as_str()
+            .or_else(|| value.get("route").and_then(Value::as_str))
+            .filter(|text| !text.trim().is_empty());
+        if let (Some(text), false) = (text, named(name))
+            && let Err(error) = CompiledRoute::compile(text)
+        {
+            problems.push(
+                ConfigError::Route {
+                    name: name.clone(),
+                    error,
+                }
+                .to_string(),
+            );
+        }
+    }
+    problems
 }

@@ -16,6 +16,10 @@ pub(super) enum MethodCommand {
     /// 404 when it is not connected and subscribed to methods within --connect-timeout, 504
     /// when it does not answer within --response-timeout. The command exits 0 whatever the
     /// status: it is the method's answer.
+    #[command(
+        override_usage = "edgehub method invoke [OPTIONS] <MODULE_ID> <METHOD> [PAYLOAD]\n       \
+                                edgehub method invoke [OPTIONS] --device <ID> <METHOD> [PAYLOAD]"
+    )]
     Invoke(InvokeArgs),
 }
 

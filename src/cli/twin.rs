@@ -25,6 +25,10 @@ pub(super) enum TwinCommand {
     /// --device; then the only argument is the patch); `null` deletes a property. The patch
     /// reaches the client at once when it is connected, and on its next twin read otherwise.
     /// Prints the new desired version: {"$version": n}.
+    #[command(
+        override_usage = "edgehub twin set-desired [OPTIONS] <MODULE_ID> <PATCH>\n       \
+                                edgehub twin set-desired [OPTIONS] --device <ID> <PATCH>"
+    )]
     SetDesired(SetDesiredArgs),
 }
 
