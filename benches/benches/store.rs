@@ -15,7 +15,6 @@ use bytes::Bytes;
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
-use store::sled;
 use store::{Durability, Reader, Store, StoreConfig, Target, Ticket, Ttl};
 
 const PAYLOAD: usize = 256;

@@ -80,7 +80,3 @@ pub use stats::{EndpointStats, StoreStats};
 pub use store::Store;
 pub use ticket::Ticket;
 
-/// The storage engine, re-exported only so that the benchmarks can measure raw sled in the same
-/// run; not part of the API.
-#[doc(hidden)]
-pub use sled;
