@@ -79,4 +79,3 @@ pub use recovery::RecoveryReport;
 pub use stats::{EndpointStats, StoreStats};
 pub use store::Store;
 pub use ticket::Ticket;
-
