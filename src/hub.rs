@@ -423,11 +423,12 @@ impl Hub {
             tracing::warn!("some tasks did not stop within 10 s; aborting them");
             tasks.abort_all();
         }
-        let shared = Arc::try_unwrap(self.shared);
-        match shared {
+        // Closing the store waits for its threads: keep that off the runtime's workers.
+        let closing = tokio::task::spawn_blocking(move || match Arc::try_unwrap(self.shared) {
             Ok(shared) => shared.store.close().context("closing the store"),
             Err(shared) => shared.store.flush().context("flushing the store"),
-        }
+        });
+        closing.await.context("the store's closing task failed")?
     }
 }
 
