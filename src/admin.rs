@@ -83,6 +83,51 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The admin endpoint and the manifest watcher of a running hub.
+#[derive(Debug)]
+pub struct Admin {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Admin {
+    /// Binds `<data_dir>/admin.sock` (see [`bind`]) and starts serving it and watching the
+    /// configuration's manifest file. Call it within the Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be bound.
+    pub fn start(hub: &Arc<Hub>, config: &crate::config::Config) -> io::Result<Self> {
+        let socket = socket_path(&config.data_dir);
+        let listener = bind(&socket)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", socket.display())))?;
+        tracing::info!(socket = %socket.display(), "admin endpoint ready");
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve(listener, Arc::clone(hub), until_stopped()));
+        tasks.spawn(watch_manifest(
+            Arc::clone(hub),
+            config.clone(),
+            MANIFEST_POLL,
+            until_stopped(),
+        ));
+        Ok(Self { stop, tasks })
+    }
+
+    /// Stops the endpoint (requests in progress get a few seconds) and the watcher; once it
+    /// returns, neither holds the hub any more.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
 /// Serves the admin endpoint on `listener` until `stop` completes; then lets requests in
 /// progress finish for a few seconds, drops the rest, and removes the socket file. Every
 /// clone of `hub` it made is dropped when it returns.
@@ -450,17 +495,20 @@ async fn invoke(hub: &Hub, client_id: &str, method: &str, body: &[u8]) -> Result
     Ok(json!({"status": result.status, "payload": result.payload}))
 }
 
-/// Deploys the manifest at `manifest` whenever its modification time or size changes (looked
-/// at every `interval`), until `stop` completes. The deployment's new modules get their
-/// identities first. An unreadable or malformed file is logged and retried at its next
-/// change; invalid `$edgeHub` routes are reported with code 400 and the running routes stay.
+/// Deploys the configuration's manifest file whenever its modification time or size changes
+/// (looked at every `interval`), until `stop` completes; returns at once when the manifest is
+/// embedded. The deployment's modules get their identities first. An unreadable or malformed
+/// file is logged and retried at its next change; invalid `$edgeHub` routes are reported with
+/// code 400 and the running routes stay.
 pub async fn watch_manifest(
     hub: Arc<Hub>,
     config: crate::config::Config,
-    manifest: PathBuf,
     interval: Duration,
     stop: impl Future<Output = ()>,
 ) {
+    let crate::config::ManifestSource::File(manifest) = config.manifest.clone() else {
+        return;
+    };
     let stamp = |path: &Path| -> Option<(SystemTime, u64)> {
         let meta = std::fs::metadata(path).ok()?;
         Some((meta.modified().ok()?, meta.len()))
@@ -547,6 +595,9 @@ pub enum ClientError {
         /// The failure.
         source: io::Error,
     },
+    /// The hub closed the connection without answering (it is stopping).
+    #[error("the hub closed the connection without answering (is it stopping?)")]
+    Closed,
     /// The answer is not HTTP with a JSON body.
     #[error("the hub's answer is malformed: {0}")]
     Malformed(String),
@@ -627,7 +678,7 @@ fn parse_reply(answer: &[u8]) -> Result<Reply, ClientError> {
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| {
             if answer.is_empty() {
-                malformed("the hub closed the connection without answering (is it stopping?)")
+                ClientError::Closed
             } else {
                 malformed("no end of headers")
             }

@@ -48,48 +48,28 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let auth = Arc::new(SasAuthenticator::new(identities, config.hostnames()));
     let hub = Hub::start(settings, auth).await?;
-    let socket = crate::admin::socket_path(&config.data_dir);
-    let listener = match crate::admin::bind(&socket) {
-        Ok(listener) => listener,
-        Err(e) => {
-            hub.shutdown().await?;
-            return Err(e)
-                .with_context(|| format!("binding the admin socket {}", socket.display()));
-        }
-    };
-    tracing::info!(socket = %socket.display(), "admin endpoint ready");
     let hub = Arc::new(hub);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
+    let admin = match crate::admin::Admin::start(&hub, &config) {
+        Ok(admin) => admin,
+        Err(e) => {
+            stop(hub).await?;
+            return Err(e).context("binding the admin socket");
         }
     };
-    let mut admin = tokio::task::JoinSet::new();
-    admin.spawn(crate::admin::serve(
-        listener,
-        Arc::clone(&hub),
-        until_stopped(),
-    ));
-    if let config::ManifestSource::File(path) = &config.manifest {
-        admin.spawn(crate::admin::watch_manifest(
-            Arc::clone(&hub),
-            config.clone(),
-            path.clone(),
-            crate::admin::MANIFEST_POLL,
-            until_stopped(),
-        ));
-    }
     tracing::info!(device_id = %config.device_id, gateway = %config.gateway_hostname, "edgehub running");
     let signalled = shutdown_signal().await;
     tracing::info!("shutting down");
-    let _ = stop.send(true);
-    while admin.join_next().await.is_some() {}
-    let hub = Arc::try_unwrap(hub)
-        .map_err(|_| anyhow::anyhow!("the admin endpoint still holds the hub after stopping"))?;
-    hub.shutdown().await?;
+    admin.stop().await;
+    stop(hub).await?;
     signalled
+}
+
+/// Shuts the hub down once nothing else holds it (the admin endpoint has stopped).
+async fn stop(hub: Arc<Hub>) -> Result<()> {
+    Arc::try_unwrap(hub)
+        .map_err(|_| anyhow::anyhow!("the hub is still shared at shutdown"))?
+        .shutdown()
+        .await
 }
 
 fn store_config(config: &Config) -> store::StoreConfig {

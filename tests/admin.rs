@@ -48,18 +48,24 @@ impl Hub {
     /// Writes a configuration and a manifest with one route (sender out1 → receiver in1) and
     /// starts the hub; returns once its admin endpoint answers.
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut hub = Self::configure(dir);
+        let mut hub = Self::configure(tempfile::tempdir().unwrap());
+        hub.launch();
+        hub
+    }
+
+    /// Starts the hub process (killing a running one first).
+    fn launch(&mut self) {
+        self.kill();
         let child = Command::new(env!("CARGO_BIN_EXE_edgehub"))
             .args(["run", "--config"])
-            .arg(&hub.config)
+            .arg(&self.config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("edgehub starts");
-        hub.child = Some(child);
-        let socket = hub.dir.path().join("data/admin.sock");
+        self.child = Some(child);
+        let socket = self.path("data/admin.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(
@@ -68,7 +74,36 @@ impl Hub {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        hub
+    }
+
+    /// SIGTERM; the exit status, within 20 s.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the hub runs");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the hub did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the hub leaves its socket file behind.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The configuration and manifest of a hub that is not started.
@@ -161,10 +196,7 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
 }
 
@@ -599,4 +631,57 @@ fn the_admin_endpoint_refuses_bad_requests_with_client_errors() {
     // Still serving.
     assert_eq!(request("GET /twins/edge%2Ffilter HTTP/1.1", b""), 200);
     assert_eq!(hub.edge_hub_reported()["lastDesiredStatus"]["code"], 200);
+}
+
+#[test]
+fn a_hub_killed_leaves_a_socket_that_the_next_one_replaces() {
+    let mut hub = Hub::start();
+    hub.json(&["twin", "set-desired", "filter", r#"{"kept": true}"#]);
+    hub.kill();
+    assert!(
+        hub.path("data/admin.sock").exists(),
+        "SIGKILL leaves the socket file"
+    );
+    let out = hub.edgehub(&["twin", "get", "filter"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "nobody answers on a stale socket"
+    );
+    assert!(stderr(&out).contains("no hub runs"), "{}", stderr(&out));
+    hub.launch();
+    assert_eq!(
+        hub.json(&["twin", "get", "filter"])["desired"],
+        json!({"$version": 2, "kept": true})
+    );
+}
+
+#[test]
+fn sigterm_stops_the_hub_while_an_operator_request_waits() {
+    let mut hub = Hub::start();
+    // A method call that waits for its target to connect, which it never does.
+    let waiting = Command::new(env!("CARGO_BIN_EXE_edgehub"))
+        .args(["method", "invoke", "--config"])
+        .arg(&hub.config)
+        .args(["filter", "reset", "{}", "--connect-timeout", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = hub.terminate();
+    assert_eq!(status.code(), Some(0), "a clean shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !hub.path("data/admin.sock").exists(),
+        "the socket is removed"
+    );
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hub"), "{}", stderr(&out));
 }
