@@ -31,7 +31,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -51,6 +51,9 @@ pub const MANIFEST_POLL: Duration = Duration::from_secs(2);
 
 /// The longest a direct method may wait for its answer or for its target (IoT Hub's limit).
 const MAX_METHOD_TIMEOUT_SECS: u64 = 300;
+
+/// How long a client has to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long connections may finish their requests once the endpoint stops.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -180,7 +183,10 @@ async fn connection(
         let hub = Arc::clone(&hub);
         async move { Ok::<_, Infallible>(handle(&hub, request).await) }
     });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

@@ -362,10 +362,11 @@ async fn deploy_refuses_bad_routes_and_applies_good_ones_live() {
     assert_eq!(got.map(|p| p.payload.to_vec()), Some(b"before".to_vec()));
 
     // A valid deployment with a new route applies at once.
-    let good = manifest(&json!({
+    let mut good = manifest(&json!({
         "senderToReceiver": SENDER_TO_RECEIVER,
         "second": "FROM /messages/modules/sender/outputs/out2 INTO BrokeredEndpoint(\"/modules/receiver/inputs/in2\")",
     }));
+    good["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["newcomer"] = json!({});
     std::fs::write(hub.path("good.json"), good.to_string()).unwrap();
     let outcome = hub.json(&["deploy", hub.path("good.json").to_str().unwrap()]);
     assert_eq!(
@@ -373,6 +374,11 @@ async fn deploy_refuses_bad_routes_and_applies_good_ones_live() {
         json!({"lastDesiredVersion": 2, "lastDesiredStatus": {"code": 200, "description": ""}})
     );
     assert_eq!(hub.edge_hub_reported()["lastDesiredVersion"], 2);
+    let identities = hub.edgehub(&["identity", "list"]);
+    assert!(
+        String::from_utf8_lossy(&identities.stdout).contains("newcomer  module"),
+        "the deployment's new module has an identity"
+    );
     let got = route_one(&hub, "out2", "after")
         .await
         .expect("out2 is routed");

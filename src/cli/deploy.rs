@@ -10,6 +10,7 @@ use router::{CompiledRoute, ConfigError, EdgeHubRoutes};
 use serde_json::Value;
 
 use super::twin::{self, Failure, HubArgs, REQUEST_TIMEOUT, invalid};
+use crate::config::{Config, ManifestSource};
 use crate::identity::id::EDGE_HUB;
 use crate::manifest;
 
@@ -25,8 +26,9 @@ pub(super) struct DeployArgs {
 
 /// Checks the manifest locally (every bad route is printed with its name, exit 2), then sends
 /// it to the running hub, which replaces its route table atomically; prints
-/// {"lastDesiredVersion": n, "lastDesiredStatus": {"code": 200, ...}}. The hub keeps the new
-/// routes until it restarts; the configuration's manifest applies again at start.
+/// {"lastDesiredVersion": n, "lastDesiredStatus": {"code": 200, ...}}; the deployment's modules
+/// get identities (`edgehub identity add`). The hub keeps the new routes until it restarts;
+/// the configuration's manifest applies again at start.
 pub(super) fn run(args: &DeployArgs) -> Result<ExitCode> {
     twin::finish(deploy(args))
 }
@@ -43,6 +45,13 @@ fn deploy(args: &DeployArgs) -> Result<(), Failure> {
         return Err(invalid(problems.join("\n")));
     }
     let config = args.hub.load()?;
+    // The modules of $edgeAgent, read as `edgehub run` reads its manifest.
+    let modules = Config {
+        manifest: ManifestSource::File(args.manifest.clone()),
+        ..config.clone()
+    }
+    .load_deployment()?
+    .modules;
     let outcome = twin::call(
         &config,
         "POST",
@@ -50,6 +59,13 @@ fn deploy(args: &DeployArgs) -> Result<(), Failure> {
         Some(&document),
         REQUEST_TIMEOUT,
     )?;
+    // As at start: every module of the deployment has an identity (a running hub sees new
+    // ones at their first connection).
+    config
+        .identity_store()
+        .and_then(|store| store.add_modules(modules.iter().map(String::as_str)))
+        .context("creating the identities of the deployment's modules")
+        .map_err(Failure::Io)?;
     println!("{outcome}");
     Ok(())
 }
