@@ -11,7 +11,8 @@
 # (A B C, then A B C again in the next round). For each run it records the generator's JSON
 # line (rates, latency percentiles, losses, duplicates, reorders), the broker's CPU time
 # (utime + stime of /proc/<pid>/stat, after the generator ran minus before) per delivered
-# message, and its peak resident memory (VmHWM of /proc/<pid>/status).
+# message, its resident memory once started, before the clients connect (VmRSS), and its peak
+# resident memory (VmHWM of /proc/<pid>/status).
 #
 # Results: benches/results/compare-<UTC date and time>.md (the medians, then every run).
 #
@@ -118,6 +119,7 @@ run = json.loads(sys.stdin.read().strip().splitlines()[-1])
 ticks, hz = int(os.environ["CPU_TICKS"]), int(os.environ["TICKS"])
 run.update(broker=os.environ["BROKER"], round=int(os.environ["ROUND"]),
            broker_cpu_s=ticks / hz, peak_rss_kb=int(os.environ["RSS_KB"]),
+           idle_rss_kb=int(os.environ["IDLE_RSS_KB"]),
            loadavg_before=float(os.environ["LOAD_BEFORE"]))
 run["generator_cpu_s"] = sum(float(t) for t in os.environ["LOAD_CPU"].split())
 per_delivered = lambda s: s * 1e6 / run["delivered"] if run["delivered"] else None
@@ -211,6 +213,7 @@ stop_broker() {
 # CPU time of a process in clock ticks (utime + stime; the fields after the ")" of comm).
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 peak_rss_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 TICKS=$(getconf CLK_TCK)
 TIMEFORMAT='%3U %3S'
 
@@ -243,6 +246,7 @@ for line in "${selected[@]}"; do
             fi
             load_before=$(cut -d' ' -f1 /proc/loadavg)
             before=$(cpu_ticks "$BROKER_PID")
+            idle_rss=$(rss_kb "$BROKER_PID")
             # The generator's own CPU time (user and system seconds), to see when it, not the
             # broker, is the limit: both share the machine's cores.
             if ! { time "$LOAD" "${args[@]}" >"$dir/load.out" 2>"$dir/load.err"; } 2>"$dir/load.time"; then
@@ -254,7 +258,7 @@ for line in "${selected[@]}"; do
             rss=$(peak_rss_kb "$BROKER_PID")
             stop_broker
             BROKER="$broker" ROUND="$round" CPU_TICKS=$((after - before)) TICKS="$TICKS" \
-                RSS_KB="$rss" LOAD_BEFORE="$load_before" LOAD_CPU="$(cat "$dir/load.time")" \
+                RSS_KB="$rss" IDLE_RSS_KB="$idle_rss" LOAD_BEFORE="$load_before" LOAD_CPU="$(cat "$dir/load.time")" \
                 python3 "$WORK/merge.py" <"$dir/load.out" >>"$RESULTS"
         done
     done
@@ -282,8 +286,8 @@ print(f"`benches/compare.sh` at commit {env['COMMIT']}: {env['ROUNDS']} rounds, 
       "edgehub: plain MQTT listener, module topics, SAS, routes, `sync` durability; "
       "mosquitto and rumqttd: plain topics, nothing stored. Loopback, 2 cores shared by the "
       "broker and the generator (see the generator's own CPU per message). CPU times come "
-      f"from /proc in ticks of 1/{env['TICKS']} s: short runs quantize them. Peak RSS is the "
-      "maximum over the rounds.\n")
+      f"from /proc in ticks of 1/{env['TICKS']} s: short runs quantize them. RSS before (once "
+      "started, before the clients connect) and peak RSS are the maxima over the rounds.\n")
 print(f"- {env.get('MOSQUITTO_VERSION') or 'mosquitto: not run'}")
 print(f"- {env.get('RUMQTTD_VERSION') or 'rumqttd: not run'}\n")
 
@@ -291,8 +295,8 @@ def fmt(value, digits=0):
     return "-" if value is None else f"{value:,.{digits}f}"
 
 print("## Medians over the rounds\n")
-print("| scenario | broker | delivered msgs/s | published msgs/s | p50 us | p99 us | p99.9 us | max us | broker CPU us/msg | generator CPU us/msg | peak RSS MB | lost | dup | reord |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| scenario | broker | delivered msgs/s | published msgs/s | p50 us | p99 us | p99.9 us | max us | broker CPU us/msg | generator CPU us/msg | RSS before MB | peak RSS MB | lost | dup | reord |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 keys = []
 for r in runs:
     if (r["scenario"], r["broker"]) not in keys:
@@ -302,16 +306,17 @@ for scenario, broker in keys:
     med = lambda k: statistics.median(r[k] for r in rs if r[k] is not None) if any(r[k] is not None for r in rs) else None
     print(f"| {scenario} | {broker} | {fmt(med('delivered_per_s'))} | {fmt(med('published_per_s'))} | "
           f"{fmt(med('p50_us'), 1)} | {fmt(med('p99_us'), 1)} | {fmt(med('p999_us'), 1)} | {fmt(med('max_us'), 1)} | "
-          f"{fmt(med('cpu_us_per_delivered'), 2)} | {fmt(med('generator_cpu_us_per_delivered'), 2)} | {fmt(max(r['peak_rss_kb'] for r in rs) / 1024, 1)} | "
+          f"{fmt(med('cpu_us_per_delivered'), 2)} | {fmt(med('generator_cpu_us_per_delivered'), 2)} | "
+          f"{fmt(max(r['idle_rss_kb'] for r in rs) / 1024, 1)} | {fmt(max(r['peak_rss_kb'] for r in rs) / 1024, 1)} | "
           f"{sum(r['lost'] for r in rs)} | {sum(r['duplicates'] for r in rs)} | {sum(r['reordered'] for r in rs)} |")
 
 print("\n## Every run\n")
-print("| scenario | round | broker | delivered | delivered msgs/s | p50 us | p99 us | broker CPU s | CPU us/msg | generator CPU us/msg | peak RSS MB | lost | timed out | load avg before |")
-print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+print("| scenario | round | broker | delivered | delivered msgs/s | p50 us | p99 us | broker CPU s | CPU us/msg | generator CPU us/msg | RSS before MB | peak RSS MB | lost | timed out | load avg before |")
+print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
 for r in runs:
     print(f"| {r['scenario']} | {r['round']} | {r['broker']} | {r['delivered']}/{r['expected_deliveries']} | "
           f"{fmt(r['delivered_per_s'])} | {fmt(r['p50_us'], 1)} | {fmt(r['p99_us'], 1)} | {r['broker_cpu_s']:.2f} | "
-          f"{fmt(r['cpu_us_per_delivered'], 2)} | {fmt(r['generator_cpu_us_per_delivered'], 2)} | {r['peak_rss_kb'] / 1024:.1f} | {r['lost']} | {r['timed_out']} | {r['loadavg_before']} |")
+          f"{fmt(r['cpu_us_per_delivered'], 2)} | {fmt(r['generator_cpu_us_per_delivered'], 2)} | {r['idle_rss_kb'] / 1024:.1f} | {r['peak_rss_kb'] / 1024:.1f} | {r['lost']} | {r['timed_out']} | {r['loadavg_before']} |")
 print("\n## Raw JSON lines\n\n```")
 for r in runs:
     print(json.dumps(r))
