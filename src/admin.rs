@@ -95,12 +95,17 @@ pub struct Admin {
 
 impl Admin {
     /// Binds `<data_dir>/admin.sock` (see [`bind`]) and starts serving it and watching the
-    /// configuration's manifest file. Call it within the Tokio runtime.
+    /// configuration's manifest file for changes since `loaded` (taken before the hub read
+    /// it). Call it within the Tokio runtime.
     ///
     /// # Errors
     ///
     /// When the socket cannot be bound.
-    pub fn start(hub: &Arc<Hub>, config: &crate::config::Config) -> io::Result<Self> {
+    pub fn start(
+        hub: &Arc<Hub>,
+        config: &crate::config::Config,
+        loaded: ManifestStamp,
+    ) -> io::Result<Self> {
         let socket = socket_path(&config.data_dir);
         let listener = bind(&socket)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", socket.display())))?;
@@ -117,6 +122,7 @@ impl Admin {
         tasks.spawn(watch_manifest(
             Arc::clone(hub),
             config.clone(),
+            loaded,
             MANIFEST_POLL,
             until_stopped(),
         ));
@@ -501,25 +507,46 @@ async fn invoke(hub: &Hub, client_id: &str, method: &str, body: &[u8]) -> Result
     Ok(json!({"status": result.status, "payload": result.payload}))
 }
 
-/// Deploys the configuration's manifest file whenever its modification time or size changes
-/// (looked at every `interval`), until `stop` completes; returns at once when the manifest is
-/// embedded. The deployment's modules get their identities first. An unreadable or malformed
-/// file is logged and retried at its next change; invalid `$edgeHub` routes are reported with
-/// code 400 and the running routes stay.
+/// The modification time and size of the configuration's manifest file (`None` for an
+/// embedded or missing one): the watcher deploys the file when this changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestStamp(Option<(SystemTime, u64)>);
+
+impl ManifestStamp {
+    /// The stamp of the configuration's manifest now; take it before reading the manifest, so
+    /// that a change made while the hub starts is deployed too.
+    #[must_use]
+    pub fn of(config: &crate::config::Config) -> Self {
+        match &config.manifest {
+            crate::config::ManifestSource::File(path) => Self::of_file(path),
+            crate::config::ManifestSource::Embedded(_) => Self(None),
+        }
+    }
+
+    fn of_file(path: &Path) -> Self {
+        let stamp = std::fs::metadata(path)
+            .ok()
+            .and_then(|meta| Some((meta.modified().ok()?, meta.len())));
+        Self(stamp)
+    }
+}
+
+/// Deploys the configuration's manifest file whenever its modification time or size differs
+/// from the last seen (`loaded` first; looked at every `interval`), until `stop` completes;
+/// returns at once when the manifest is embedded. The deployment's modules get their
+/// identities first. An unreadable or malformed file is logged and retried at its next
+/// change; invalid `$edgeHub` routes are reported with code 400 and the running routes stay.
 pub async fn watch_manifest(
     hub: Arc<Hub>,
     config: crate::config::Config,
+    loaded: ManifestStamp,
     interval: Duration,
     stop: impl Future<Output = ()>,
 ) {
     let crate::config::ManifestSource::File(manifest) = config.manifest.clone() else {
         return;
     };
-    let stamp = |path: &Path| -> Option<(SystemTime, u64)> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    };
-    let mut seen = stamp(&manifest);
+    let mut seen = loaded;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
@@ -528,8 +555,8 @@ pub async fn watch_manifest(
             _ = ticks.tick() => {}
             () = &mut stop => return,
         }
-        let now = stamp(&manifest);
-        if now.is_none() || now == seen {
+        let now = ManifestStamp::of_file(&manifest);
+        if now.0.is_none() || now == seen {
             continue;
         }
         seen = now;

@@ -17,6 +17,7 @@ use crate::mqtt::auth::SasAuthenticator;
 /// When the deployment, the identities, the certificates, the store or a listener cannot be
 /// set up, or the store fails to close.
 pub async fn run(config: Config) -> Result<()> {
+    let manifest_stamp = crate::admin::ManifestStamp::of(&config);
     let deployment = config
         .load_deployment()
         .context("reading the deployment manifest")?;
@@ -49,7 +50,7 @@ pub async fn run(config: Config) -> Result<()> {
     let auth = Arc::new(SasAuthenticator::new(identities, config.hostnames()));
     let hub = Hub::start(settings, auth).await?;
     let hub = Arc::new(hub);
-    let admin = match crate::admin::Admin::start(&hub, &config) {
+    let admin = match crate::admin::Admin::start(&hub, &config, manifest_stamp) {
         Ok(admin) => admin,
         Err(e) => {
             stop(hub).await?;
