@@ -20,7 +20,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -637,7 +637,7 @@ pub enum ClientError {
 }
 
 /// The largest answer read (twins are small; this only bounds a broken peer).
-const MAX_REPLY: u64 = 64 << 20;
+const MAX_REPLY: usize = 64 << 20;
 
 impl Client {
     /// A client of the hub whose data folder is `data_dir`.
@@ -648,11 +648,12 @@ impl Client {
         }
     }
 
-    /// Sends one request and reads its answer, waiting at most `timeout` for it.
+    /// Sends one request (HTTP/1.1 with hyper over the unix socket) and reads its answer,
+    /// waiting at most `timeout` for it. Blocking: for the command line.
     ///
     /// # Errors
     ///
-    /// When no hub listens, the connection fails, or the answer is not HTTP with JSON.
+    /// When no hub listens, the connection fails, or the answer is not JSON.
     pub fn request(
         &self,
         method: &str,
@@ -660,94 +661,70 @@ impl Client {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Reply, ClientError> {
-        let mut stream =
-            std::os::unix::net::UnixStream::connect(&self.socket).map_err(|source| {
-                ClientError::NotRunning {
-                    socket: self.socket.clone(),
-                    source,
-                }
-            })?;
-        let io_error = |source| ClientError::Io {
-            socket: self.socket.clone(),
-            source,
-        };
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
-        stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
-        let sent = stream
-            .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(body.as_bytes()));
-        // The hub may refuse a request before reading all of it (413): read its answer then.
-        match sent {
-            Err(e)
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                return Err(io_error(e));
-            }
-            _ => {}
-        }
-        let mut answer = Vec::new();
-        stream
-            .take(MAX_REPLY)
-            .read_to_end(&mut answer)
-            .map_err(io_error)?;
-        parse_reply(&answer)
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| self.io_error(source))?;
+        runtime.block_on(async {
+            tokio::time::timeout(timeout, self.exchange(method, path, body))
+                .await
+                .map_err(|_| self.io_error(io::ErrorKind::TimedOut.into()))?
+        })
     }
-}
 
-/// Parses an HTTP/1.1 answer with a `Content-Length` (or read-to-close) JSON body.
-fn parse_reply(answer: &[u8]) -> Result<Reply, ClientError> {
-    let malformed = |what: &str| ClientError::Malformed(what.to_owned());
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            if answer.is_empty() {
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::NotRunning {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.io_error(io::Error::other(e)))?;
+        let driver = tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                body.map(Value::to_string).unwrap_or_default(),
+            )))
+            .map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| {
+            if e.is_incomplete_message() || e.is_canceled() {
                 ClientError::Closed
             } else {
-                malformed("no end of headers")
+                self.io_error(io::Error::other(e))
             }
         })?;
-    let head = std::str::from_utf8(&answer[..split]).map_err(|_| malformed("headers not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.strip_prefix("HTTP/1.1 "))
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| malformed("no HTTP/1.1 status line"))?;
-    let mut body = &answer[split + 4..];
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
+        let status = response.status().as_u16();
+        let bytes = Limited::new(response.into_body(), MAX_REPLY)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Malformed(e.to_string()))?
+            .to_bytes();
+        driver.abort();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Malformed(e.to_string()))?
         };
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(malformed("chunked bodies are not expected"));
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            let length = value
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| malformed("bad Content-Length"))?;
-            body = body
-                .get(..length)
-                .ok_or_else(|| malformed("the body is shorter than its Content-Length"))?;
+        Ok(Reply { status, body })
+    }
+
+    fn io_error(&self, source: io::Error) -> ClientError {
+        ClientError::Io {
+            socket: self.socket.clone(),
+            source,
         }
     }
-    let body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(body).map_err(|e| ClientError::Malformed(e.to_string()))?
-    };
-    Ok(Reply { status, body })
 }
 
 #[cfg(test)]
@@ -826,20 +803,5 @@ mod tests {
                 refused.message
             );
         }
-    }
-
-    #[test]
-    fn replies_parse_with_or_without_length() {
-        let reply = parse_reply(
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"message\":\"x\"}",
-        )
-        .unwrap();
-        assert_eq!(reply.status, 400);
-        assert_eq!(reply.message(), "x");
-        let reply = parse_reply(b"HTTP/1.1 200 OK\r\n\r\n{\"a\":1}").unwrap();
-        assert_eq!(reply.body, json!({"a": 1}));
-        assert!(parse_reply(b"").is_err());
-        assert!(parse_reply(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err());
-        assert!(parse_reply(b"garbage\r\n\r\n").is_err());
     }
 }
