@@ -77,26 +77,9 @@ impl Twins {
         client_id: &str,
         body: &[u8],
     ) -> Result<Result<u64, PatchError>, StorageError> {
-        let patch = match validate(body) {
-            Ok(patch) => patch,
-            Err(e) => return Ok(Err(e)),
-        };
-        let mut cache = self.cache();
-        let mut twin = self.load(&mut cache, client_id)?.clone();
-        let reported = twin
-            .get_mut("reported")
-            .and_then(Value::as_object_mut)
-            .expect("twins always hold a reported object");
-        merge(reported, patch);
-        let version = reported
-            .get("$version")
-            .and_then(Value::as_u64)
-            .unwrap_or(1)
-            + 1;
-        reported.insert("$version".to_owned(), Value::from(version));
-        self.save(client_id, &twin)?;
-        cache.insert(client_id.to_owned(), twin);
-        Ok(Ok(version))
+        Ok(self
+            .patch(client_id, Section::Reported, body)?
+            .map(|(_, version)| version))
     }
 
     /// Merges a desired patch (set by the operator); returns the patch as clients receive it,
@@ -111,24 +94,42 @@ impl Twins {
         client_id: &str,
         body: &[u8],
     ) -> Result<Result<Value, PatchError>, StorageError> {
+        Ok(self
+            .patch(client_id, Section::Desired, body)?
+            .map(|(mut patch, version)| {
+                patch.insert("$version".to_owned(), Value::from(version));
+                Value::Object(patch)
+            }))
+    }
+
+    /// Validates `body`, merges it into one section of the twin, bumps that section's
+    /// `$version` and persists the twin; returns the patch and the new version.
+    fn patch(
+        &self,
+        client_id: &str,
+        section: Section,
+        body: &[u8],
+    ) -> Result<Result<Applied, PatchError>, StorageError> {
         let patch = match validate(body) {
             Ok(patch) => patch,
             Err(e) => return Ok(Err(e)),
         };
         let mut cache = self.cache();
         let mut twin = self.load(&mut cache, client_id)?.clone();
-        let desired = twin
-            .get_mut("desired")
+        let properties = twin
+            .get_mut(section.key())
             .and_then(Value::as_object_mut)
-            .expect("twins always hold a desired object");
-        merge(desired, patch.clone());
-        let version = desired.get("$version").and_then(Value::as_u64).unwrap_or(1) + 1;
-        desired.insert("$version".to_owned(), Value::from(version));
+            .expect("twins always hold desired and reported objects");
+        merge(properties, patch.clone());
+        let version = properties
+            .get("$version")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            + 1;
+        properties.insert("$version".to_owned(), Value::from(version));
         self.save(client_id, &twin)?;
         cache.insert(client_id.to_owned(), twin);
-        let mut pushed = patch;
-        pushed.insert("$version".to_owned(), Value::from(version));
-        Ok(Ok(Value::Object(pushed)))
+        Ok(Ok((patch, version)))
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
@@ -166,6 +167,25 @@ impl Twins {
             percent_encoding::utf8_percent_encode(client_id, percent_encoding::NON_ALPHANUMERIC)
                 .collect();
         self.dir.join(format!("{name}.json"))
+    }
+}
+
+/// A patch as applied, and the section's new `$version`.
+type Applied = (Map<String, Value>, u64);
+
+/// The two halves of a twin.
+#[derive(Debug, Clone, Copy)]
+enum Section {
+    Desired,
+    Reported,
+}
+
+impl Section {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Desired => "desired",
+            Self::Reported => "reported",
+        }
     }
 }
 
