@@ -3,7 +3,6 @@
 //! answers to bad requests.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,26 +13,12 @@ use serde_json::{Value, json};
 
 const HUB_HOST: &str = "test-hub.azure-devices.net";
 const DEVICE: &str = "edge";
-const SENDER_TO_RECEIVER: &str = "FROM /messages/modules/sender/outputs/out1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/in1\")";
+mod common;
+use common::{SENDER_TO_RECEIVER, free_port};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A deployment manifest with these `$edgeHub` routes.
+/// A deployment manifest with these `$edgeHub` routes, for modules `sender` and `receiver`.
 fn manifest(routes: &Value) -> Value {
-    json!({"modulesContent": {
-        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {"sender": {}, "receiver": {}}}},
-        "$edgeHub": {"properties.desired": {
-            "schemaVersion": "1.1",
-            "routes": routes,
-            "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
-        }}
-    }})
+    common::manifest(routes, &["sender", "receiver"])
 }
 
 /// A hub in a temporary folder, stopped when dropped (also when the test fails).
@@ -66,36 +51,17 @@ impl Hub {
             .expect("edgehub starts");
         self.child = Some(child);
         let socket = self.path("data/admin.sock");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the admin endpoint did not answer within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_until(
+            Duration::from_secs(30),
+            "the admin endpoint answers",
+            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        );
     }
 
     /// SIGTERM; the exit status, within 20 s.
     fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("the hub runs");
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the hub did not exit within 20 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::terminate(&mut child)
     }
 
     /// SIGKILL: the hub leaves its socket file behind.

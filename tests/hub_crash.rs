@@ -2,7 +2,6 @@
 //! PUBACK is delivered (at least once).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,13 +11,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
 const HUB_HOST: &str = "test-hub.azure-devices.net";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 struct HubProcess(Child);
 
@@ -83,14 +77,7 @@ fn options(port: u16, connection_string: &str) -> MqttOptions {
 async fn every_acknowledged_message_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (mqtt, mqtts) = (free_port(), free_port());
-    let manifest = serde_json::json!({"modulesContent": {
-        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {}}},
-        "$edgeHub": {"properties.desired": {
-            "schemaVersion": "1.1",
-            "routes": {"r": "FROM /messages/modules/sender/outputs/out1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/in1\")"},
-            "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
-        }}
-    }});
+    let manifest = common::manifest(&serde_json::json!({"r": common::SENDER_TO_RECEIVER}), &[]);
     std::fs::write(dir.path().join("deployment.json"), manifest.to_string()).unwrap();
     let config = dir.path().join("edgehub.toml");
     std::fs::write(

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const GATEWAY_PORT: u16 = 8883;
 
 fn repo() -> &'static Path {
@@ -71,22 +73,7 @@ impl HubProcess {
 
     /// SIGTERM, then the exit status.
     fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the hub did not exit within 20 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::terminate(&mut self.child)
     }
 }
 
@@ -116,14 +103,10 @@ fn edgehub(args: &[&str]) -> String {
 fn the_python_sdk_talks_to_the_hub() {
     let python = python();
     let dir = tempfile::tempdir().unwrap();
-    let manifest = serde_json::json!({"modulesContent": {
-        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {"sender": {}, "receiver": {}}}},
-        "$edgeHub": {"properties.desired": {
-            "schemaVersion": "1.1",
-            "routes": {"senderToReceiver": "FROM /messages/modules/sender/outputs/out1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/in1\")"},
-            "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
-        }}
-    }});
+    let manifest = common::manifest(
+        &serde_json::json!({"senderToReceiver": common::SENDER_TO_RECEIVER}),
+        &["sender", "receiver"],
+    );
     std::fs::write(dir.path().join("deployment.json"), manifest.to_string()).unwrap();
     let config = dir.path().join("edgehub.toml");
     std::fs::write(
