@@ -65,7 +65,18 @@ struct Client {
     subacks: mpsc::UnboundedReceiver<()>,
 }
 
+/// Where module `a` publishes its output `out1`.
+const A_OUT1: &str = "devices/edge/modules/a/messages/events/%24.on=out1";
+
 impl Client {
+    /// Publishes at QoS 1 on `topic` (queued in the client; the PUBACK comes later).
+    async fn send(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
     /// Subscribes to the module's inputs and waits for the SUBACK.
     async fn subscribe_inputs(&mut self, module: &str) {
         self.client
@@ -164,15 +175,7 @@ fn module_to_module() -> serde_json::Value {
 async fn a_module_output_reaches_another_module_input_with_its_properties() {
     let (_dir, hub, mut b) = hub_with_b().await;
     let a = connect(options(&hub, "a", "key-a"));
-    a.client
-        .publish(
-            "devices/edge/modules/a/messages/events/%24.on=out1&%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&color=red%2Fblue",
-            QoS::AtLeastOnce,
-            false,
-            br#"{"t": 1}"#.to_vec(),
-        )
-        .await
-        .unwrap();
+    a.send("devices/edge/modules/a/messages/events/%24.on=out1&%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&color=red%2Fblue", br#"{"t": 1}"#.to_vec()).await;
     let got = recv(&mut b).await;
     assert_eq!(got.payload.as_ref(), br#"{"t": 1}"#);
     assert_eq!(
@@ -188,15 +191,7 @@ async fn a_thousand_messages_arrive_in_order() {
     let a = connect(options(&hub, "a", "key-a"));
     let sender = tokio::spawn(async move {
         for i in 0..1000u32 {
-            a.client
-                .publish(
-                    "devices/edge/modules/a/messages/events/%24.on=out1",
-                    QoS::AtLeastOnce,
-                    false,
-                    i.to_be_bytes().to_vec(),
-                )
-                .await
-                .unwrap();
+            a.send(A_OUT1, i.to_be_bytes().to_vec()).await;
         }
         a
     });
@@ -220,15 +215,7 @@ async fn an_offline_module_gets_its_backlog_when_it_returns_without_subscribing_
     }
     let a = connect(options(&hub, "a", "key-a"));
     for i in 0..20u8 {
-        a.client
-            .publish(
-                "devices/edge/modules/a/messages/events/%24.on=out1",
-                QoS::AtLeastOnce,
-                false,
-                vec![i],
-            )
-            .await
-            .unwrap();
+        a.send(A_OUT1, vec![i]).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Back, with the same persistent session, and no SUBSCRIBE (as the Python SDK does).
@@ -258,15 +245,11 @@ async fn publishing_as_another_identity_closes_the_connection() {
     let (_dir, hub, mut b) = hub_with_b().await;
     let a = connect(options(&hub, "a", "key-a"));
     // Module a pretends to be module c.
-    a.client
-        .publish(
-            "devices/edge/modules/c/messages/events/%24.on=out1",
-            QoS::AtLeastOnce,
-            false,
-            b"x".to_vec(),
-        )
-        .await
-        .unwrap();
+    a.send(
+        "devices/edge/modules/c/messages/events/%24.on=out1",
+        b"x".to_vec(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hub.shared().metrics.received_total(), 0);
     assert!(
@@ -282,15 +265,11 @@ async fn a_message_without_a_route_is_accepted_and_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let hub = start_hub(dir.path(), module_to_module()).await;
     let a = connect(options(&hub, "a", "key-a"));
-    a.client
-        .publish(
-            "devices/edge/modules/a/messages/events/%24.on=unrouted",
-            QoS::AtLeastOnce,
-            false,
-            b"x".to_vec(),
-        )
-        .await
-        .unwrap();
+    a.send(
+        "devices/edge/modules/a/messages/events/%24.on=unrouted",
+        b"x".to_vec(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         hub.shared()
@@ -321,15 +300,7 @@ async fn garbage_on_one_socket_closes_only_that_connection() {
         );
     }
     let a = connect(options(&hub, "a", "key-a"));
-    a.client
-        .publish(
-            "devices/edge/modules/a/messages/events/%24.on=out1",
-            QoS::AtLeastOnce,
-            false,
-            b"still here".to_vec(),
-        )
-        .await
-        .unwrap();
+    a.send(A_OUT1, b"still here".to_vec()).await;
     assert_eq!(recv(&mut b).await.payload.as_ref(), b"still here");
     hub.shutdown().await.unwrap();
 }
@@ -350,15 +321,11 @@ async fn qos_2_and_oversized_messages_close_the_connection_and_are_not_delivered
     let mut big = options(&hub, "a2", "key-a2");
     big.set_max_packet_size(1024 * 1024, 1024 * 1024);
     let a2 = connect(big);
-    a2.client
-        .publish(
-            "devices/edge/modules/a2/messages/events/%24.on=out1",
-            QoS::AtLeastOnce,
-            false,
-            vec![7u8; 300 * 1024],
-        )
-        .await
-        .unwrap();
+    a2.send(
+        "devices/edge/modules/a2/messages/events/%24.on=out1",
+        vec![7u8; 300 * 1024],
+    )
+    .await;
     assert!(
         tokio::time::timeout(Duration::from_secs(1), b.incoming.recv())
             .await
@@ -379,15 +346,7 @@ async fn a_second_connection_with_the_same_client_id_takes_over() {
         .unwrap();
     assert_eq!(code, rumqttc::ConnectReturnCode::Success);
     let a = connect(options(&hub, "a", "key-a"));
-    a.client
-        .publish(
-            "devices/edge/modules/a/messages/events/%24.on=out1",
-            QoS::AtLeastOnce,
-            false,
-            b"to the newest".to_vec(),
-        )
-        .await
-        .unwrap();
+    a.send(A_OUT1, b"to the newest".to_vec()).await;
     assert_eq!(recv(&mut b2).await.payload.as_ref(), b"to the newest");
     hub.shutdown().await.unwrap();
 }
@@ -402,15 +361,7 @@ async fn subscriptions_and_queued_messages_survive_a_hub_restart() {
         b.client.disconnect().await.unwrap();
         let a = connect(options(&hub, "a", "key-a"));
         for i in 0..10u8 {
-            a.client
-                .publish(
-                    "devices/edge/modules/a/messages/events/%24.on=out1",
-                    QoS::AtLeastOnce,
-                    false,
-                    vec![i],
-                )
-                .await
-                .unwrap();
+            a.send(A_OUT1, vec![i]).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         hub.shutdown().await.unwrap();
@@ -448,15 +399,8 @@ async fn metrics_show_counters_and_the_upstream_backlog() {
     let hub = start_hub(dir.path(), routes).await;
     let a = connect(options(&hub, "a", "key-a"));
     for _ in 0..3 {
-        a.client
-            .publish(
-                "devices/edge/modules/a/messages/events/",
-                QoS::AtLeastOnce,
-                false,
-                b"x".to_vec(),
-            )
-            .await
-            .unwrap();
+        a.send("devices/edge/modules/a/messages/events/", b"x".to_vec())
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut stream = tokio::net::TcpStream::connect(hub.metrics_addr().unwrap())
@@ -551,10 +495,7 @@ async fn a_deployment_switches_routes_live_and_a_bad_one_changes_nothing() {
     // The old routes still run.
     let a = connect(options(&hub, "a", "key-a"));
     let topic = "devices/edge/modules/a/messages/events/%24.on=out1";
-    a.client
-        .publish(topic, QoS::AtLeastOnce, false, b"old".to_vec())
-        .await
-        .unwrap();
+    a.send(topic, b"old".to_vec()).await;
     assert_eq!(recv(&mut b).await.payload.as_ref(), b"old");
 
     // A valid deployment: out1 now goes to input in2.
@@ -569,10 +510,7 @@ async fn a_deployment_switches_routes_live_and_a_bad_one_changes_nothing() {
         hub.edge_hub_twin()["reported"]["lastDesiredStatus"]["code"],
         200
     );
-    a.client
-        .publish(topic, QoS::AtLeastOnce, false, b"new".to_vec())
-        .await
-        .unwrap();
+    a.send(topic, b"new".to_vec()).await;
     let got = recv(&mut b).await;
     assert_eq!(got.payload.as_ref(), b"new");
     assert!(
@@ -617,15 +555,11 @@ async fn direct_methods_answer_404_when_absent_504_when_silent_and_the_response_
                 .starts_with("$iothub/methods/POST/echo/?$rid=")
         );
         let body: serde_json::Value = serde_json::from_slice(&request.payload).unwrap();
-        b.client
-            .publish(
-                format!("$iothub/methods/res/201/?$rid={rid}"),
-                QoS::AtLeastOnce,
-                false,
-                json!({"echo": body}).to_string(),
-            )
-            .await
-            .unwrap();
+        b.send(
+            &format!("$iothub/methods/res/201/?$rid={rid}"),
+            json!({"echo": body}).to_string(),
+        )
+        .await;
         b
     });
     let answered = hub
@@ -645,15 +579,7 @@ async fn a_redeploy_under_a_steady_stream_loses_and_duplicates_nothing() {
     let total = 600u32;
     let sender = tokio::spawn(async move {
         for i in 0..total {
-            a.client
-                .publish(
-                    "devices/edge/modules/a/messages/events/%24.on=out1",
-                    QoS::AtLeastOnce,
-                    false,
-                    i.to_be_bytes().to_vec(),
-                )
-                .await
-                .unwrap();
+            a.send(A_OUT1, i.to_be_bytes().to_vec()).await;
             if i % 50 == 0 {
                 tokio::task::yield_now().await;
             }
@@ -709,15 +635,11 @@ async fn a_reported_patch_is_answered_and_routed_as_a_twin_change_notification()
     let mut b = connect(options(&hub, "b", "key-b"));
     b.subscribe_inputs("b").await;
     let mut a = connect(options(&hub, "a", "key-a"));
-    a.client
-        .publish(
-            "$iothub/twin/PATCH/properties/reported/?$rid=7",
-            QoS::AtLeastOnce,
-            false,
-            br#"{"fw": "1.0"}"#.to_vec(),
-        )
-        .await
-        .unwrap();
+    a.send(
+        "$iothub/twin/PATCH/properties/reported/?$rid=7",
+        br#"{"fw": "1.0"}"#.to_vec(),
+    )
+    .await;
     let response = recv(&mut a).await;
     assert_eq!(response.topic, "$iothub/twin/res/204/?$rid=7&$version=2");
     let notification = recv(&mut b).await;
