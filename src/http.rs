@@ -6,6 +6,7 @@
 //!   `Authorization` (protocol spec 2.6).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -24,16 +25,49 @@ use crate::metrics::Gauge;
 pub async fn serve_metrics(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    serve(listener, None, shared, stop, respond).await;
+}
+
+/// Accepts HTTP/1.1 connections (after a TLS handshake when `tls` is given) until `stop`,
+/// answering each request with `handler`.
+async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Arc<Shared>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let shared = Arc::clone(&shared);
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (tls, shared) = (tls.clone(), Arc::clone(&shared));
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| respond(Arc::clone(&shared), request));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let timeout = shared.connect_timeout;
+                    let service = service_fn(move |request| handler(Arc::clone(&shared), request));
+                    let http = http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(Ok(stream)) = tokio::time::timeout(timeout, tls.accept(stream)).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
             _ = stop.changed() => return,
@@ -65,24 +99,9 @@ pub async fn serve_methods(
     listener: TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let (tls, shared) = (tls.clone(), Arc::clone(&shared));
-                tokio::spawn(async move {
-                    let Ok(Ok(stream)) = tokio::time::timeout(shared.connect_timeout, tls.accept(stream)).await else {
-                        return;
-                    };
-                    let service = service_fn(move |request| method_call(Arc::clone(&shared), request));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-            _ = stop.changed() => return,
-        }
-    }
+    serve(listener, Some(tls), shared, stop, method_call).await;
 }
 
 /// The body of a method call, as the SDKs send it.
