@@ -41,6 +41,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The store's settings.
     pub store: StoreSettings,
+    /// Decision D2: a publish to a topic outside the documented set closes the connection
+    /// (`true`) instead of being acknowledged, dropped and counted (`false`, the default).
+    pub strict_topics: bool,
 }
 
 /// Where the deployment manifest comes from.
@@ -282,6 +285,7 @@ impl Config {
             },
             tls: None,
             store: StoreSettings::default(),
+            strict_topics: false,
         }
     }
 
@@ -370,6 +374,8 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    strict_topics: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -483,6 +489,7 @@ impl RawConfig {
             listen,
             tls,
             store: self.store.validate(v)?,
+            strict_topics: self.strict_topics,
         })
     }
 }

@@ -45,6 +45,8 @@ pub struct HubSettings {
     /// The `$version` of the `$edgeHub` desired properties the routes came from (1 when the
     /// manifest has none).
     pub desired_version: u64,
+    /// Close connections that publish to unknown topics (decision D2) instead of dropping.
+    pub strict_topics: bool,
 }
 
 impl HubSettings {
@@ -75,6 +77,8 @@ pub struct Shared {
     pub edge_hub: crate::edgehub_twin::EdgeHubState,
     /// Direct method requests awaiting their responses.
     pub methods: crate::methods::Methods,
+    /// Close connections that publish to unknown topics.
+    pub strict_topics: bool,
 }
 
 /// A running hub.
@@ -122,6 +126,7 @@ impl Hub {
             twins: crate::twin::Twins::new(settings.data_dir.join("twins")),
             edge_hub: crate::edgehub_twin::EdgeHubState::default(),
             methods: crate::methods::Methods::default(),
+            strict_topics: settings.strict_topics,
         });
         let (stop, _) = watch::channel(false);
         let mut hub = Self {

@@ -46,6 +46,7 @@ pub async fn run(config: Config) -> Result<()> {
             .get("$version")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(1),
+        strict_topics: config.strict_topics,
     };
     let auth = Arc::new(SasAuthenticator::new(identities, config.hostnames()));
     let hub = Hub::start(settings, auth).await?;

@@ -38,7 +38,13 @@ impl Authenticator for TestKeys {
 }
 
 async fn start_hub(data: &std::path::Path, routes: serde_json::Value) -> Hub {
-    let settings = HubSettings {
+    Hub::start(settings(data, routes), Arc::new(TestKeys))
+        .await
+        .unwrap()
+}
+
+fn settings(data: &std::path::Path, routes: serde_json::Value) -> HubSettings {
+    HubSettings {
         device_id: DEVICE.to_owned(),
         data_dir: data.to_owned(),
         mqtt: Some("127.0.0.1:0".parse().unwrap()),
@@ -54,8 +60,8 @@ async fn start_hub(data: &std::path::Path, routes: serde_json::Value) -> Hub {
         .unwrap(),
         connect_timeout: Duration::from_secs(2),
         desired_version: 1,
-    };
-    Hub::start(settings, Arc::new(TestKeys)).await.unwrap()
+        strict_topics: false,
+    }
 }
 
 struct Client {
@@ -655,6 +661,38 @@ async fn a_reported_patch_is_answered_and_routed_as_a_twin_change_notification()
         notification.topic.contains("%24.cmid=a"),
         "{}",
         notification.topic
+    );
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_topics_are_dropped_or_with_strict_topics_close_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), module_to_module()).await;
+    let a = connect(options(&hub, "a", "key-a"));
+    a.send("some/other/topic", b"x".to_vec()).await;
+    a.send(A_OUT1, b"after".to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = &hub.shared().metrics;
+    assert_eq!(
+        metrics.dropped_total(edgehub::metrics::DropReason::UnknownTopic),
+        1
+    );
+    assert_eq!(metrics.received_total(), 1, "the connection stayed open");
+    hub.shutdown().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut strict = settings(dir.path(), module_to_module());
+    strict.strict_topics = true;
+    let hub = Hub::start(strict, Arc::new(TestKeys)).await.unwrap();
+    let a = connect(options(&hub, "a", "key-a"));
+    a.send("some/other/topic", b"x".to_vec()).await;
+    a.send(A_OUT1, b"after".to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        hub.shared().metrics.received_total(),
+        0,
+        "the connection was closed"
     );
     hub.shutdown().await.unwrap();
 }

@@ -48,6 +48,7 @@ async fn start_hub_with(
         routes: router::EdgeHubRoutes::from_desired(&desired).expect("the routes are valid"),
         connect_timeout: Duration::from_secs(5),
         desired_version: 1,
+        strict_topics: false,
     };
     let hostnames = Hostnames {
         iothub: IOTHUB.to_owned(),

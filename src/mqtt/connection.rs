@@ -302,6 +302,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             Inbound::Unknown => {
                 self.shared.metrics.dropped(DropReason::UnknownTopic);
+                if self.shared.strict_topics {
+                    return Err(Close::Violation(format!(
+                        "published to the unknown topic {:?} (strict_topics)",
+                        publish.topic
+                    )));
+                }
                 let now = tokio::time::Instant::now();
                 if self
                     .last_unknown_topic_warning
