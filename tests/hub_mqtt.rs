@@ -38,12 +38,12 @@ impl Authenticator for TestKeys {
 }
 
 async fn start_hub(data: &std::path::Path, routes: serde_json::Value) -> Hub {
-    Hub::start(settings(data, routes), Arc::new(TestKeys))
+    Hub::start(settings(data, &routes), Arc::new(TestKeys))
         .await
         .unwrap()
 }
 
-fn settings(data: &std::path::Path, routes: serde_json::Value) -> HubSettings {
+fn settings(data: &std::path::Path, routes: &serde_json::Value) -> HubSettings {
     HubSettings {
         device_id: DEVICE.to_owned(),
         data_dir: data.to_owned(),
@@ -682,7 +682,7 @@ async fn unknown_topics_are_dropped_or_with_strict_topics_close_the_connection()
     hub.shutdown().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let mut strict = settings(dir.path(), module_to_module());
+    let mut strict = settings(dir.path(), &module_to_module());
     strict.strict_topics = true;
     let hub = Hub::start(strict, Arc::new(TestKeys)).await.unwrap();
     let a = connect(options(&hub, "a", "key-a"));
