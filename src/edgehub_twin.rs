@@ -51,7 +51,7 @@ impl EdgeHubState {
             "version".to_owned(),
             json!({
                 "version": env!("CARGO_PKG_VERSION"),
-                "build": env!("CARGO_PKG_VERSION"),
+                "build": env!("EDGEHUB_BUILD"),
                 "commit": env!("EDGEHUB_COMMIT"),
             }),
         );
