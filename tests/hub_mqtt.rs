@@ -696,3 +696,33 @@ async fn unknown_topics_are_dropped_or_with_strict_topics_close_the_connection()
     );
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_without_disconnect_publishes_its_will() {
+    let (_dir, hub, mut b) = hub_with_b().await;
+    let mut with_will = options(&hub, "a", "key-a");
+    with_will.set_last_will(rumqttc::LastWill::new(
+        A_OUT1,
+        b"gone".to_vec(),
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (client, mut eventloop) = AsyncClient::new(with_will, 10);
+    let (connected, mut connack) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(Event::Incoming(Packet::ConnAck(_))) = eventloop.poll().await {
+                let _ = connected.send(());
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(5), connack.recv())
+        .await
+        .unwrap();
+    // The socket closes without a DISCONNECT.
+    task.abort();
+    let _ = task.await;
+    drop(client);
+    assert_eq!(recv(&mut b).await.payload.as_ref(), b"gone");
+    hub.shutdown().await.unwrap();
+}

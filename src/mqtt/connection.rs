@@ -47,7 +47,9 @@ type PendingAck = Pin<Box<dyn Future<Output = (u16, Result<(), store::EnqueueErr
 /// Why a connection ended.
 #[derive(Debug)]
 enum Close {
-    /// The client said goodbye or went away.
+    /// The client said goodbye (DISCONNECT).
+    Disconnected,
+    /// The client went away without a DISCONNECT.
     Client,
     /// Another connection with the same client id took over.
     TakenOver,
@@ -149,8 +151,16 @@ where
     };
     let close = connection.run(outbox_rx, close_rx).await;
     shared.sessions.disconnect(&client_id, link_id);
+    // Spec 1.1: a connection that ends without DISCONNECT publishes its will, routed like
+    // telemetry (not after a takeover: the client is still there).
+    if let Some(will) = connect.last_will
+        && matches!(close, Close::Client | Close::Violation(_))
+    {
+        connection.publish_will(will).await;
+    }
     match close {
-        Close::Client => tracing::info!(%client_id, "client disconnected"),
+        Close::Disconnected => tracing::info!(%client_id, "client disconnected"),
+        Close::Client => tracing::info!(%client_id, "client went away without DISCONNECT"),
         Close::TakenOver => tracing::info!(%client_id, "connection replaced by a newer one"),
         Close::Violation(reason) => tracing::warn!(%client_id, %reason, "connection closed"),
     }
@@ -269,7 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     .await
             }
             Packet::PingReq => self.send(Packet::PingResp).await,
-            Packet::Disconnect => Err(Close::Client),
+            Packet::Disconnect => Err(Close::Disconnected),
             Packet::Connect(_) => Err(Close::Violation("second CONNECT".to_owned())),
             other => Err(Close::Violation(format!("unexpected packet {other:?}"))),
         }
@@ -426,6 +436,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         route_and_store(&self.shared, &message)
             .await
             .map_err(|e| Close::Violation(format!("store refused the message: {e}")))
+    }
+
+    /// Publishes a client's will as if it had sent it: routed and stored like its telemetry,
+    /// when its topic is one of the client's telemetry topics.
+    async fn publish_will(&mut self, will: rumqttc::mqttbytes::v4::LastWill) {
+        let Inbound::Telemetry {
+            device,
+            module,
+            bag,
+        } = Inbound::parse(&will.topic)
+        else {
+            tracing::warn!(client_id = %self.identity, topic = %will.topic, "will on a topic that is not telemetry; dropped");
+            return;
+        };
+        if device != self.identity.device_id || module != self.identity.module_id.as_deref() {
+            tracing::warn!(client_id = %self.identity, topic = %will.topic, "will on another identity's topic; dropped");
+            return;
+        }
+        let bag = decode_bag(bag);
+        match self.ingest(bag, will.message).await {
+            Ok(_) => tracing::info!(client_id = %self.identity, "will published"),
+            Err(close) => {
+                tracing::warn!(client_id = %self.identity, reason = ?close, "will not stored");
+            }
+        }
     }
 
     /// Routes an accepted reported patch as a twin change notification (source
