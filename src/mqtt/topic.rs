@@ -3,6 +3,7 @@
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use router::Properties;
+use router::message::PropKey;
 
 /// What an inbound PUBLISH topic addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,23 +188,60 @@ enum Direction {
 
 /// Wire names of system properties, the keys the hub stores them under, and their direction;
 /// outbound bags list them in this order.
-const SYSTEM_PROPERTIES: [(&str, &str, Direction); 16] = [
-    ("$.mid", "messageId", Direction::Both),
-    ("$.cid", "cid", Direction::Both),
-    ("$.uid", "userId", Direction::Both),
-    ("$.to", "to", Direction::Both),
-    ("$.exp", "absolute-expiry-time", Direction::Both),
-    ("$.ct", "contentType", Direction::Both),
-    ("$.ce", "contentEncoding", Direction::Both),
-    ("$.schema", "messageSchema", Direction::Both),
-    ("$.ctime", "creationTime", Direction::Both),
-    ("$.on", "outputName", Direction::InboundOnly),
-    ("$.ifid", "iothub-interface-id", Direction::InboundOnly),
-    ("$.sub", "dt-subject", Direction::Both),
-    ("$.cdid", "connectionDeviceId", Direction::OutboundOnly),
-    ("$.cmid", "connectionModuleId", Direction::OutboundOnly),
-    ("iothub-operation", "operation", Direction::Both),
-    ("ack", "ack", Direction::Both),
+/// The internal names are prepared keys, so looking them up hashes nothing per message.
+static SYSTEM_PROPERTIES: [(&str, PropKey, Direction); 16] = [
+    ("$.mid", PropKey::from_static("messageId"), Direction::Both),
+    ("$.cid", PropKey::from_static("cid"), Direction::Both),
+    ("$.uid", PropKey::from_static("userId"), Direction::Both),
+    ("$.to", PropKey::from_static("to"), Direction::Both),
+    (
+        "$.exp",
+        PropKey::from_static("absolute-expiry-time"),
+        Direction::Both,
+    ),
+    ("$.ct", PropKey::from_static("contentType"), Direction::Both),
+    (
+        "$.ce",
+        PropKey::from_static("contentEncoding"),
+        Direction::Both,
+    ),
+    (
+        "$.schema",
+        PropKey::from_static("messageSchema"),
+        Direction::Both,
+    ),
+    (
+        "$.ctime",
+        PropKey::from_static("creationTime"),
+        Direction::Both,
+    ),
+    (
+        "$.on",
+        PropKey::from_static("outputName"),
+        Direction::InboundOnly,
+    ),
+    (
+        "$.ifid",
+        PropKey::from_static("iothub-interface-id"),
+        Direction::InboundOnly,
+    ),
+    ("$.sub", PropKey::from_static("dt-subject"), Direction::Both),
+    (
+        "$.cdid",
+        PropKey::from_static("connectionDeviceId"),
+        Direction::OutboundOnly,
+    ),
+    (
+        "$.cmid",
+        PropKey::from_static("connectionModuleId"),
+        Direction::OutboundOnly,
+    ),
+    (
+        "iothub-operation",
+        PropKey::from_static("operation"),
+        Direction::Both,
+    ),
+    ("ack", PropKey::from_static("ack"), Direction::Both),
 ];
 
 /// Application properties a sender may not set: the hub writes them from the sender's identity.
@@ -233,7 +271,7 @@ pub fn decode_bag(bag: &str) -> PropertyBag {
             .iter()
             .find(|(wire, _, direction)| *wire == key && *direction != Direction::OutboundOnly);
         match system {
-            Some((_, internal, _)) => out.system_properties.insert(*internal, value),
+            Some((_, internal, _)) => out.system_properties.insert(internal.name(), value),
             None => out.properties.insert(key, value),
         }
     }
@@ -257,9 +295,9 @@ pub fn encode_bag(properties: &Properties, system_properties: &Properties) -> St
             push(key, value);
         }
     }
-    for (wire, internal, direction) in SYSTEM_PROPERTIES {
-        if direction != Direction::InboundOnly
-            && let Some(value) = system_properties.get(internal)
+    for (wire, internal, direction) in &SYSTEM_PROPERTIES {
+        if *direction != Direction::InboundOnly
+            && let Some(value) = system_properties.get_key(internal)
         {
             push(wire, value);
         }
