@@ -63,8 +63,17 @@ pub async fn pump(
     let mut changes = shared.sessions.watch(&client_id);
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(WINDOW);
     let mut redelivery = false;
+    // Where to deliver, looked up again only when the session changed (it is not cheap:
+    // a lock and topic-filter matching).
+    let mut route = None;
+    let mut stale = true;
     loop {
-        let Some((link, qos)) = shared.sessions.route(&client_id, &probe) else {
+        if stale || changes.has_changed().unwrap_or(true) {
+            changes.borrow_and_update();
+            route = shared.sessions.route(&client_id, &probe);
+            stale = false;
+        }
+        let Some((link, qos)) = &route else {
             // Whatever was in flight went with the connection: send it again later.
             if !in_flight.is_empty() {
                 in_flight.clear();
@@ -72,10 +81,14 @@ pub async fn pump(
                 redelivery = true;
             }
             tokio::select! {
-                _ = changes.changed() => continue,
+                _ = changes.changed() => {
+                    stale = true;
+                    continue;
+                }
                 _ = stop.changed() => return,
             }
         };
+        let qos = *qos;
         let room = WINDOW - in_flight.len();
         let front_deadline = in_flight.front().map(|f| f.deadline);
         tokio::select! {
@@ -88,7 +101,7 @@ pub async fn pump(
                     }
                 };
                 for entry in batch {
-                    let ack = send(&shared, &target, &link, qos, &entry, redelivery).await;
+                    let ack = send(&shared, &target, link, qos, &entry, redelivery).await;
                     in_flight.push_back(InFlight {
                         id: entry.id,
                         ack,
@@ -109,7 +122,7 @@ pub async fn pump(
                     redelivery = true;
                 }
             }
-            _ = changes.changed() => {}
+            _ = changes.changed() => stale = true,
             _ = stop.changed() => return,
         }
     }
