@@ -102,21 +102,9 @@ impl Compiler {
                     Box::new(dynamic(r)),
                 )),
             },
-            _ => compare(cmp_op(op), l, r),
+            _ => compare(CmpOp::of(op), l, r),
         };
         if all_const { fold(&code) } else { code }
-    }
-}
-
-fn cmp_op(op: BinaryOp) -> CmpOp {
-    match op {
-        BinaryOp::Eq => CmpOp::Eq,
-        BinaryOp::Ne | BinaryOp::LtGt => CmpOp::Ne,
-        BinaryOp::Lt => CmpOp::Lt,
-        BinaryOp::Le => CmpOp::Le,
-        BinaryOp::Gt => CmpOp::Gt,
-        BinaryOp::Ge => CmpOp::Ge,
-        other => unreachable!("{} is not a comparison", other.symbol()),
     }
 }
 

@@ -4,8 +4,6 @@
 //! measure the compiled code's lead over it, and `--explain` uses it to show the value of every
 //! sub-expression.
 
-use std::cmp::Ordering;
-
 use grammar::BinaryOp;
 
 use crate::body::{self, BodyPath, Step};
@@ -13,7 +11,7 @@ use crate::builtins;
 use crate::message::{Message, system};
 use crate::text;
 use crate::typed::{Func, Node, Type, Typed};
-use crate::value::Outcome;
+use crate::value::{CmpOp, Outcome};
 
 /// A run-time value of the interpreter.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,15 +201,7 @@ fn compare(op: BinaryOp, a: &Value, b: &Value) -> Value {
     let Some(ordering) = ordering else {
         return Value::Undefined;
     };
-    Value::Bool(match op {
-        BinaryOp::Eq => ordering == Ordering::Equal,
-        BinaryOp::Ne | BinaryOp::LtGt => ordering != Ordering::Equal,
-        BinaryOp::Lt => ordering == Ordering::Less,
-        BinaryOp::Le => ordering != Ordering::Greater,
-        BinaryOp::Gt => ordering == Ordering::Greater,
-        BinaryOp::Ge => ordering != Ordering::Less,
-        other => unreachable!("{} is not a comparison", other.symbol()),
-    })
+    Value::Bool(CmpOp::of(op).holds(ordering))
 }
 
 fn call(func: Func, args: &[Typed], m: &Message) -> Value {

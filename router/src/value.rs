@@ -78,6 +78,24 @@ pub enum CmpOp {
 }
 
 impl CmpOp {
+    /// The comparison a binary operator performs (`!=` and `<>` are the same).
+    ///
+    /// # Panics
+    ///
+    /// When `op` is not one of the six comparison operators (the type checker guarantees it).
+    pub fn of(op: grammar::BinaryOp) -> Self {
+        use grammar::BinaryOp;
+        match op {
+            BinaryOp::Eq => Self::Eq,
+            BinaryOp::Ne | BinaryOp::LtGt => Self::Ne,
+            BinaryOp::Lt => Self::Lt,
+            BinaryOp::Le => Self::Le,
+            BinaryOp::Gt => Self::Gt,
+            BinaryOp::Ge => Self::Ge,
+            other => unreachable!("{} is not a comparison", other.symbol()),
+        }
+    }
+
     /// Whether `ordering` satisfies this operator.
     pub fn holds(self, ordering: Ordering) -> bool {
         match self {
