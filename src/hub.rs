@@ -383,14 +383,11 @@ impl Hub {
         let version = pushed["$version"].as_u64().unwrap_or_default();
         let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
         if let Some((link, qos)) = self.shared.sessions.route(client_id, &topic) {
-            let (acked, _ack) = tokio::sync::oneshot::channel();
-            let outbound = crate::mqtt::session::Outbound {
+            let outbound = crate::mqtt::session::Outbound::unacknowledged(
                 topic,
-                payload: pushed.to_string().into(),
+                pushed.to_string().into(),
                 qos,
-                dup: false,
-                acked,
-            };
+            );
             if link.outbox.try_send(outbound).is_err() {
                 tracing::warn!(%client_id, "desired patch not pushed (connection busy); the client reads it on its next GET");
             }

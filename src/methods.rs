@@ -58,14 +58,7 @@ impl Methods {
         };
         let (respond, response) = oneshot::channel();
         self.lock().insert(rid.clone(), respond);
-        let (acked, _ack) = oneshot::channel();
-        let outbound = Outbound {
-            topic,
-            payload: payload.to_string().into(),
-            qos,
-            dup: false,
-            acked,
-        };
+        let outbound = Outbound::unacknowledged(topic, payload.to_string().into(), qos);
         if link.outbox.send(outbound).await.is_err() {
             self.lock().remove(&rid);
             return MethodResult::error(404);

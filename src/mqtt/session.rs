@@ -32,6 +32,21 @@ pub struct Outbound {
     pub acked: oneshot::Sender<()>,
 }
 
+impl Outbound {
+    /// A first delivery whose acknowledgement nobody waits for (a twin patch, a method
+    /// request: their answers come on other topics).
+    pub fn unacknowledged(topic: String, payload: bytes::Bytes, qos: QoS) -> Self {
+        let (acked, _) = oneshot::channel();
+        Self {
+            topic,
+            payload,
+            qos,
+            dup: false,
+            acked,
+        }
+    }
+}
+
 /// The live connection of a client: where to send it messages.
 #[derive(Debug, Clone)]
 pub struct Link {
