@@ -13,9 +13,23 @@ use crate::error::EnqueueError;
 
 #[derive(Debug)]
 enum State {
-    Pending(Option<Waker>),
+    /// Not complete yet: the task to wake, and whether a thread blocks on the condition
+    /// variable (notifying it costs a system call, so only when somebody waits there).
+    Pending {
+        waker: Option<Waker>,
+        thread_waits: bool,
+    },
     Done(Result<(), EnqueueError>),
     Taken,
+}
+
+impl State {
+    /// Marks a pending ticket as waited for by a thread.
+    fn thread_waits(&mut self) {
+        if let State::Pending { thread_waits, .. } = self {
+            *thread_waits = true;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -43,7 +57,10 @@ pub(crate) struct Completer {
 /// A new pending ticket and the means to complete it.
 pub(crate) fn ticket() -> (Ticket, Completer) {
     let inner = Arc::new(Inner {
-        state: Mutex::new(State::Pending(None)),
+        state: Mutex::new(State::Pending {
+            waker: None,
+            thread_waits: false,
+        }),
         done: Condvar::new(),
     });
     (
@@ -71,17 +88,22 @@ impl Drop for Completer {
 }
 
 fn finish(inner: &Inner, result: Result<(), EnqueueError>) {
-    let waker = {
+    let (waker, thread_waits) = {
         let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
         match std::mem::replace(&mut *state, State::Done(result)) {
-            State::Pending(waker) => waker,
+            State::Pending {
+                waker,
+                thread_waits,
+            } => (waker, thread_waits),
             other => {
                 *state = other;
-                None
+                (None, false)
             }
         }
     };
-    inner.done.notify_all();
+    if thread_waits {
+        inner.done.notify_all();
+    }
     if let Some(waker) = waker {
         waker.wake();
     }
@@ -104,6 +126,7 @@ impl Ticket {
                 State::Done(result) => return result,
                 pending => *state = pending,
             }
+            state.thread_waits();
             state = self
                 .inner
                 .done
@@ -119,15 +142,16 @@ impl Ticket {
     /// `Err(Ok(ticket))` on time-out; `Err(Err(e))` if the message was not stored.
     pub fn wait_timeout(self, timeout: Duration) -> Result<(), Result<Self, EnqueueError>> {
         let result = {
-            let state = self
+            let mut state = self
                 .inner
                 .state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            state.thread_waits();
             let (mut state, _) = self
                 .inner
                 .done
-                .wait_timeout_while(state, timeout, |s| matches!(s, State::Pending(_)))
+                .wait_timeout_while(state, timeout, |s| matches!(s, State::Pending { .. }))
                 .unwrap_or_else(PoisonError::into_inner);
             match std::mem::replace(&mut *state, State::Taken) {
                 State::Done(result) => Some(result),
@@ -152,7 +176,7 @@ impl Ticket {
                 .state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
-            State::Pending(_)
+            State::Pending { .. }
         )
     }
 }
@@ -167,7 +191,7 @@ impl Future for Ticket {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match &mut *state {
-            State::Pending(waker) => {
+            State::Pending { waker, .. } => {
                 match waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => *waker = Some(cx.waker().clone()),
