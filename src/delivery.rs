@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use crate::hub::Shared;
 use crate::metrics::DropReason;
 use crate::mqtt::session::Outbound;
-use crate::mqtt::topic::{encode_bag, module_input_topic};
+use crate::mqtt::topic::module_input_topic;
 use crate::stored;
 
 /// Messages published to a module before waiting for their acknowledgements.
@@ -59,7 +59,9 @@ pub async fn pump(
     mut stop: watch::Receiver<bool>,
 ) {
     let client_id = format!("{}/{}", target.device, target.module);
-    let probe = module_input_topic(&target.device, &target.module, &target.input, "");
+    // The input topic without its property bag; also what the session's filters are matched
+    // against.
+    let topic_prefix = module_input_topic(&target.device, &target.module, &target.input, "");
     let mut changes = shared.sessions.watch(&client_id);
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(WINDOW);
     let mut redelivery = false;
@@ -70,7 +72,7 @@ pub async fn pump(
     loop {
         if stale || changes.has_changed().unwrap_or(true) {
             changes.borrow_and_update();
-            route = shared.sessions.route(&client_id, &probe);
+            route = shared.sessions.route(&client_id, &topic_prefix);
             stale = false;
         }
         let Some((link, qos)) = &route else {
@@ -100,13 +102,23 @@ pub async fn pump(
                         return;
                     }
                 };
+                // One burst for the batch: the connection writes it with one flush.
+                let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+                let mut burst = Vec::with_capacity(batch.len());
                 for entry in batch {
-                    let ack = send(&shared, &target, link, qos, &entry, redelivery).await;
-                    in_flight.push_back(InFlight {
-                        id: entry.id,
-                        ack,
-                        deadline: tokio::time::Instant::now() + ACK_TIMEOUT,
-                    });
+                    let ack = match outbound(&shared, &target, &topic_prefix, qos, &entry, redelivery) {
+                        Some((outbound, ack)) => {
+                            burst.push(outbound);
+                            Some(ack)
+                        }
+                        None => None,
+                    };
+                    in_flight.push_back(InFlight { id: entry.id, ack, deadline });
+                }
+                // A closed outbox drops the acks' senders: they are missed and the reader
+                // rewinds.
+                if !burst.is_empty() {
+                    let _ = link.outbox.send(burst).await;
                 }
             }
             acked = front_ack(in_flight.front_mut()), if front_deadline.is_some() => {
@@ -142,17 +154,17 @@ async fn front_ack(front: Option<&mut InFlight>) -> bool {
     }
 }
 
-/// Publishes one stored message to the module; `None` when the record is unreadable (it is
-/// dropped and counted) or the connection is gone (the ack will be missed, which rewinds).
-async fn send(
+/// The publication of one stored message to the module, and the receiver of its
+/// acknowledgement; `None` when the record is unreadable (it is dropped and counted).
+fn outbound(
     shared: &Shared,
     target: &ModuleInput,
-    link: &crate::mqtt::session::Link,
+    topic_prefix: &str,
     qos: rumqttc::QoS,
     entry: &store::Entry,
     dup: bool,
-) -> Option<oneshot::Receiver<()>> {
-    let message = match stored::decode(&entry.payload) {
+) -> Option<(Outbound, oneshot::Receiver<()>)> {
+    let message = match stored::decode_for_delivery(&entry.payload) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(endpoint = %target.endpoint, error = %e, "stored message unreadable; dropped");
@@ -160,16 +172,16 @@ async fn send(
             return None;
         }
     };
-    let bag = encode_bag(&message.properties, &message.system_properties);
+    let mut topic = String::with_capacity(topic_prefix.len() + message.bag.len());
+    topic.push_str(topic_prefix);
+    topic.push_str(&message.bag);
     let (acked, ack) = oneshot::channel();
     let outbound = Outbound {
-        topic: module_input_topic(&target.device, &target.module, &target.input, &bag),
+        topic,
         payload: message.body,
         qos,
         dup,
         acked,
     };
-    // A closed outbox drops `acked`, so the ack is missed and the reader rewinds.
-    let _ = link.outbox.send(outbound).await;
-    Some(ack)
+    Some((outbound, ack))
 }

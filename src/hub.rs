@@ -388,7 +388,7 @@ impl Hub {
                 pushed.to_string().into(),
                 qos,
             );
-            if link.outbox.try_send(outbound).is_err() {
+            if link.outbox.try_send(vec![outbound]).is_err() {
                 tracing::warn!(%client_id, "desired patch not pushed (connection busy); the client reads it on its next GET");
             }
         }

@@ -59,7 +59,7 @@ impl Methods {
         let (respond, response) = oneshot::channel();
         self.lock().insert(rid.clone(), respond);
         let outbound = Outbound::unacknowledged(topic, payload.to_string().into(), qos);
-        if link.outbox.send(outbound).await.is_err() {
+        if link.outbox.send(vec![outbound]).await.is_err() {
             self.lock().remove(&rid);
             return MethodResult::error(404);
         }

@@ -1,12 +1,29 @@
-//! The bytes of a message as the hub keeps them in the store: properties, system properties
-//! and body, length-prefixed. Decoding never trusts the bytes (a damaged record is an error,
-//! not a panic).
+//! The bytes of a message as the hub keeps them in the store. Decoding never trusts the
+//! bytes (a damaged record is an error, not a panic).
+//!
+//! Version 2, written by this build: the property bag as a module receives it on its input
+//! topic (encoded once, when the message arrives, instead of once per delivery), then the
+//! properties and system properties, then the body:
+//!
+//! ```text
+//! [2] [bag length: u32] [bag] [length of the maps: u32] [properties] [system properties] [body]
+//! ```
+//!
+//! where each map is `[count: u16]` and that many `[length: u32] [key] [length: u32] [value]`.
+//! Version 1, written by earlier builds and still read: `[1] [properties] [system properties]
+//! [body]`.
+
+use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use router::{Message, Properties};
 
-/// Format version written in the first byte.
-const VERSION: u8 = 1;
+use crate::mqtt::topic::encode_bag;
+
+/// The first format, without the delivery bag.
+const V1: u8 = 1;
+/// The format written now.
+const V2: u8 = 2;
 
 /// A stored record that cannot be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,28 +39,39 @@ pub enum DecodeError {
     NotUtf8,
 }
 
-/// Encodes a message for the store.
+/// Encodes a message for the store (version 2).
 pub fn encode(message: &Message) -> Bytes {
-    let props_len = |p: &Properties| p.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>();
-    let mut out = BytesMut::with_capacity(
-        5 + props_len(&message.properties)
-            + props_len(&message.system_properties)
-            + message.body.len(),
-    );
-    out.put_u8(VERSION);
+    let bag = encode_bag(&message.properties, &message.system_properties);
+    let maps_len = [&message.properties, &message.system_properties]
+        .iter()
+        .map(|p| 2 + p.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>())
+        .sum::<usize>();
+    let mut out = BytesMut::with_capacity(9 + bag.len() + maps_len + message.body.len());
+    out.put_u8(V2);
+    out.put_u32(length(bag.len()));
+    out.put_slice(bag.as_bytes());
+    out.put_u32(length(maps_len));
+    put_maps(&mut out, message);
+    out.put_slice(&message.body);
+    out.freeze()
+}
+
+/// Writes the properties and the system properties.
+fn put_maps(out: &mut BytesMut, message: &Message) {
     for properties in [&message.properties, &message.system_properties] {
         out.put_u16(u16::try_from(properties.len()).expect("property bags are limited to 256 KiB"));
         for (key, value) in properties.iter() {
             for text in [key, value] {
-                out.put_u32(
-                    u32::try_from(text.len()).expect("property bags are limited to 256 KiB"),
-                );
+                out.put_u32(length(text.len()));
                 out.put_slice(text.as_bytes());
             }
         }
     }
-    out.put_slice(&message.body);
-    out.freeze()
+}
+
+/// A length that fits in the record's u32 fields: messages are limited to 256 KiB.
+fn length(len: usize) -> u32 {
+    u32::try_from(len).expect("messages are limited to 256 KiB")
 }
 
 /// Decodes a stored message. The body shares the record's buffer.
@@ -54,7 +82,12 @@ pub fn encode(message: &Message) -> Bytes {
 pub fn decode(record: &Bytes) -> Result<Message, DecodeError> {
     let mut reader = Reader { record, pos: 0 };
     match reader.u8()? {
-        VERSION => {}
+        V1 => {}
+        V2 => {
+            let bag_len = reader.u32()?;
+            reader.take(bag_len)?;
+            reader.u32()?;
+        }
         other => return Err(DecodeError::Version(other)),
     }
     let properties = reader.properties()?;
@@ -66,13 +99,47 @@ pub fn decode(record: &Bytes) -> Result<Message, DecodeError> {
     })
 }
 
+/// What a delivery to a module needs of a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForDelivery<'r> {
+    /// The property bag of the module's input topic, percent-encoded.
+    pub bag: Cow<'r, str>,
+    /// The body, sharing the record's buffer.
+    pub body: Bytes,
+}
+
+/// Reads the delivery bag and the body of a stored message without decoding its property maps
+/// (a version 1 record is decoded and its bag encoded).
+///
+/// # Errors
+///
+/// When the record is damaged or of an unknown format.
+pub fn decode_for_delivery(record: &Bytes) -> Result<ForDelivery<'_>, DecodeError> {
+    let mut reader = Reader { record, pos: 0 };
+    if reader.u8()? != V2 {
+        let message = decode(record)?;
+        return Ok(ForDelivery {
+            bag: Cow::Owned(encode_bag(&message.properties, &message.system_properties)),
+            body: message.body,
+        });
+    }
+    let bag_len = reader.u32()?;
+    let bag = std::str::from_utf8(reader.take(bag_len)?).map_err(|_| DecodeError::NotUtf8)?;
+    let maps_len = reader.u32()?;
+    reader.take(maps_len)?;
+    Ok(ForDelivery {
+        bag: Cow::Borrowed(bag),
+        body: record.slice(reader.pos..),
+    })
+}
+
 struct Reader<'r> {
     record: &'r Bytes,
     pos: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+impl<'r> Reader<'r> {
+    fn take(&mut self, n: usize) -> Result<&'r [u8], DecodeError> {
         let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
         let bytes = self
             .record
@@ -91,9 +158,13 @@ impl Reader<'_> {
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn text(&mut self) -> Result<String, DecodeError> {
+    fn u32(&mut self) -> Result<usize, DecodeError> {
         let b = self.take(4)?;
-        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let len = self.u32()?;
         let bytes = self.take(len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8)
     }
@@ -126,6 +197,15 @@ mod tests {
         }
     }
 
+    /// A record as builds before version 2 wrote it.
+    fn encode_v1(message: &Message) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(V1);
+        put_maps(&mut out, message);
+        out.put_slice(&message.body);
+        out.freeze()
+    }
+
     #[test]
     fn a_message_survives_the_round_trip() {
         let m = message();
@@ -133,10 +213,39 @@ mod tests {
     }
 
     #[test]
+    fn records_of_earlier_builds_are_still_read() {
+        let m = message();
+        let v1 = encode_v1(&m);
+        assert_eq!(decode(&v1).unwrap(), m);
+        assert_eq!(
+            decode_for_delivery(&v1).unwrap(),
+            decode_for_delivery(&encode(&m)).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_delivery_bag_is_the_bag_of_the_properties() {
+        let m = message();
+        let record = encode(&m);
+        let delivery = decode_for_delivery(&record).unwrap();
+        assert_eq!(
+            delivery.bag,
+            encode_bag(&m.properties, &m.system_properties)
+        );
+        assert!(matches!(delivery.bag, Cow::Borrowed(_)));
+        assert_eq!(delivery.body, m.body);
+    }
+
+    #[test]
     fn damaged_records_are_errors() {
-        let bytes = encode(&message());
-        for cut in 0..bytes.len() - 8 {
-            assert!(decode(&bytes.slice(..cut)).is_err(), "cut at {cut}");
+        for bytes in [encode(&message()), encode_v1(&message())] {
+            for cut in 0..bytes.len() - 8 {
+                assert!(decode(&bytes.slice(..cut)).is_err(), "cut at {cut}");
+                assert!(
+                    decode_for_delivery(&bytes.slice(..cut)).is_err(),
+                    "cut at {cut}"
+                );
+            }
         }
         assert_eq!(
             decode(&Bytes::from_static(&[9])),
@@ -147,7 +256,9 @@ mod tests {
     proptest! {
         #[test]
         fn decoding_any_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
-            let _ = decode(&Bytes::from(bytes));
+            let bytes = Bytes::from(bytes);
+            let _ = decode(&bytes);
+            let _ = decode_for_delivery(&bytes);
         }
     }
 }

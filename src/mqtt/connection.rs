@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use router::message::system;
 use router::{Message, Ttl as RouteTtl};
 use rumqttc::mqttbytes::v4::{
@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
 
 use super::auth::{Credentials, Identity};
-use super::session::{Link, Outbound};
+use super::session::{Burst, Link, Outbound};
 use super::topic::{self, Inbound, PropertyBag, decode_bag};
 use crate::hub::Shared;
 use crate::metrics::DropReason;
@@ -39,8 +39,12 @@ pub const MAX_PACKET: usize = 256 * 1024 + 16 * 1024;
 pub const MAX_MESSAGE: usize = 256 * 1024;
 /// Inbound QoS 1 messages awaiting durability before the socket stops being read.
 pub const INBOUND_WINDOW: usize = 64;
-/// Capacity of a connection's outbox.
+/// Capacity of a connection's outbox, in bursts; also the number of messages from which the
+/// connection stops gathering bursts into one write.
 pub const OUTBOX: usize = 64;
+/// Outbound QoS 1 messages awaiting a PUBACK before the outbox stops being read: packet ids
+/// run out at 65,535, and a last gathered write may add up to `OUTBOX` plus a burst.
+const MAX_IN_FLIGHT: usize = u16::MAX as usize - 256;
 
 type PendingAck = Pin<Box<dyn Future<Output = (u16, Result<(), store::EnqueueError>)> + Send>>;
 
@@ -187,39 +191,40 @@ struct Connection<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn run(
         &mut self,
-        mut outbox: mpsc::Receiver<Outbound>,
+        mut outbox: mpsc::Receiver<Burst>,
         mut close: watch::Receiver<bool>,
     ) -> Close {
+        // One timer for the keep-alive, moved only when it fires: re-arming a timer for every
+        // packet would cost more than the packet.
+        let mut last_heard = tokio::time::Instant::now();
+        let keep_alive = tokio::time::sleep(self.keep_alive);
+        tokio::pin!(keep_alive);
         loop {
             let reading = self.pending_acks.len() < INBOUND_WINDOW;
-            let sending = self.in_flight.len() < usize::from(u16::MAX) - 1;
+            let sending = self.in_flight.len() < MAX_IN_FLIGHT;
             tokio::select! {
-                packet = tokio::time::timeout(self.keep_alive, self.framed.next()), if reading => {
+                packet = self.framed.next(), if reading => {
+                    last_heard = tokio::time::Instant::now();
                     let result = match packet {
-                        Err(_) => Err(Close::Violation("keep-alive expired".to_owned())),
-                        Ok(None) => Err(Close::Client),
-                        Ok(Some(Err(e))) => Err(Close::Violation(format!("malformed packet: {e}"))),
-                        Ok(Some(Ok(packet))) => self.on_packet(packet).await,
+                        None => Err(Close::Client),
+                        Some(Err(e)) => Err(Close::Violation(format!("malformed packet: {e}"))),
+                        Some(Ok(packet)) => self.on_packet(packet).await,
                     };
                     if let Err(close) = result {
                         return close;
                     }
                 }
-                Some((pkid, durable)) = self.pending_acks.next() => {
-                    if let Err(e) = durable {
-                        // Not stored: withhold the PUBACK and close, so the client resends.
-                        return Close::Violation(format!("message not stored ({e}); closing without PUBACK"));
-                    }
-                    if self.framed.send(Packet::PubAck(PubAck::new(pkid))).await.is_err() {
-                        return Close::Client;
+                Some(first) = self.pending_acks.next() => {
+                    if let Err(close) = self.acknowledge(first).await {
+                        return close;
                     }
                 }
-                Some(outbound) = outbox.recv(), if sending => {
+                Some(burst) = outbox.recv(), if sending => {
                     // Write what is waiting as one burst, then flush once.
-                    let mut burst = vec![outbound];
+                    let mut burst = burst;
                     while burst.len() < OUTBOX {
                         match outbox.try_recv() {
-                            Ok(more) => burst.push(more),
+                            Ok(more) => burst.extend(more),
                             Err(_) => break,
                         }
                     }
@@ -227,12 +232,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         return Close::Client;
                     }
                 }
+                () = &mut keep_alive => {
+                    if !reading {
+                        // Not the client's silence: the socket is not being read.
+                        last_heard = tokio::time::Instant::now();
+                    }
+                    let deadline = last_heard + self.keep_alive;
+                    if deadline <= tokio::time::Instant::now() {
+                        return Close::Violation("keep-alive expired".to_owned());
+                    }
+                    keep_alive.as_mut().reset(deadline);
+                }
                 _ = close.changed() => return Close::TakenOver,
                 () = sleep_until(self.expires) => {
                     return Close::Violation("the SAS token expired".to_owned());
                 }
             }
         }
+    }
+
+    /// PUBACKs `first` and every later message already durable, in arrival order, with one
+    /// flush. A message the store refused closes the connection without its PUBACK, so that
+    /// the client sends it again.
+    async fn acknowledge(
+        &mut self,
+        first: (u16, Result<(), store::EnqueueError>),
+    ) -> Result<(), Close> {
+        let mut next = Some(first);
+        while let Some((pkid, durable)) = next {
+            if let Err(e) = durable {
+                // Flush what was acknowledged before it; the connection closes anyway.
+                let _ = self.framed.flush().await;
+                return Err(Close::Violation(format!(
+                    "message not stored ({e}); closing without PUBACK"
+                )));
+            }
+            self.framed
+                .feed(Packet::PubAck(PubAck::new(pkid)))
+                .await
+                .map_err(|_| Close::Client)?;
+            next = self.pending_acks.next().now_or_never().flatten();
+        }
+        self.framed.flush().await.map_err(|_| Close::Client)
     }
 
     async fn on_packet(&mut self, packet: Packet) -> Result<(), Close> {

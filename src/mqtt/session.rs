@@ -47,13 +47,16 @@ impl Outbound {
     }
 }
 
+/// Messages for a connection that it writes together and flushes once.
+pub type Burst = Vec<Outbound>;
+
 /// The live connection of a client: where to send it messages.
 #[derive(Debug, Clone)]
 pub struct Link {
     /// Unique per connection, to tell a takeover from a stale disconnect.
     pub id: u64,
-    /// The connection's outbox (bounded).
-    pub outbox: mpsc::Sender<Outbound>,
+    /// The connection's outbox (bounded, in bursts).
+    pub outbox: mpsc::Sender<Burst>,
     /// Closing this tells the connection to close (a second connection took over).
     pub close: watch::Sender<bool>,
 }
@@ -337,7 +340,7 @@ impl Sessions {
 mod tests {
     use super::*;
 
-    fn link(sessions: &Sessions) -> (Link, mpsc::Receiver<Outbound>, watch::Receiver<bool>) {
+    fn link(sessions: &Sessions) -> (Link, mpsc::Receiver<Burst>, watch::Receiver<bool>) {
         let (outbox, rx) = mpsc::channel(4);
         let (close, closed) = watch::channel(false);
         (
