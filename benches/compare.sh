@@ -14,7 +14,11 @@
 # message, its resident memory once started, before the clients connect (VmRSS), and its peak
 # resident memory (VmHWM of /proc/<pid>/status).
 #
-# Results: benches/results/compare-<UTC date and time>.md (the medians, then every run).
+# Results: benches/results/compare-<UTC date and time>.md (the medians, the charts, then every
+# run); the charts of edgehub-chart (throughput.png, cpu.png, latency.png) in
+# benches/results/<UTC date and time>/; and in BENCHMARKS.md the block between the lines
+# `<!-- compare.sh: begin -->` and `<!-- compare.sh: end -->` (medians and charts), replaced,
+# or appended with its markers when they are missing.
 #
 # Installs what is missing: mosquitto (Debian package, needs root) and rumqttd
 # (`cargo install rumqttd --locked`, then without --locked; a few minutes); a broker that
@@ -23,7 +27,8 @@
 # Environment: ROUNDS (3), MESSAGES (100000 deliveries per open-loop scenario), RATE_SECONDS
 # (5, length of each fixed-rate run), WINDOW (64), SIZE (256), TIMEOUT (120 s per run),
 # BROKERS ("edgehub mosquitto rumqttd"), SCENARIOS (all of them), CARGO_TARGET_DIR, COMMIT (the
-# commit named in the results; default: git rev-parse HEAD).
+# commit named in the results; default: git rev-parse HEAD), BENCHMARKS_MD (the file whose
+# block is replaced: BENCHMARKS.md; set it empty to leave it alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,6 +40,7 @@ WINDOW=${WINDOW:-64}
 SIZE=${SIZE:-256}
 TIMEOUT=${TIMEOUT:-120}
 BROKERS=${BROKERS:-"edgehub mosquitto rumqttd"}
+BENCHMARKS_MD=${BENCHMARKS_MD-BENCHMARKS.md}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PORT=${PORT:-18883}
 
@@ -94,11 +100,12 @@ for broker in $BROKERS; do
     esac
 done
 
-log "building edgehub and edgehub-load (release)"
+log "building edgehub, edgehub-load and edgehub-chart (release)"
 CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p edgehub -p edgehub-benches \
-    --bin edgehub --bin edgehub-load >&2
+    --bin edgehub --bin edgehub-load --bin edgehub-chart >&2
 EDGEHUB=$TARGET/release/edgehub
 LOAD=$TARGET/release/edgehub-load
+CHART=$TARGET/release/edgehub-chart
 
 WORK=$(mktemp -d /tmp/edgehub-compare.XXXXXX)
 RESULTS=$WORK/results.jsonl
@@ -264,39 +271,54 @@ for line in "${selected[@]}"; do
     done
 done
 
-# --- tables -------------------------------------------------------------------------------
+# --- tables, charts and BENCHMARKS.md -------------------------------------------------------
 
-mkdir -p benches/results
+if [ ! -s "$RESULTS" ]; then
+    log "no run succeeded: no tables, no charts, $BENCHMARKS_MD left alone"
+    exit 1
+fi
 stamp=$(date -u +%Y-%m-%dT%H%M)
 out=benches/results/compare-$stamp.md
+charts=benches/results/$stamp
+commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+mkdir -p benches/results
+# The full tables on stdout; the block of BENCHMARKS.md (medians, charts) into $WORK/block.md.
 ROUNDS=$ROUNDS MESSAGES=$MESSAGES RATE_SECONDS=$RATE_SECONDS WINDOW=$WINDOW SIZE=$SIZE TICKS=$TICKS \
-    COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)} \
+    COMMIT=$commit STAMP=$stamp \
     MOSQUITTO_VERSION=$( (mosquitto -h 2>/dev/null || true) | head -1) \
     RUMQTTD_VERSION=$( (rumqttd --version 2>/dev/null || true) | head -1) \
-    python3 - "$RESULTS" >"$out" <<'EOF'
+    python3 - "$RESULTS" "$WORK/block.md" >"$out" <<'EOF'
 import json, os, statistics, sys
 from datetime import datetime, timezone
 
 runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 env = os.environ
-print(f"# edgehub, mosquitto and rumqttd side by side ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n")
-print(f"`benches/compare.sh` at commit {env['COMMIT']}: {env['ROUNDS']} rounds, QoS 1, "
+stamp = env["STAMP"]
+measured = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+rounds = f"{env['ROUNDS']} round" + ("" if env["ROUNDS"] == "1" else "s")
+about = (f"`benches/compare.sh` at commit {env['COMMIT']}: {rounds}, QoS 1, "
       f"{env['SIZE']}-byte messages, window {env['WINDOW']} per publisher, "
       f"{env['MESSAGES']} deliveries per open-loop scenario, {env['RATE_SECONDS']} s per fixed rate. "
       "edgehub: plain MQTT listener, module topics, SAS, routes, `sync` durability; "
       "mosquitto and rumqttd: plain topics, nothing stored. Loopback, 2 cores shared by the "
       "broker and the generator (see the generator's own CPU per message). CPU times come "
       f"from /proc in ticks of 1/{env['TICKS']} s: short runs quantize them. RSS before (once "
-      "started, before the clients connect) and peak RSS are the maxima over the rounds.\n")
-print(f"- {env.get('MOSQUITTO_VERSION') or 'mosquitto: not run'}")
-print(f"- {env.get('RUMQTTD_VERSION') or 'rumqttd: not run'}\n")
+      "started, before the clients connect) and peak RSS are the maxima over the rounds.")
+versions = (f"- {env.get('MOSQUITTO_VERSION') or 'mosquitto: not run'}\n"
+            f"- {env.get('RUMQTTD_VERSION') or 'rumqttd: not run'}")
+# Drawn by edgehub-chart into benches/results/<stamp>/.
+charts = [("throughput.png", "Delivered msgs/s per open-loop scenario and broker"),
+          ("cpu.png", "Broker CPU per delivered message per open-loop scenario and broker"),
+          ("latency.png", "p50 and p99 latency against offered load per broker")]
+images = lambda folder: "\n\n".join(f"![{alt}]({folder}/{name})" for name, alt in charts)
 
 def fmt(value, digits=0):
     return "-" if value is None else f"{value:,.{digits}f}"
 
-print("## Medians over the rounds\n")
-print("| scenario | broker | delivered msgs/s | published msgs/s | p50 us | p99 us | p99.9 us | max us | broker CPU us/msg | generator CPU us/msg | RSS before MB | peak RSS MB | lost | dup | reord |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+medians = [
+    "| scenario | broker | delivered msgs/s | published msgs/s | p50 us | p99 us | p99.9 us | max us | broker CPU us/msg | generator CPU us/msg | RSS before MB | peak RSS MB | lost | dup | reord |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
 keys = []
 for r in runs:
     if (r["scenario"], r["broker"]) not in keys:
@@ -304,11 +326,28 @@ for r in runs:
 for scenario, broker in keys:
     rs = [r for r in runs if r["scenario"] == scenario and r["broker"] == broker]
     med = lambda k: statistics.median(r[k] for r in rs if r[k] is not None) if any(r[k] is not None for r in rs) else None
-    print(f"| {scenario} | {broker} | {fmt(med('delivered_per_s'))} | {fmt(med('published_per_s'))} | "
+    medians.append(
+          f"| {scenario} | {broker} | {fmt(med('delivered_per_s'))} | {fmt(med('published_per_s'))} | "
           f"{fmt(med('p50_us'), 1)} | {fmt(med('p99_us'), 1)} | {fmt(med('p999_us'), 1)} | {fmt(med('max_us'), 1)} | "
           f"{fmt(med('cpu_us_per_delivered'), 2)} | {fmt(med('generator_cpu_us_per_delivered'), 2)} | "
           f"{fmt(max(r['idle_rss_kb'] for r in rs) / 1024, 1)} | {fmt(max(r['peak_rss_kb'] for r in rs) / 1024, 1)} | "
           f"{sum(r['lost'] for r in rs)} | {sum(r['duplicates'] for r in rs)} | {sum(r['reordered'] for r in rs)} |")
+medians = "\n".join(medians)
+
+# BENCHMARKS.md is at the root: its links start with benches/results/.
+with open(sys.argv[2], "w") as block:
+    block.write(f"Measured {measured}. {about}\n\n{versions}\n\n"
+                f"Every run and the raw JSON lines: [benches/results/compare-{stamp}.md]"
+                f"(benches/results/compare-{stamp}.md). Medians over the rounds:\n\n{medians}\n\n"
+                f"{images('benches/results/' + stamp)}\n")
+
+print(f"# edgehub, mosquitto and rumqttd side by side ({measured})\n")
+print(f"{about}\n")
+print(f"{versions}\n")
+print("## Medians over the rounds\n")
+print(medians)
+print("\n## Charts\n")
+print(images(stamp))
 
 print("\n## Every run\n")
 print("| scenario | round | broker | delivered | delivered msgs/s | p50 us | p99 us | broker CPU s | CPU us/msg | generator CPU us/msg | RSS before MB | peak RSS MB | lost | timed out | load avg before |")
@@ -323,3 +362,9 @@ for r in runs:
 print("```")
 EOF
 log "wrote $out"
+"$CHART" render "$RESULTS" --out "$charts" --commit "$commit" >/dev/null
+log "wrote the charts into $charts/"
+if [ -n "$BENCHMARKS_MD" ]; then
+    "$CHART" splice "$BENCHMARKS_MD" --block "$WORK/block.md"
+    log "replaced the compare.sh block of $BENCHMARKS_MD"
+fi

@@ -1,4 +1,5 @@
-//! Shared inputs of the benchmarks (and, later, the load generator).
+//! Shared inputs of the benchmarks, the load generator and the charts of compare.sh.
 
+pub mod chart;
 pub mod load;
 pub mod router_inputs;
