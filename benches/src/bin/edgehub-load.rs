@@ -11,6 +11,12 @@
 //! edgehub-load --config edgehub.toml --publishers 1 --subscribers 1 --messages 100000
 //! # Against mosquitto on 127.0.0.1:1883:
 //! edgehub-load --plain --port 1883 --publishers 4 --subscribers 4 --qos 1
+//! # Scale scenarios (benches/scale.sh): 9,800 idle modules connected while 100 -> 100 run,
+//! # a backlog filled and drained in two processes, a deployment with 999 more routes:
+//! edgehub-load --config edgehub.toml -p 100 -s 100 --idle-clients 9800 --ready-file ready
+//! edgehub-load --config edgehub.toml -n 1000000 --phase publish --state state.json
+//! edgehub-load --config edgehub.toml -n 1000000 --phase drain --state state.json
+//! edgehub-load --extra-routes 999 --extra-route-kind same-source --write-deployment d.json
 //! ```
 
 use std::num::NonZeroU64;
@@ -20,7 +26,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use edgehub::config::Config;
-use edgehub_benches::load::{self, Auth, Endpoint, HubModules, Settings, Topology};
+use edgehub_benches::load::{
+    self, Auth, Endpoint, ExtraRoutes, Extras, HubModules, Phase, Settings, Topology,
+};
 use rumqttc::QoS;
 
 /// Load generator for edgehub and plain MQTT brokers.
@@ -87,6 +95,32 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Clients (modules `load-idle-{k}`) that connect, subscribe to their inputs and stay
+    /// connected, idle, through the run; every client then connects before the load starts.
+    #[arg(long, default_value_t = 0)]
+    idle_clients: u32,
+    /// Most idle clients connecting at once.
+    #[arg(long, default_value_t = load::DEFAULT_CONNECT_CONCURRENCY)]
+    connect_concurrency: usize,
+    /// A handshake with a script: once every client is connected, and again once the load is
+    /// done (before disconnecting), create FILE (one JSON line) and wait until it is removed.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+    /// Run one phase of a backlog run: `publish` (publishers only; writes --state) or `drain`
+    /// (subscribers only; reads --state).
+    #[arg(long, value_enum, requires = "state")]
+    phase: Option<Phase>,
+    /// The state file that carries the run id and what the broker took from the publish phase
+    /// to the drain phase.
+    #[arg(long, value_name = "FILE", requires = "phase")]
+    state: Option<PathBuf>,
+    /// With --write-deployment: this many more routes that carry none of the load's messages.
+    #[arg(long, default_value_t = 0, requires = "write_deployment")]
+    extra_routes: u32,
+    /// The extra routes' sources: `other-sources` (modules that send nothing) or
+    /// `same-source` (the publishers' outputs, with conditions that are false).
+    #[arg(long, value_enum, default_value_t = ExtraRoutes::OtherSources)]
+    extra_route_kind: ExtraRoutes,
 }
 
 fn main() -> Result<()> {
@@ -94,22 +128,28 @@ fn main() -> Result<()> {
     let topology = args.topology;
     topology.check(args.publishers, args.subscribers)?;
     if let Some(path) = &args.write_deployment {
-        let manifest = topology.deployment_manifest(args.publishers, args.subscribers);
+        let manifest = topology.deployment_manifest_with_extra(
+            args.publishers,
+            args.subscribers,
+            args.extra_route_kind,
+            args.extra_routes,
+        );
         std::fs::write(path, serde_json::to_string_pretty(&manifest)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!(
             "wrote {} with {} routes",
             path.display(),
-            topology.streams(args.publishers, args.subscribers).len()
+            topology.streams(args.publishers, args.subscribers).len() + args.extra_routes as usize
         );
         return Ok(());
     }
     let settings = settings(&args)?;
+    let extras = extras(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let report = runtime.block_on(load::run(&settings))?;
+    let report = runtime.block_on(load::run_with(&settings, &extras))?;
     print!("{}", report.table());
     println!("{}", report.json_line()?);
     Ok(())
@@ -156,6 +196,21 @@ fn settings(args: &Args) -> Result<Settings> {
         timeout: Duration::from_secs_f64(args.timeout),
         drain_idle: Duration::from_secs_f64(args.drain_idle),
         progress: !args.no_progress,
+    })
+}
+
+fn extras(args: &Args) -> Result<Extras> {
+    if args.connect_concurrency == 0 {
+        bail!("--connect-concurrency must be at least 1");
+    }
+    if args.phase.is_some() && (args.idle_clients > 0 || args.ready_file.is_some()) {
+        bail!("--phase runs without --idle-clients and --ready-file");
+    }
+    Ok(Extras {
+        idle_clients: args.idle_clients,
+        connect_concurrency: args.connect_concurrency,
+        ready_file: args.ready_file.clone(),
+        phase: args.phase.zip(args.state.clone()),
     })
 }
 
@@ -206,11 +261,96 @@ fn hub_target(args: &Args) -> Result<(Endpoint, Auth)> {
     let store = config
         .identity_store()
         .context("opening the hub's identity store")?;
-    let modules = HubModules::from_store(
-        &store,
-        &config.device_id,
-        &config.iothub_hostname,
-        &load::client_names(args.publishers, args.subscribers),
-    )?;
+    let mut names = load::client_names(args.publishers, args.subscribers);
+    names.extend((0..args.idle_clients).map(load::idle::idle_module));
+    let modules =
+        HubModules::from_store(&store, &config.device_id, &config.iothub_hostname, &names)?;
     Ok((Endpoint { host, port, tls }, Auth::Hub(modules)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("edgehub-load").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_scale_options_default_to_a_plain_run() {
+        let args = parse(&["--plain"]).expect("parses");
+        let extras = extras(&args).expect("valid");
+        assert_eq!(extras.idle_clients, 0);
+        assert_eq!(
+            extras.connect_concurrency,
+            load::DEFAULT_CONNECT_CONCURRENCY
+        );
+        assert!(!extras.staged() && extras.phase.is_none() && extras.ready_file.is_none());
+        assert_eq!(args.extra_routes, 0);
+    }
+
+    #[test]
+    fn idle_clients_and_a_ready_file_make_a_staged_run() {
+        let args = parse(&[
+            "--plain",
+            "--idle-clients",
+            "9800",
+            "--connect-concurrency",
+            "50",
+            "--ready-file",
+            "/tmp/ready",
+        ])
+        .expect("parses");
+        let extras = extras(&args).expect("valid");
+        assert_eq!(
+            (extras.idle_clients, extras.connect_concurrency),
+            (9800, 50)
+        );
+        assert_eq!(extras.ready_file.as_deref(), Some(Path::new("/tmp/ready")));
+        assert!(extras.staged());
+        let zero = parse(&["--plain", "--connect-concurrency", "0"]).expect("parses");
+        assert!(extras_error(&zero).contains("at least 1"));
+    }
+
+    #[test]
+    fn a_phase_needs_a_state_file_and_no_staging() {
+        assert!(parse(&["--plain", "--phase", "publish"]).is_err());
+        assert!(parse(&["--plain", "--state", "s.json"]).is_err());
+        let args = parse(&["--plain", "--phase", "drain", "--state", "s.json"]).expect("parses");
+        let extras = extras(&args).expect("valid");
+        assert_eq!(extras.phase, Some((Phase::Drain, PathBuf::from("s.json"))));
+        let staged = parse(&[
+            "--plain",
+            "--phase",
+            "publish",
+            "--state",
+            "s.json",
+            "--idle-clients",
+            "3",
+        ])
+        .expect("parses");
+        assert!(extras_error(&staged).contains("--phase"));
+    }
+
+    #[test]
+    fn extra_routes_go_with_write_deployment() {
+        assert!(parse(&["--plain", "--extra-routes", "999"]).is_err());
+        let args = parse(&[
+            "--extra-routes",
+            "999",
+            "--extra-route-kind",
+            "same-source",
+            "--write-deployment",
+            "d.json",
+        ])
+        .expect("parses");
+        assert_eq!(args.extra_routes, 999);
+        assert_eq!(args.extra_route_kind, ExtraRoutes::SameSource);
+    }
+
+    fn extras_error(args: &Args) -> String {
+        extras(args).expect_err("refused").to_string()
+    }
 }

@@ -74,6 +74,55 @@ impl SeqSet {
             .sum()
     }
 
+    /// The sequence numbers in the set as sorted, disjoint, non-adjacent half-open ranges
+    /// `(start, end)`: a compact form to save between the phases of a run.
+    #[must_use]
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut open: Option<u64> = None;
+        for (i, &word) in self.words.iter().enumerate() {
+            let base = i as u64 * 64;
+            match word {
+                0 => {
+                    if let Some(start) = open.take() {
+                        ranges.push((start, base));
+                    }
+                }
+                u64::MAX => {
+                    open.get_or_insert(base);
+                }
+                _ => {
+                    for bit in 0..64 {
+                        match (word >> bit & 1 == 1, open) {
+                            (true, None) => open = Some(base + bit),
+                            (false, Some(start)) => {
+                                ranges.push((start, base + bit));
+                                open = None;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(start) = open {
+            ranges.push((start, self.bound));
+        }
+        ranges
+    }
+
+    /// The set of `0..bound` holding `ranges` (half-open; clipped to the bound).
+    #[must_use]
+    pub fn from_ranges(bound: u64, ranges: &[(u64, u64)]) -> Self {
+        let mut set = Self::new(bound);
+        for &(start, end) in ranges {
+            for seq in start..end.min(bound) {
+                set.insert(seq);
+            }
+        }
+        set
+    }
+
     fn position(seq: u64) -> (usize, u64) {
         // `seq < bound`, and `words` was allocated for `bound`: the index fits.
         let word = usize::try_from(seq / 64).unwrap_or(usize::MAX);
@@ -243,6 +292,22 @@ mod tests {
         assert_eq!(stream.record(4), Receipt::First);
         assert_eq!(stream.out_of_range(), 1);
         assert_eq!(stream.seen().len(), 1);
+    }
+
+    #[test]
+    fn a_seq_set_round_trips_through_its_ranges() {
+        assert_eq!(taken(1_000, 0..1_000).ranges(), [(0, 1_000)]);
+        assert_eq!(taken(10, []).ranges(), []);
+        let seqs: Vec<u64> = (0..300)
+            .filter(|s| s % 7 != 0 && !(100..200).contains(s))
+            .collect();
+        let set = taken(300, seqs.iter().copied());
+        let ranges = set.ranges();
+        assert_eq!(ranges[0], (1, 7));
+        assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0));
+        assert_eq!(SeqSet::from_ranges(300, &ranges), set);
+        assert_eq!(taken(128, 60..128).ranges(), [(60, 128)]);
+        assert_eq!(SeqSet::from_ranges(5, &[(3, 9)]).ranges(), [(3, 5)]);
     }
 
     #[test]

@@ -18,6 +18,16 @@ impl Clock {
         }
     }
 
+    /// A clock whose epoch was `elapsed` ago (now, if that is before the machine's monotonic
+    /// clock began): another process's clock, continued.
+    #[must_use]
+    pub fn started_ago(elapsed: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            epoch: now.checked_sub(elapsed).unwrap_or(now),
+        }
+    }
+
     /// The epoch.
     #[must_use]
     pub fn epoch(&self) -> Instant {
@@ -54,5 +64,12 @@ mod tests {
         assert_eq!(clock.ns_at(later), 1_500_000);
         assert_eq!(clock.ns_at(clock.epoch()), 0);
         assert!(clock.now_ns() < 60_000_000_000);
+    }
+
+    #[test]
+    fn a_continued_clock_counts_from_the_earlier_epoch() {
+        let clock = Clock::started_ago(Duration::from_secs(5));
+        let ns = clock.now_ns();
+        assert!((5_000_000_000..6_000_000_000).contains(&ns), "{ns}");
     }
 }

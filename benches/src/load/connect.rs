@@ -205,6 +205,14 @@ pub fn options(
     Ok(options)
 }
 
+/// Whether a SUBACK refuses one of the subscriptions.
+#[must_use]
+pub fn refuses(ack: &rumqttc::SubAck) -> bool {
+    ack.return_codes
+        .iter()
+        .any(|code| matches!(code, rumqttc::SubscribeReasonCode::Failure))
+}
+
 /// A client and its event loop with Nagle's algorithm off (rumqttc leaves it on): small
 /// PUBLISH and PUBACK packets must not wait for the peer's delayed ACK (a 40 ms stall on
 /// Linux), or the generator measures itself instead of the broker.

@@ -13,12 +13,19 @@
 //! (or the timeout struck) the generator waits until every written message is delivered, no
 //! delivery came for [`Settings::drain_idle`], or the timeout; then it stops the subscribers
 //! and accounts for every stream.
+//!
+//! [`Extras`] (all off by default) change that for the scale scenarios: idle clients that
+//! connect and stay connected while the others carry the load, a staged start (everything
+//! connected before the load, with a file as a handshake with a script), and a run split in a
+//! publish phase and a drain phase ([`phase`]).
 
 pub mod accounting;
 pub mod clock;
 pub mod connect;
+pub mod idle;
 pub mod pacing;
 pub mod payload;
+pub mod phase;
 pub mod progress;
 pub mod publisher;
 pub mod report;
@@ -26,22 +33,25 @@ pub mod subscriber;
 pub mod topology;
 
 use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::QoS;
 use thiserror::Error;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
 pub use connect::{Auth, Endpoint, HubModules};
-pub use report::Report;
-pub use topology::Topology;
+pub use phase::{Phase, PhaseState};
+pub use report::{ConnectionsReport, Report};
+pub use topology::{ExtraRoutes, Topology};
 
 use clock::Clock;
+use idle::{ConnectFailure, IdleOutcome, IdlePlan};
 use pacing::Schedule;
-use publisher::{PublisherOutcome, PublisherPlan};
+use publisher::{Gate, PublisherOutcome, PublisherPlan};
 use report::{Latency, StreamReport, per_second};
 use subscriber::{SubscriberOutcome, SubscriberPlan};
 
@@ -78,6 +88,47 @@ pub struct Settings {
     pub progress: bool,
 }
 
+/// What a run does beyond [`Settings`]; [`Extras::default`] is a plain run.
+#[derive(Debug, Clone)]
+pub struct Extras {
+    /// Clients that connect, subscribe to their own inputs and stay connected, idle, through
+    /// the run (modules `load-idle-{k}` in hub mode). Any makes the run staged.
+    pub idle_clients: u32,
+    /// Most idle clients connecting at once (from the TCP connect to the SUBACK).
+    pub connect_concurrency: usize,
+    /// A handshake with a script; makes the run staged. The generator creates this file (one
+    /// JSON line) once every client is connected, and again once the load is done and before
+    /// the clients disconnect; each time it waits until the file is removed.
+    pub ready_file: Option<PathBuf>,
+    /// One phase of a run split in two processes, and its state file.
+    pub phase: Option<(Phase, PathBuf)>,
+}
+
+impl Default for Extras {
+    fn default() -> Self {
+        Self {
+            idle_clients: 0,
+            connect_concurrency: DEFAULT_CONNECT_CONCURRENCY,
+            ready_file: None,
+            phase: None,
+        }
+    }
+}
+
+impl Extras {
+    /// Whether every client connects before the load starts (publishers included).
+    #[must_use]
+    pub fn staged(&self) -> bool {
+        self.idle_clients > 0 || self.ready_file.is_some()
+    }
+}
+
+/// The default of [`Extras::connect_concurrency`].
+pub const DEFAULT_CONNECT_CONCURRENCY: usize = 100;
+
+/// How many distinct connection failures a report lists.
+const MAX_LISTED_FAILURES: usize = 5;
+
 /// Counters shared by the clients, read by the progress bar and the drain wait.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -105,6 +156,17 @@ pub enum LoadError {
     /// A client task panicked or was cancelled.
     #[error("a client task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The state file of a split run cannot be written or read.
+    #[error("{0}")]
+    State(String),
+    /// The ready file cannot be written.
+    #[error("writing the ready file {path}: {source}")]
+    ReadyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The module (hub) or client id base (plain) of every client of a scenario: publishers
@@ -124,24 +186,67 @@ pub fn client_names(publishers: u32, subscribers: u32) -> Vec<String> {
 /// Invalid settings, or a subscriber that could not subscribe; client errors during the run
 /// are reported in [`Report::errors`] instead.
 pub async fn run(settings: &Settings) -> Result<Report, LoadError> {
-    check(settings)?;
-    let clock = Clock::start();
-    let deadline = clock.epoch() + settings.timeout;
-    let run_id = run_id();
-    let counters = Arc::new(Counters::default());
-    let (stop, stopped) = watch::channel(false);
+    run_with(settings, &Extras::default()).await
+}
 
-    let mut subscribers = JoinSet::new();
+/// As [`run`], with [`Extras`]: idle clients, a staged start, or one phase of a split run.
+///
+/// # Errors
+///
+/// As [`run`]; also a state file that cannot be written (publish phase) or read, or that does
+/// not match the settings (drain phase), and a ready file that cannot be written.
+pub async fn run_with(settings: &Settings, extras: &Extras) -> Result<Report, LoadError> {
+    check(settings)?;
+    match &extras.phase {
+        Some((Phase::Publish, state)) => publish_phase(settings, state).await,
+        Some((Phase::Drain, state)) => drain_phase(settings, &PhaseState::load(state)?).await,
+        None => whole_run(settings, extras).await,
+    }
+}
+
+/// Clients of a run, started.
+struct Started {
+    subscribers: JoinSet<SubscriberOutcome>,
+    idle: JoinSet<IdleOutcome>,
+    stop: watch::Sender<bool>,
+}
+
+impl Started {
+    fn new() -> Self {
+        Self {
+            subscribers: JoinSet::new(),
+            idle: JoinSet::new(),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// Stops the subscribers and idle clients and collects what they saw.
+    async fn stop(self) -> Result<(Vec<SubscriberOutcome>, Vec<IdleOutcome>), LoadError> {
+        let _ = self.stop.send(true);
+        let mut received = join_all(self.subscribers).await?;
+        received.sort_by_key(|outcome| outcome.index);
+        let mut idle = join_all(self.idle).await?;
+        idle.sort_by_key(|outcome| outcome.index);
+        Ok((received, idle))
+    }
+}
+
+/// Starts the subscribers (their plans from `plan`), and waits until they are subscribed.
+async fn start_subscribers(
+    settings: &Settings,
+    counters: &Arc<Counters>,
+    plan: impl Fn(u32) -> Result<SubscriberPlan, LoadError>,
+    started: &mut Started,
+) -> Result<(), LoadError> {
     let mut readiness = Vec::new();
     for index in 0..settings.subscribers {
-        let plan = subscriber_plan(settings, index, run_id, clock, deadline)?;
         let (ready, is_ready) = oneshot::channel();
         readiness.push(is_ready);
-        subscribers.spawn(subscriber::subscribe(
-            plan,
-            Arc::clone(&counters),
+        started.subscribers.spawn(subscriber::subscribe(
+            plan(index)?,
+            Arc::clone(counters),
             ready,
-            stopped.clone(),
+            started.stop.subscribe(),
         ));
     }
     for is_ready in readiness {
@@ -149,9 +254,71 @@ pub async fn run(settings: &Settings) -> Result<Report, LoadError> {
             .await
             .unwrap_or_else(|_| Err("the subscriber ended before subscribing".to_owned()));
         if let Err(reason) = outcome {
-            let _ = stop.send(true);
+            let _ = started.stop.send(true);
             return Err(LoadError::NotReady(reason));
         }
+    }
+    Ok(())
+}
+
+/// A whole run: every client in this process, from the connections to the last delivery.
+async fn whole_run(settings: &Settings, extras: &Extras) -> Result<Report, LoadError> {
+    let clock = Clock::start();
+    let deadline = clock.epoch() + settings.timeout;
+    let run_id = run_id();
+    let counters = Arc::new(Counters::default());
+    let mut started = Started::new();
+
+    let staged = extras.staged();
+    let connecting = Instant::now();
+    let idle_ready = start_idle(settings, extras, deadline, &mut started)?;
+    let (start_tx, start_rx) = watch::channel(None);
+    let mut publishers = JoinSet::new();
+    let mut publisher_ready = Vec::new();
+    if staged {
+        for index in 0..settings.publishers {
+            let (connected, is_connected) = oneshot::channel();
+            publisher_ready.push(is_connected);
+            let gate = Gate {
+                connected,
+                start: start_rx.clone(),
+            };
+            // The start is replaced by the gate's.
+            let plan = publisher_plan(settings, index, run_id, clock, connecting, deadline)?;
+            publishers.spawn(publisher::publish_gated(
+                plan,
+                Arc::clone(&counters),
+                Some(gate),
+            ));
+        }
+    }
+    let subscribed = start_subscribers(
+        settings,
+        &counters,
+        |index| subscriber_plan(settings, index, run_id, clock, deadline),
+        &mut started,
+    )
+    .await;
+    if let Err(error) = subscribed {
+        publishers.abort_all();
+        started.idle.abort_all();
+        return Err(error);
+    }
+    let mut connections = if staged {
+        let mut tally = ConnectionTally::default();
+        for is_ready in idle_ready {
+            tally.idle(is_ready.await);
+        }
+        for is_connected in publisher_ready {
+            tally.publisher(is_connected.await);
+        }
+        Some(tally.report(settings, extras, connecting.elapsed()))
+    } else {
+        None
+    };
+    if let (Some(path), Some(connections)) = (&extras.ready_file, &connections) {
+        let line = serde_json::json!({"stage": "connected", "connections": connections});
+        hand_over(path, &line, deadline).await?;
     }
 
     let expected = settings.messages
@@ -161,10 +328,13 @@ pub async fn run(settings: &Settings) -> Result<Report, LoadError> {
             .len() as u64;
     let progress = progress::Progress::start(expected, Arc::clone(&counters), settings.progress);
     let start = Instant::now();
-    let mut publishers = JoinSet::new();
-    for index in 0..settings.publishers {
-        let plan = publisher_plan(settings, index, run_id, clock, start, deadline)?;
-        publishers.spawn(publisher::publish(plan, Arc::clone(&counters)));
+    if staged {
+        let _ = start_tx.send(Some(start));
+    } else {
+        for index in 0..settings.publishers {
+            let plan = publisher_plan(settings, index, run_id, clock, start, deadline)?;
+            publishers.spawn(publisher::publish(plan, Arc::clone(&counters)));
+        }
     }
     let mut published: Vec<PublisherOutcome> = join_all(publishers).await?;
     published.sort_by_key(|outcome| outcome.index);
@@ -176,14 +346,25 @@ pub async fn run(settings: &Settings) -> Result<Report, LoadError> {
         .map(|&(sender, _)| published[sender as usize].written)
         .sum();
     let drained = wait_for_deliveries(&counters, written, settings.drain_idle, deadline).await;
-    let _ = stop.send(true);
-    let mut received: Vec<SubscriberOutcome> = join_all(subscribers).await?;
-    received.sort_by_key(|outcome| outcome.index);
+    if let Some(path) = &extras.ready_file {
+        let line = serde_json::json!({"stage": "done", "delivered": counters.delivered.load(Ordering::Relaxed)});
+        hand_over(path, &line, deadline).await?;
+    }
+    let (received, idle) = started.stop().await?;
     progress.finish();
+    if let Some(connections) = &mut connections {
+        connections.dropped = idle.iter().filter(|o| o.dropped.is_some()).count() as u64;
+        connections.idle_messages = idle.iter().map(|o| o.messages).sum();
+        for reason in idle.iter().filter_map(|o| o.dropped.as_ref()) {
+            if connections.errors.len() < MAX_LISTED_FAILURES {
+                connections.errors.push(reason.clone());
+            }
+        }
+    }
 
     let stop_ns = clock.now_ns();
     let all_taken = published.iter().all(|p| p.taken.len() == settings.messages);
-    Ok(assemble(
+    let mut report = assemble(
         settings,
         &Accounts {
             published: &published,
@@ -192,7 +373,220 @@ pub async fn run(settings: &Settings) -> Result<Report, LoadError> {
             stop_ns,
             timed_out: !(drained && all_taken) && Instant::now() >= deadline,
         },
-    ))
+    );
+    report.connections = connections;
+    Ok(report)
+}
+
+/// Spawns the idle clients of `extras`; returns their readiness, in index order.
+fn start_idle(
+    settings: &Settings,
+    extras: &Extras,
+    deadline: Instant,
+    started: &mut Started,
+) -> Result<Vec<oneshot::Receiver<Result<(), ConnectFailure>>>, LoadError> {
+    let gate = Arc::new(Semaphore::new(extras.connect_concurrency.max(1)));
+    let mut readiness = Vec::new();
+    for index in 0..extras.idle_clients {
+        let name = idle::idle_module(index);
+        let filter = match &settings.auth {
+            Auth::Plain => idle::plain_idle_filter(index),
+            Auth::Hub(modules) => topology::hub_module_inputs_filter(&modules.device_id, &name),
+        };
+        let plan = IdlePlan {
+            index,
+            options: connect::options(
+                &settings.endpoint,
+                &settings.auth,
+                &name,
+                settings.payload_bytes,
+                1,
+                token_lifetime(settings),
+            )?,
+            filter,
+            deadline,
+        };
+        let (ready, is_ready) = oneshot::channel();
+        readiness.push(is_ready);
+        started.idle.spawn(idle::hold(
+            plan,
+            Arc::clone(&gate),
+            ready,
+            started.stop.subscribe(),
+        ));
+    }
+    Ok(readiness)
+}
+
+/// Connections counted as the clients report them.
+#[derive(Debug, Default)]
+struct ConnectionTally {
+    connected: u64,
+    refused: u64,
+    failed: u64,
+    errors: Vec<String>,
+}
+
+impl ConnectionTally {
+    fn idle(&mut self, readiness: Result<Result<(), ConnectFailure>, oneshot::error::RecvError>) {
+        match readiness {
+            Ok(Ok(())) => self.connected += 1,
+            Ok(Err(failure)) => {
+                if failure.refused {
+                    self.refused += 1;
+                } else {
+                    self.failed += 1;
+                }
+                self.note(failure.reason);
+            }
+            Err(_) => {
+                self.failed += 1;
+                self.note("an idle client ended before connecting".to_owned());
+            }
+        }
+    }
+
+    fn publisher(&mut self, readiness: Result<Result<(), String>, oneshot::error::RecvError>) {
+        match readiness {
+            Ok(Ok(())) => self.connected += 1,
+            Ok(Err(reason)) => {
+                // rumqttc's words for a CONNACK refusal.
+                if reason.contains("Connection refused") {
+                    self.refused += 1;
+                } else {
+                    self.failed += 1;
+                }
+                self.note(reason);
+            }
+            Err(_) => {
+                self.failed += 1;
+                self.note("a publisher ended before connecting".to_owned());
+            }
+        }
+    }
+
+    fn note(&mut self, reason: String) {
+        if self.errors.len() < MAX_LISTED_FAILURES && !self.errors.contains(&reason) {
+            self.errors.push(reason);
+        }
+    }
+
+    /// The report, the subscribers (all subscribed, or the run would have stopped) included.
+    fn report(self, settings: &Settings, extras: &Extras, took: Duration) -> ConnectionsReport {
+        ConnectionsReport {
+            clients: u64::from(extras.idle_clients)
+                + u64::from(settings.publishers)
+                + u64::from(settings.subscribers),
+            idle_clients: extras.idle_clients,
+            concurrency: extras.connect_concurrency.max(1),
+            connected: self.connected + u64::from(settings.subscribers),
+            refused: self.refused,
+            failed: self.failed,
+            dropped: 0,
+            idle_messages: 0,
+            connect_s: took.as_secs_f64(),
+            errors: self.errors,
+        }
+    }
+}
+
+/// Creates `path` holding `line`, then waits until it is removed (or the deadline).
+async fn hand_over(
+    path: &Path,
+    line: &serde_json::Value,
+    deadline: Instant,
+) -> Result<(), LoadError> {
+    let error = |source| LoadError::ReadyFile {
+        path: path.to_owned(),
+        source,
+    };
+    // Written aside and renamed: whoever sees the file sees all of it.
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("{line}\n")).map_err(error)?;
+    std::fs::rename(&partial, path).map_err(error)?;
+    while path.exists() && Instant::now() < deadline {
+        tokio::time::sleep(HAND_OVER_POLL).await;
+    }
+    Ok(())
+}
+
+/// How often a hand-over looks whether its file is gone.
+const HAND_OVER_POLL: Duration = Duration::from_millis(20);
+
+/// The publish phase: publishers only; the state goes to `state` for the drain phase.
+async fn publish_phase(settings: &Settings, state: &Path) -> Result<Report, LoadError> {
+    let clock = Clock::start();
+    let deadline = clock.epoch() + settings.timeout;
+    let run_id = run_id();
+    let counters = Arc::new(Counters::default());
+    let expected = settings.messages * u64::from(settings.publishers);
+    let progress = progress::Progress::start(expected, Arc::clone(&counters), settings.progress);
+    let start = Instant::now();
+    let mut publishers = JoinSet::new();
+    for index in 0..settings.publishers {
+        let plan = publisher_plan(settings, index, run_id, clock, start, deadline)?;
+        publishers.spawn(publisher::publish(plan, Arc::clone(&counters)));
+    }
+    let mut published: Vec<PublisherOutcome> = join_all(publishers).await?;
+    published.sort_by_key(|outcome| outcome.index);
+    progress.finish();
+    let all_taken = published.iter().all(|p| p.taken.len() == settings.messages);
+    // No receiver: no stream is accounted for, nothing is expected to arrive yet.
+    let mut report = assemble(
+        settings,
+        &Accounts {
+            published: &published,
+            received: &[],
+            start_ns: clock.ns_at(start),
+            stop_ns: clock.now_ns(),
+            timed_out: !all_taken && Instant::now() >= deadline,
+        },
+    );
+    report.phase = Some(Phase::Publish.name());
+    PhaseState::after_publish(settings, run_id, clock, &published, report.published_per_s)
+        .save(state)?;
+    Ok(report)
+}
+
+/// The drain phase: subscribers only, accounting for what the publish phase's broker took.
+async fn drain_phase(settings: &Settings, state: &PhaseState) -> Result<Report, LoadError> {
+    state.check(settings)?;
+    let clock = state.clock();
+    let start = Instant::now();
+    let deadline = start + settings.timeout;
+    let counters = Arc::new(Counters::default());
+    let mut started = Started::new();
+    let published = state.outcomes();
+    let written: u64 = settings
+        .topology
+        .streams(settings.publishers, settings.subscribers)
+        .iter()
+        .map(|&(sender, _)| published[sender as usize].taken.len())
+        .sum();
+    let progress = progress::Progress::start(written, Arc::clone(&counters), settings.progress);
+    start_subscribers(
+        settings,
+        &counters,
+        |index| subscriber_plan(settings, index, state.run_id, clock, deadline),
+        &mut started,
+    )
+    .await?;
+    let drained = wait_for_deliveries(&counters, written, settings.drain_idle, deadline).await;
+    let (received, _) = started.stop().await?;
+    progress.finish();
+    let mut report = assemble(
+        settings,
+        &Accounts {
+            published: &published,
+            received: &received,
+            start_ns: clock.ns_at(start),
+            stop_ns: clock.now_ns(),
+            timed_out: !drained && Instant::now() >= deadline,
+        },
+    );
+    report.published_per_s = state.published_per_s;
+    report.phase = Some(Phase::Drain.name());
+    Ok(report)
 }
 
 fn check(settings: &Settings) -> Result<(), LoadError> {
@@ -359,7 +753,11 @@ fn assemble(settings: &Settings, accounts: &Accounts<'_>) -> Report {
         .streams(settings.publishers, settings.subscribers)
     {
         let taken = &accounts.published[sender as usize].taken;
-        let Some(receipts) = accounts.received[receiver as usize].streams.get(&sender) else {
+        let Some(receipts) = accounts
+            .received
+            .get(receiver as usize)
+            .and_then(|received| received.streams.get(&sender))
+        else {
             continue;
         };
         streams.push(StreamReport {
@@ -425,5 +823,7 @@ fn assemble(settings: &Settings, accounts: &Accounts<'_>) -> Report {
             .chain(accounts.received.iter().filter_map(|r| r.error.clone()))
             .collect(),
         streams,
+        phase: None,
+        connections: None,
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::Counters;
 use super::accounting::SeqSet;
@@ -58,10 +58,44 @@ pub struct PublisherOutcome {
     pub error: Option<String>,
 }
 
+/// A publisher's start in a staged run: it connects first, says so on `connected`, then keeps
+/// the connection alive until `start` holds the instant publishing starts.
+#[derive(Debug)]
+pub struct Gate {
+    /// Connected (CONNACK received), or why not.
+    pub connected: oneshot::Sender<Result<(), String>>,
+    /// The instant the load starts, once it does.
+    pub start: watch::Receiver<Option<Instant>>,
+}
+
 /// Connects, publishes the plan's messages and disconnects; stops at the deadline.
 pub async fn publish(plan: PublisherPlan, counters: Arc<Counters>) -> PublisherOutcome {
+    publish_gated(plan, counters, None).await
+}
+
+/// As [`publish`]; with a gate, connects first and waits for the start it gives (the plan's
+/// `start` is replaced by it).
+pub async fn publish_gated(
+    mut plan: PublisherPlan,
+    counters: Arc<Counters>,
+    gate: Option<Gate>,
+) -> PublisherOutcome {
     let capacity = plan.window.clamp(10, 1024);
     let (client, mut eventloop) = super::connect::client(plan.options.clone(), capacity);
+    if let Some(gate) = gate {
+        match connect_then_wait(&plan, &mut eventloop, gate).await {
+            Ok(start) => plan.start = start,
+            Err(reason) => {
+                return PublisherOutcome {
+                    index: plan.index,
+                    taken: SeqSet::new(plan.messages),
+                    written: 0,
+                    last_taken_ns: None,
+                    error: Some(reason),
+                };
+            }
+        }
+    }
     let window = Arc::new(Semaphore::new(plan.window.max(1)));
     let feeder = tokio::spawn(feed(
         client.clone(),
@@ -84,6 +118,52 @@ pub async fn publish(plan: PublisherPlan, counters: Arc<Counters>) -> PublisherO
         disconnect(&client, &mut eventloop).await;
     }
     outcome
+}
+
+/// Polls the connection until the CONNACK, reports it through the gate, then keeps polling
+/// (keep-alive) until the start instant comes; an error or the deadline ends it.
+async fn connect_then_wait(
+    plan: &PublisherPlan,
+    eventloop: &mut EventLoop,
+    gate: Gate,
+) -> Result<Instant, String> {
+    let index = plan.index;
+    let Gate {
+        connected,
+        mut start,
+    } = gate;
+    let mut connected = Some(connected);
+    let waited = async {
+        loop {
+            tokio::select! {
+                started = start.wait_for(Option::is_some), if connected.is_none() => {
+                    return match started {
+                        Ok(start) => Ok((*start).unwrap_or_else(Instant::now)),
+                        Err(_) => Err(format!("publisher {index}: the run ended before the start")),
+                    };
+                }
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(connected) = connected.take() {
+                            let _ = connected.send(Ok(()));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => return Err(format!("publisher {index}: {error}")),
+                },
+            }
+        }
+    };
+    let result = match tokio::time::timeout_at(plan.deadline.into(), waited).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "publisher {index}: not started before the deadline"
+        )),
+    };
+    if let (Err(reason), Some(connected)) = (&result, connected) {
+        let _ = connected.send(Err(reason.clone()));
+    }
+    result
 }
 
 /// The part of the plan the feeding task needs.

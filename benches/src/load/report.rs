@@ -66,6 +66,32 @@ impl Latency {
     }
 }
 
+/// The connections of a staged run (`--idle-clients`, `--ready-file`): every client connects,
+/// and subscribes when it subscribes, before the load starts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnectionsReport {
+    /// Clients that tried: idle clients, subscribers and publishers.
+    pub clients: u64,
+    /// Of which idle clients.
+    pub idle_clients: u32,
+    /// Most connection attempts of idle clients at once.
+    pub concurrency: usize,
+    /// Clients connected (and subscribed: idle clients and subscribers) before the load.
+    pub connected: u64,
+    /// Clients the broker refused (a CONNACK or SUBACK refusal).
+    pub refused: u64,
+    /// Clients that failed otherwise (I/O errors, timeouts, the deadline).
+    pub failed: u64,
+    /// Idle clients whose connection ended before the run did.
+    pub dropped: u64,
+    /// Messages idle clients received (no route leads to them: should be 0).
+    pub idle_messages: u64,
+    /// Seconds from the first connection attempt to the last client ready.
+    pub connect_s: f64,
+    /// The first few distinct failures.
+    pub errors: Vec<String>,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -123,6 +149,14 @@ pub struct Report {
     pub errors: Vec<String>,
     /// Each stream's accounting.
     pub streams: Vec<StreamReport>,
+    /// `publish` or `drain` for a run split in phases (`--phase`): the publish phase delivers
+    /// nothing; the drain phase reports the publish phase's `published` and `published_per_s`,
+    /// and divides its deliveries by the time from its own start. Absent for a whole run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<&'static str>,
+    /// The connections of a staged run; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionsReport>,
 }
 
 impl Report {
@@ -147,9 +181,12 @@ impl fmt::Display for Report {
         let offered = self
             .offered_per_s
             .map_or_else(|| "open loop".to_owned(), |rate| format!("{rate} msgs/s"));
+        let phase = self
+            .phase
+            .map_or_else(String::new, |phase| format!(" ({phase} phase)"));
         writeln!(
             f,
-            "scenario {}: {} mode{}, QoS {}, {} -> {} ({:?}), {} x {} B per publisher, window {}, {offered}",
+            "scenario {}{phase}: {} mode{}, QoS {}, {} -> {} ({:?}), {} x {} B per publisher, window {}, {offered}",
             self.scenario,
             self.mode,
             if self.tls { " over TLS" } else { "" },
@@ -182,6 +219,16 @@ impl fmt::Display for Report {
         row("stale (earlier runs)", self.stale.to_string())?;
         row("foreign", self.foreign.to_string())?;
         row("timed out", self.timed_out.to_string())?;
+        if let Some(c) = &self.connections {
+            row(
+                "clients",
+                format!("{} ({} idle)", c.clients, c.idle_clients),
+            )?;
+            row("connected", c.connected.to_string())?;
+            row("refused / failed", format!("{} / {}", c.refused, c.failed))?;
+            row("dropped (idle)", c.dropped.to_string())?;
+            row("connect s", format!("{:.3}", c.connect_s))?;
+        }
         f.write_str(&rows)?;
         writeln!(
             f,
@@ -197,6 +244,9 @@ impl fmt::Display for Report {
         }
         for error in &self.errors {
             writeln!(f, "  error: {error}")?;
+        }
+        for error in self.connections.iter().flat_map(|c| &c.errors) {
+            writeln!(f, "  connection error: {error}")?;
         }
         Ok(())
     }

@@ -92,7 +92,9 @@ pub async fn subscribe(
     // Room for every SUBSCRIBE (sent before the event loop runs) and the DISCONNECT.
     let capacity = plan.filters.len() + 2;
     let (client, mut eventloop) = super::connect::client(plan.options.clone(), capacity);
-    if let Err(reason) = subscribe_all(&plan, &client, &mut eventloop, &mut outcome).await {
+    if let Err(reason) =
+        subscribe_all(&plan, &client, &mut eventloop, &counters, &mut outcome).await
+    {
         let _ = ready.send(Err(reason.clone()));
         outcome.error = Some(reason);
         return outcome;
@@ -121,12 +123,14 @@ pub async fn subscribe(
     outcome
 }
 
-/// Sends the subscriptions and waits for their SUBACKs (messages arriving meanwhile are
-/// recorded).
+/// Sends the subscriptions and waits for their SUBACKs. Messages arriving meanwhile are
+/// recorded: those of this run as deliveries (a queue drained as soon as the subscriber
+/// subscribes, in the drain phase of a run), the others as stale.
 async fn subscribe_all(
     plan: &SubscriberPlan,
     client: &AsyncClient,
     eventloop: &mut EventLoop,
+    counters: &Counters,
     outcome: &mut SubscriberOutcome,
 ) -> Result<(), String> {
     let index = plan.index;
@@ -141,17 +145,19 @@ async fn subscribe_all(
             Err(_) => return Err(format!("subscriber {index}: no SUBACK before the deadline")),
             Ok(Err(error)) => return Err(format!("subscriber {index}: {error}")),
             Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|code| matches!(code, rumqttc::SubscribeReasonCode::Failure))
-                {
+                if super::connect::refuses(&ack) {
                     return Err(format!("subscriber {index}: a subscription was refused"));
                 }
                 acknowledged += 1;
             }
             Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
-                outcome.stale += u64::from(Header::decode(&publish.payload).is_ok());
+                match Header::decode(&publish.payload) {
+                    Ok(header) if header.run_id == plan.run_id => {
+                        receive(plan, counters, outcome, &publish.payload);
+                    }
+                    Ok(_) => outcome.stale += 1,
+                    Err(_) => {}
+                }
             }
             Ok(Ok(_)) => {}
         }

@@ -68,10 +68,13 @@ pub fn hub_publish_topic(device: &str, index: u32) -> String {
 /// The filter subscriber `index` subscribes to in hub mode: all its module's inputs.
 #[must_use]
 pub fn hub_inputs_filter(device: &str, index: u32) -> String {
-    format!(
-        "devices/{device}/modules/{}/inputs/#",
-        subscriber_module(index)
-    )
+    hub_module_inputs_filter(device, &subscriber_module(index))
+}
+
+/// The filter of all the inputs of module `module` in hub mode.
+#[must_use]
+pub fn hub_module_inputs_filter(device: &str, module: &str) -> String {
+    format!("devices/{device}/modules/{module}/inputs/#")
 }
 
 impl Topology {
@@ -135,11 +138,83 @@ impl Topology {
     /// names no module: the generator creates its identities itself).
     #[must_use]
     pub fn deployment_manifest(self, publishers: u32, subscribers: u32) -> Value {
-        json!({"modulesContent": {
-            "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {}}},
-            "$edgeHub": {"properties.desired": edge_hub_desired(self.hub_routes(publishers, subscribers))}
-        }})
+        manifest(self.hub_routes(publishers, subscribers))
     }
+
+    /// As [`Self::deployment_manifest`], plus `count` routes of `kind` that carry none of the
+    /// load's messages.
+    #[must_use]
+    pub fn deployment_manifest_with_extra(
+        self,
+        publishers: u32,
+        subscribers: u32,
+        kind: ExtraRoutes,
+        count: u32,
+    ) -> Value {
+        let mut routes = self.hub_routes(publishers, subscribers);
+        routes.extend(kind.routes(count, publishers));
+        manifest(routes)
+    }
+}
+
+/// Routes that never carry the load's messages, to measure what a big route table costs
+/// (`--extra-routes`). Each has a `WHERE` condition on properties the load's messages lack,
+/// and a sink of its own (`load-extra-{k}`'s input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExtraRoutes {
+    /// Sources no load module sends from (`load-extra-src-{k}`): the source index skips them.
+    OtherSources,
+    /// The publishers' own outputs: every message is evaluated against every condition
+    /// (publisher `k % P`'s output for route `k`), and none matches.
+    SameSource,
+}
+
+/// The module name of the sink of extra route `index`.
+#[must_use]
+pub fn extra_module(index: u32) -> String {
+    format!("load-extra-{index}")
+}
+
+/// A condition on properties the load's messages never carry, in one of three shapes
+/// (an application property, a system property, a function and a comparison).
+fn extra_condition(index: u32) -> String {
+    match index % 3 {
+        0 => format!("level = 'extra-{index}'"),
+        1 => format!("$contentType = 'application/x-extra-{index}'"),
+        _ => format!("as_number(temperature) > {index} AND IS_DEFINED(level)"),
+    }
+}
+
+impl ExtraRoutes {
+    /// `count` routes of this kind, named `extra{k}`, for a scenario of `publishers`
+    /// publishers.
+    #[must_use]
+    pub fn routes(self, count: u32, publishers: u32) -> Map<String, Value> {
+        (0..count)
+            .map(|index| {
+                let source = match self {
+                    Self::OtherSources => format!("load-extra-src-{index}"),
+                    Self::SameSource => publisher_module(index % publishers.max(1)),
+                };
+                let route = format!(
+                    "FROM /messages/modules/{source}/outputs/{OUTPUT} WHERE {} INTO BrokeredEndpoint(\"/modules/{}/inputs/{INPUT}\")",
+                    extra_condition(index),
+                    extra_module(index)
+                );
+                (format!("extra{index}"), Value::String(route))
+            })
+            .collect()
+    }
+}
+
+/// A deployment manifest with these `$edgeHub` routes and an `$edgeAgent` that names no
+/// module (the generator creates its identities itself).
+fn manifest(routes: Map<String, Value>) -> Value {
+    json!({"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {}}},
+        "$edgeHub": {"properties.desired": edge_hub_desired(routes)}
+    }})
 }
 
 /// `$edgeHub`'s desired properties with these routes and a two-hour TTL.
@@ -191,6 +266,70 @@ mod tests {
             desired["routes"]["load0to3"],
             "FROM /messages/modules/load-pub-0/outputs/out INTO BrokeredEndpoint(\"/modules/load-sub-3/inputs/in\")"
         );
+    }
+
+    /// A load message of publisher `sender`, as the hub sees it.
+    fn load_message(sender: u32) -> router::Message {
+        let header = super::super::payload::Header {
+            run_id: 1,
+            sent_at_ns: 2,
+            sender,
+            seq: 3,
+        };
+        let mut message = router::Message {
+            body: header.encode(256).into(),
+            ..router::Message::default()
+        };
+        message
+            .system_properties
+            .insert("connectionModuleId", publisher_module(sender));
+        message.system_properties.insert("outputName", OUTPUT);
+        message
+    }
+
+    #[test]
+    fn extra_routes_compile_and_carry_none_of_the_load() {
+        for kind in [ExtraRoutes::OtherSources, ExtraRoutes::SameSource] {
+            let manifest = Topology::Pairs.deployment_manifest_with_extra(2, 2, kind, 999);
+            let desired = &manifest["modulesContent"]["$edgeHub"]["properties.desired"];
+            assert_eq!(desired["routes"].as_object().map(Map::len), Some(1_001));
+            let table = router::EdgeHubRoutes::from_desired(desired).and_then(|r| r.table());
+            let table = table.unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            assert_eq!(table.routes().len(), 1_001, "{kind:?}");
+            // Every extra route has a sink of its own, besides the two live ones.
+            assert_eq!(table.endpoints().len(), 1_001, "{kind:?}");
+            for sender in 0..2 {
+                let deliveries = table.dispatch(&load_message(sender));
+                assert_eq!(deliveries.len(), 1, "{kind:?}: publisher {sender}");
+            }
+        }
+    }
+
+    #[test]
+    fn extra_routes_take_the_publishers_sources_or_others() {
+        let same = ExtraRoutes::SameSource.routes(4, 2);
+        assert_eq!(
+            same["extra3"],
+            "FROM /messages/modules/load-pub-1/outputs/out WHERE level = 'extra-3' INTO BrokeredEndpoint(\"/modules/load-extra-3/inputs/in\")"
+        );
+        let other = ExtraRoutes::OtherSources.routes(3, 1);
+        assert_eq!(
+            other["extra1"],
+            "FROM /messages/modules/load-extra-src-1/outputs/out WHERE $contentType = 'application/x-extra-1' INTO BrokeredEndpoint(\"/modules/load-extra-1/inputs/in\")"
+        );
+        assert!(
+            other["extra2"]
+                .as_str()
+                .is_some_and(|r| r.contains("as_number(temperature) > 2 AND IS_DEFINED(level)"))
+        );
+        assert!(ExtraRoutes::SameSource.routes(0, 1).is_empty());
+        // The same-source conditions are evaluated for a load message, and are false.
+        for (name, route) in ExtraRoutes::SameSource.routes(6, 1) {
+            let text = route.as_str().expect("a route is text");
+            let compiled = router::CompiledRoute::compile(text);
+            let compiled = compiled.unwrap_or_else(|e| panic!("{name}: {text}: {e}"));
+            assert!(!compiled.routes(&load_message(0)), "{name}: {text}");
+        }
     }
 
     #[test]
