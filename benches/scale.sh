@@ -86,10 +86,17 @@ if [ "$hard_fds" != unlimited ] && [ "$want_fds" -gt "$hard_fds" ]; then
 fi
 ulimit -n "$want_fds"
 
+# What the binaries are built from: the commit, and the hub's files that differ from it.
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+dirty=$(git status --porcelain -- src store router grammar vendor Cargo.toml Cargo.lock 2>/dev/null |
+    awk '{print $2}' | tr '\n' ' ')
 if [ "$BUILD" = 1 ]; then
     log "building edgehub and edgehub-load (release)"
     CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p edgehub -p edgehub-benches \
         --bin edgehub --bin edgehub-load >&2
+    built="built by this run"
+else
+    built="not rebuilt by this run: binaries of $(date -u -r "$TARGET/release/edgehub" '+%Y-%m-%d %H:%M') UTC"
 fi
 EDGEHUB=$TARGET/release/edgehub
 LOAD=$TARGET/release/edgehub-load
@@ -114,7 +121,9 @@ cleanup() {
     stop_pid "$SAMPLER_PID"
     stop_pid "$LOAD_PID"
     stop_pid "$HUB_PID"
-    if [ "$finished" = 1 ] && [ "$KEEP_WORK" != 1 ]; then
+    if [ "$KEEP_WORK" = 1 ]; then
+        log "kept $WORK"
+    elif [ "$finished" = 1 ]; then
         rm -rf "$WORK"
     else
         # The logs, the generators' outputs and the results so far; not the hubs' stores.
@@ -222,7 +231,11 @@ hub_now() {
     local p=${1:+${1}_}
     echo "${p}rss_kb=$(status_kb VmRSS) ${p}hwm_kb=$(status_kb VmHWM) ${p}fds=$(find "/proc/$HUB_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)"
 }
-store_bytes() { du -sb "$1/data/store" 2>/dev/null | cut -f1; }
+# The store's size on disk and its epochs (sled databases of 8 MiB of segments each), as
+# record arguments.
+store_now() {
+    echo "store_bytes=$(du -sb "$1/data/store" | cut -f1) store_epochs=$(find "$1/data/store/epochs" -mindepth 1 -maxdepth 1 -type d | wc -l)"
+}
 
 # Samples the hub's VmRSS every half second into FILE until stop_sampler.
 start_sampler() {
@@ -293,7 +306,7 @@ scenario_idle() {
 }
 
 scenario_connections() {
-    local dir=$WORK/connections pairs=$LIGHT_PAIRS idle messages t0 t1 t2 connected done_figures
+    local dir=$WORK/connections pairs=$LIGHT_PAIRS idle messages t0 t1 t2 t3 connected done_figures
     [ "$CONNECTIONS" -ge 4 ] || die "CONNECTIONS must be at least 4"
     # The load goes through a small part of the connections.
     if [ $((4 * pairs)) -gt "$CONNECTIONS" ]; then pairs=$((CONNECTIONS / 4)); fi
@@ -309,22 +322,23 @@ scenario_connections() {
         --messages "$messages" --rate "$LIGHT_RATE" --scenario "connections-$CONNECTIONS"
     # Every client connected (and subscribed): the generator waits until the file is removed.
     wait_file "$dir" load "$dir/ready"
+    t1=$(cpu_ticks)
     cp "$dir/ready" "$dir/ready.connected.json"
     sleep "$SETTLE"
     connected=$(hub_now)
-    t1=$(cpu_ticks)
+    t2=$(cpu_ticks)
     record scenario=connections step=connected-idle $connected cpu_s="$(seconds $((t1 - t0)))" \
-        ready=@"$dir/ready.connected.json"
+        idle_cpu_s="$(seconds $((t2 - t1)))" idle_s="$SETTLE" ready=@"$dir/ready.connected.json"
     log "connections: all connected: $connected"
     reset_peak
     rm "$dir/ready"
     # The load runs; the file comes back once it is done, before the clients disconnect.
     wait_file "$dir" load "$dir/ready"
     done_figures=$(hub_now)
-    t2=$(cpu_ticks)
+    t3=$(cpu_ticks)
     rm -f "$dir/ready"
     wait_load "$dir" load
-    record scenario=connections step=light-load $done_figures cpu_s="$(seconds $((t2 - t1)))" \
+    record scenario=connections step=light-load $done_figures cpu_s="$(seconds $((t3 - t2)))" \
         load=@"$dir/load.out"
     log "connections: light load done: $done_figures"
     stop_hub "$dir"
@@ -344,7 +358,7 @@ backlog_phase() {
     stop_sampler
     t1=$(cpu_ticks)
     record scenario=backlog step="$step" $(hub_now) cpu_s="$(seconds $((t1 - t0)))" \
-        store_bytes="$(store_bytes "$dir")" rss_samples=%"$dir/$step.rss" load=@"$dir/$step.out"
+        $(store_now "$dir") rss_samples=%"$dir/$step.rss" load=@"$dir/$step.out"
 }
 
 scenario_backlog() {
@@ -354,7 +368,7 @@ scenario_backlog() {
     log "backlog: publishing $BACKLOG messages to a module that is not connected"
     backlog_phase "$dir" fill publish
     sleep "$SETTLE"
-    record scenario=backlog step=at-rest $(hub_now) store_bytes="$(store_bytes "$dir")"
+    record scenario=backlog step=at-rest $(hub_now) $(store_now "$dir")
     log "backlog: filled; $(status_kb VmRSS) kB resident at rest; draining"
     backlog_phase "$dir" drain drain --drain-idle "$DRAIN_IDLE"
     stop_hub "$dir"
@@ -405,9 +419,7 @@ fi
 mkdir -p benches/results
 stamp=$(date -u +%Y-%m-%dT%H%M)
 out=benches/results/scale-$stamp.md
-dirty=$(git status --porcelain -- src store router grammar Cargo.toml Cargo.lock 2>/dev/null |
-    awk '{print $2}' | tr '\n' ' ')
-COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)} DIRTY=$dirty \
+COMMIT=$COMMIT BUILT=$built DIRTY=$dirty \
     CONNECTIONS=$CONNECTIONS BACKLOG=$BACKLOG ROUTES=$ROUTES SIZE=$SIZE WINDOW=$WINDOW \
     LIGHT_RATE=$LIGHT_RATE LIGHT_SECONDS=$LIGHT_SECONDS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY \
     ROUTE_MESSAGES=$ROUTE_MESSAGES ROUTE_ROUNDS=$ROUTE_ROUNDS CORES=$(nproc) \
@@ -448,8 +460,8 @@ def ratio(value, base):
 
 print(f"# edgehub at scale ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n")
 dirty = env.get("DIRTY", "").strip()
-print(f"`benches/scale.sh` at commit {env['COMMIT']}"
-      + (f" (uncommitted changes in the build: {dirty})" if dirty else "")
+print(f"`benches/scale.sh` at commit {env['COMMIT']} ({env['BUILT']}"
+      + (f"; uncommitted changes in the hub's files at the start: {dirty})" if dirty else ")")
       + f": {int(env['CONNECTIONS']):,} connections, a {int(env['BACKLOG']):,}-message backlog, "
       f"{int(env['ROUTES']):,} routes; {env['SIZE']}-byte messages at QoS 1, window {env['WINDOW']} "
       "per publisher. edgehub: release build, plain MQTT listener on loopback, SAS, `sync` "
@@ -516,7 +528,9 @@ if connected:
     print(f"{c['clients']:,} modules (SAS, plain TCP): {c['idle_clients']:,} idle ones subscribed to "
           f"their inputs, and {(c['clients'] - c['idle_clients']) // 2} publishers -> as many "
           f"subscribers; at most {c['concurrency']} idle ones connecting at once. Light load: "
-          f"{env['LIGHT_RATE']} msgs/s in all for {env['LIGHT_SECONDS']} s through the pairs.\n")
+          f"{env['LIGHT_RATE']} msgs/s in all for {env['LIGHT_SECONDS']} s through the pairs (each "
+          "publisher disconnects once its messages are taken: the figures after the load count "
+          "that many connections fewer).\n")
     print("| figure | value |")
     print("| --- | ---: |")
     lines = [
@@ -527,6 +541,7 @@ if connected:
         ("hub peak RSS while they connected MB", fmt(mb(connected["hwm_kb"]), 1)),
         ("hub CPU while they connected s", fmt(connected["cpu_s"], 2)),
         ("hub RSS, all connected, idle MB", fmt(mb(connected["rss_kb"]), 1)),
+        (f"hub CPU, all connected, idle for {connected['idle_s']} s, s", fmt(connected["idle_cpu_s"], 2)),
         ("hub RSS per connection KB",
          fmt(started and (connected["rss_kb"] - started["rss_kb"]) / c["clients"], 1)),
         ("hub open fds, all connected", f"{connected['fds']:,}"),
@@ -555,16 +570,17 @@ if fill and drain:
     print("## Backlog\n")
     print(f"{f['published']:,} messages of {f['payload_bytes']} bytes published at QoS 1 (1 publisher, "
           f"window {f['window']}) to a module that is not connected, then drained by it.\n")
-    print("| phase | messages | msgs/s | hub CPU s | hub CPU us/msg | peak RSS MB | median RSS MB | RSS at the end MB | store on disk MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| phase | messages | msgs/s | hub CPU s | hub CPU us/msg | peak RSS MB | median RSS MB | RSS at the end MB | store on disk MB | store epochs |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    store = lambda r: f"{r['store_bytes'] / 1e6:.1f} | {r['store_epochs']}"
     print(f"| fill | {f['published']:,} taken | {fmt(f['published_per_s'])} | {fill['cpu_s']:.2f} | "
           f"{fmt(fill['cpu_s'] * 1e6 / f['published'] if f['published'] else None, 1)} | {mb(fill['hwm_kb']):.1f} | "
-          f"{fmt(mb(fill['rss_samples']['median_kb']), 1)} | {mb(fill['rss_kb']):.1f} | {fill['store_bytes'] / 1e6:.1f} |")
+          f"{fmt(mb(fill['rss_samples']['median_kb']), 1)} | {mb(fill['rss_kb']):.1f} | {store(fill)} |")
     if rest:
-        print(f"| at rest | {f['published']:,} queued | - | - | - | - | - | {mb(rest['rss_kb']):.1f} | {rest['store_bytes'] / 1e6:.1f} |")
+        print(f"| at rest | {f['published']:,} queued | - | - | - | - | - | {mb(rest['rss_kb']):.1f} | {store(rest)} |")
     print(f"| drain | {d['delivered']:,} / {d['expected_deliveries']:,} delivered | {fmt(d['delivered_per_s'])} | "
           f"{drain['cpu_s']:.2f} | {fmt(per_msg_us(drain), 1)} | {mb(drain['hwm_kb']):.1f} | "
-          f"{fmt(mb(drain['rss_samples']['median_kb']), 1)} | {mb(drain['rss_kb']):.1f} | {drain['store_bytes'] / 1e6:.1f} |")
+          f"{fmt(mb(drain['rss_samples']['median_kb']), 1)} | {mb(drain['rss_kb']):.1f} | {store(drain)} |")
     print(f"\nDrain: lost {d['lost']}, duplicates {d['duplicates']}, reordered {d['reordered']}, "
           f"stale {d['stale']}, foreign {d['foreign']}, timed out {d['timed_out']}, errors {len(d['errors'])}; "
           f"time from the publish to the delivery p50 {d['p50_us'] / 1e6:.1f} s, max {d['max_us'] / 1e6:.1f} s "
