@@ -368,3 +368,9 @@ if [ -n "$BENCHMARKS_MD" ]; then
     "$CHART" splice "$BENCHMARKS_MD" --block "$WORK/block.md"
     log "replaced the compare.sh block of $BENCHMARKS_MD"
 fi
+
+# With SCALE=1, the scale scenarios of issue 6 as well (benches/scale.sh, with its own settings;
+# SCALE_SCENARIOS picks some of them), on the binaries built above.
+if [ "${SCALE:-0}" = 1 ]; then
+    SCENARIOS=${SCALE_SCENARIOS:-} TIMEOUT=3600 BUILD=0 CARGO_TARGET_DIR=$TARGET benches/scale.sh
+fi

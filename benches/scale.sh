@@ -419,6 +419,8 @@ fi
 mkdir -p benches/results
 stamp=$(date -u +%Y-%m-%dT%H%M)
 out=benches/results/scale-$stamp.md
+# Two runs in one minute: the seconds too, rather than overwrite.
+if [ -e "$out" ]; then out=benches/results/scale-$(date -u +%Y-%m-%dT%H%M%S).md; fi
 COMMIT=$COMMIT BUILT=$built DIRTY=$dirty \
     CONNECTIONS=$CONNECTIONS BACKLOG=$BACKLOG ROUTES=$ROUTES SIZE=$SIZE WINDOW=$WINDOW \
     LIGHT_RATE=$LIGHT_RATE LIGHT_SECONDS=$LIGHT_SECONDS CONNECT_CONCURRENCY=$CONNECT_CONCURRENCY \
