@@ -39,6 +39,49 @@ pub(crate) enum OpenFailure {
 /// How long an open waits for a file lock that a just-closed handle still holds.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
+/// A sled database and its log file, which [`flush`](Durable::flush) syncs itself.
+///
+/// sled 0.34.7 "flushes" with `sync_file_range(2)`, which writes dirty pages but neither the
+/// file's metadata nor the device's write cache: a write it covered can be lost in a power cut
+/// or a kernel crash. `fdatasync` on the log after sled's flush closes that gap.
+#[derive(Debug)]
+struct Durable {
+    db: sled::Db,
+    log: std::fs::File,
+}
+
+impl Durable {
+    fn open(path: &Path, cache_bytes: u64, lock_wait: Duration) -> Result<Self, OpenFailure> {
+        let created = !path.join(LOG_FILE).exists();
+        let db = open_db(path, cache_bytes, lock_wait)?;
+        let io = |e: std::io::Error| OpenFailure::Backend(BackendError::from(sled::Error::Io(e)));
+        let log = std::fs::File::open(path.join(LOG_FILE)).map_err(io)?;
+        if created {
+            // The new directory and its files must survive a power cut too.
+            sync_dir(path).map_err(io)?;
+            if let Some(parent) = path.parent() {
+                sync_dir(parent).map_err(io)?;
+            }
+        }
+        Ok(Self { db, log })
+    }
+
+    /// Makes everything written so far durable: sled's flush, then `fdatasync` of its log.
+    fn flush(&self) -> Result<(), BackendError> {
+        self.db.flush()?;
+        self.log
+            .sync_data()
+            .map_err(|e| BackendError::from(sled::Error::Io(e)))
+    }
+}
+
+/// The file in which sled 0.34.7 keeps its log, in the database's directory.
+const LOG_FILE: &str = "db";
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
 fn open_db(path: &Path, cache_bytes: u64, lock_wait: Duration) -> Result<sled::Db, OpenFailure> {
     let config = sled::Config::new()
         .path(path)
@@ -105,18 +148,18 @@ pub(crate) struct SegmentWrite<'a> {
 /// the `Arc`s of the epoch table, so that a sealed epoch can be closed and reopened.
 #[derive(Debug)]
 pub(crate) struct EpochDb {
-    db: sled::Db,
+    durable: Durable,
 }
 
 impl EpochDb {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, OpenFailure> {
-        open_db(path, cache_bytes, LOCK_WAIT).map(|db| Self { db })
+        Durable::open(path, cache_bytes, LOCK_WAIT).map(|durable| Self { durable })
     }
 
     /// Like [`open`](Self::open), but fails at once with [`OpenFailure::Locked`] if the file
     /// lock is still held (the writer retries later instead of waiting).
     pub fn try_open(path: &Path, cache_bytes: u64) -> Result<Self, OpenFailure> {
-        open_db(path, cache_bytes, Duration::ZERO).map(|db| Self { db })
+        Durable::open(path, cache_bytes, Duration::ZERO).map(|durable| Self { durable })
     }
 
     /// Writes segments, each one's data parts before its summary; not durable before
@@ -131,25 +174,25 @@ impl EpochDb {
         for seg in segments {
             for (part, chunk) in seg.data.chunks(PART_BYTES).enumerate() {
                 let part = u16::try_from(part).expect("segments are far smaller than 65,536 parts");
-                self.db.insert(data_key(seg.segno, part), chunk)?;
+                self.durable.db.insert(data_key(seg.segno, part), chunk)?;
             }
-            self.db
+            self.durable
+                .db
                 .insert(summary_key(seg.segno), seg.summary.as_slice())?;
         }
         Ok(())
     }
 
-    /// Makes everything written so far durable (fsync).
+    /// Makes everything written so far durable (sled's flush, then `fdatasync`).
     pub fn flush(&self) -> Result<(), BackendError> {
-        self.db.flush()?;
-        Ok(())
+        self.durable.flush()
     }
 
     /// The data of segment `segno`, or `None` if it is not there.
     pub fn read(&self, segno: u64) -> Result<Option<Bytes>, BackendError> {
         let first = data_key(segno, 0);
         let end = data_key(segno, u16::MAX);
-        let mut parts = self.db.range(first..=end);
+        let mut parts = self.durable.db.range(first..=end);
         let Some(head) = parts.next().transpose()? else {
             return Ok(None);
         };
@@ -168,7 +211,7 @@ impl EpochDb {
 
     /// Every segment summary, in segment order.
     pub fn summaries(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), BackendError>> + '_ {
-        self.db.scan_prefix(b"s").map(|item| {
+        self.durable.db.scan_prefix(b"s").map(|item| {
             let (key, value) = item?;
             let segno = be_u64(&key[1..]).unwrap_or(u64::MAX);
             Ok((segno, value))
@@ -189,7 +232,7 @@ pub(crate) struct MetaContents {
 /// The small records: endpoints, checkpoints, reserved sequence numbers.
 #[derive(Debug)]
 pub(crate) struct MetaDb {
-    db: sled::Db,
+    durable: Durable,
 }
 
 fn checkpoint_key(endpoint: u32, priority: u32) -> [u8; 9] {
@@ -208,19 +251,19 @@ fn endpoint_key(name: &str) -> Vec<u8> {
 
 impl MetaDb {
     pub fn open(path: &Path) -> Result<Self, OpenFailure> {
-        open_db(path, 1 << 20, LOCK_WAIT).map(|db| Self { db })
+        Durable::open(path, 1 << 20, LOCK_WAIT).map(|durable| Self { durable })
     }
 
     pub fn load(&self) -> Result<MetaContents, BackendError> {
         let mut contents = MetaContents::default();
-        for item in self.db.scan_prefix(b"e") {
+        for item in self.durable.db.scan_prefix(b"e") {
             let (key, value) = item?;
             let name = String::from_utf8_lossy(&key[1..]).into_owned();
             if let Some(num) = be_u32(&value) {
                 contents.endpoints.push((name, num));
             }
         }
-        for item in self.db.scan_prefix(b"c") {
+        for item in self.durable.db.scan_prefix(b"c") {
             let (key, value) = item?;
             if let (Some(endpoint), Some(priority), Some(seq)) =
                 (be_u32(&key[1..5]), be_u32(&key[5..]), be_u64(&value))
@@ -228,8 +271,18 @@ impl MetaDb {
                 contents.checkpoints.push((endpoint, priority, seq));
             }
         }
-        contents.next_endpoint = self.db.get(b"n")?.and_then(|v| be_u32(&v)).unwrap_or(0);
-        contents.seq_reserved = self.db.get(b"q")?.and_then(|v| be_u64(&v)).unwrap_or(0);
+        contents.next_endpoint = self
+            .durable
+            .db
+            .get(b"n")?
+            .and_then(|v| be_u32(&v))
+            .unwrap_or(0);
+        contents.seq_reserved = self
+            .durable
+            .db
+            .get(b"q")?
+            .and_then(|v| be_u64(&v))
+            .unwrap_or(0);
         Ok(contents)
     }
 
@@ -238,7 +291,7 @@ impl MetaDb {
         let mut batch = sled::Batch::default();
         batch.insert(endpoint_key(name), &num.to_be_bytes());
         batch.insert(b"n", &(num + 1).to_be_bytes());
-        self.db.apply_batch(batch)?;
+        self.durable.db.apply_batch(batch)?;
         self.flush()
     }
 
@@ -246,10 +299,10 @@ impl MetaDb {
     pub fn remove_endpoint(&self, name: &str, num: u32) -> Result<(), BackendError> {
         let mut batch = sled::Batch::default();
         batch.remove(endpoint_key(name));
-        for item in self.db.scan_prefix(&checkpoint_key(num, 0)[..5]) {
+        for item in self.durable.db.scan_prefix(&checkpoint_key(num, 0)[..5]) {
             batch.remove(item?.0);
         }
-        self.db.apply_batch(batch)?;
+        self.durable.db.apply_batch(batch)?;
         self.flush()
     }
 
@@ -259,19 +312,18 @@ impl MetaDb {
         for &(endpoint, priority, seq) in checkpoints {
             batch.insert(&checkpoint_key(endpoint, priority), &seq.to_be_bytes());
         }
-        self.db.apply_batch(batch)?;
+        self.durable.db.apply_batch(batch)?;
         Ok(())
     }
 
     /// Records that sequence numbers up to `upto` may be in use, and flushes.
     pub fn reserve_seq(&self, upto: u64) -> Result<(), BackendError> {
-        self.db.insert(b"q", &upto.to_be_bytes())?;
+        self.durable.db.insert(b"q", &upto.to_be_bytes())?;
         self.flush()
     }
 
     pub fn flush(&self) -> Result<(), BackendError> {
-        self.db.flush()?;
-        Ok(())
+        self.durable.flush()
     }
 }
 
