@@ -9,7 +9,7 @@
 //! <dir>/quarantine/           databases that could not be opened, moved aside, never deleted
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -128,72 +128,231 @@ impl Layout {
     }
 }
 
-/// The epochs readers may read from, shared between the writer (which adds, reopens and
+/// The epochs readers may read from, shared between the writer (which adds, closes and
 /// removes) and the readers (which read a segment they hold a reference to).
 ///
-/// Readers never keep a database handle: they read under the table's read lock. So when the
-/// table holds the only handle (no sync job in flight), the writer can close and reopen a
-/// sealed epoch, which frees the memory sled keeps for everything written to it.
-#[derive(Debug, Default)]
-pub(crate) struct EpochTable(RwLock<BTreeMap<u64, Arc<EpochDb>>>);
-
-/// Outcome of [`EpochTable::reopen`].
+/// Only the current epoch and a few sealed ones are open at a time: an open sled database
+/// keeps megabytes in memory, and a backlog may span hundreds of epochs. The writer closes an
+/// epoch when it seals it; a reader opens a closed epoch when it needs one of its segments,
+/// closing the sealed epoch opened longest ago beyond [`OPEN_FOR_READERS`]. Readers never keep
+/// a database handle beyond one read, so the table usually holds the only handle of a
+/// sealed epoch and can close it.
 #[derive(Debug)]
-pub(crate) enum Reopen {
-    Done,
-    /// Someone else holds a handle; try again later.
-    Busy,
-    /// Closed, but could not be opened again; readers wait until a later attempt succeeds.
-    Failed(OpenFailure),
+pub(crate) struct EpochTable {
+    table: RwLock<Table>,
+    layout: Layout,
+    cache_bytes: u64,
+}
+
+/// Sealed epochs kept open for readers at most (beyond those a handle still holds).
+pub(crate) const OPEN_FOR_READERS: usize = 4;
+
+#[derive(Debug, Default)]
+struct Table {
+    open: BTreeMap<u64, Arc<EpochDb>>,
+    /// Epochs on disk that are not open.
+    closed: BTreeSet<u64>,
+    /// Epochs opened by readers, the longest open first.
+    opened_for_readers: VecDeque<u64>,
+}
+
+impl Table {
+    /// Closes epoch `id` if the table holds its only handle; `true` if it is not open now.
+    fn close(&mut self, id: u64) -> bool {
+        match self.open.get(&id) {
+            Some(db) if Arc::strong_count(db) == 1 => {
+                // Dropping the last handle closes the database (its file lock goes a moment
+                // later).
+                self.open.remove(&id);
+                self.closed.insert(id);
+                self.opened_for_readers.retain(|&r| r != id);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// Closes the epochs readers opened longest ago until fewer than the limit are open
+    /// (skipping those still in use).
+    fn make_room_for_readers(&mut self) {
+        let mut in_use = Vec::new();
+        while self.opened_for_readers.len() + in_use.len() >= OPEN_FOR_READERS {
+            let Some(oldest) = self.opened_for_readers.pop_front() else {
+                break;
+            };
+            if !self.close(oldest) {
+                in_use.push(oldest);
+            }
+        }
+        for id in in_use.into_iter().rev() {
+            self.opened_for_readers.push_front(id);
+        }
+    }
 }
 
 impl EpochTable {
-    /// Runs `f` on epoch `id`'s database, or returns `None` if it is not open.
-    pub fn with<R>(&self, id: u64, f: impl FnOnce(&EpochDb) -> R) -> Option<R> {
-        let table = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        table.get(&id).map(|db| f(db))
+    /// An empty table for the epochs of `layout`, opened with `cache_bytes` of sled cache.
+    pub fn new(layout: Layout, cache_bytes: u64) -> Self {
+        Self {
+            table: RwLock::default(),
+            layout,
+            cache_bytes,
+        }
     }
 
+    /// Runs `f` on epoch `id`'s database, opening it if it is closed; `None` if it is not on
+    /// disk or cannot be opened right now (a handle closed a moment ago still holds its file
+    /// lock: the reader tries again).
+    pub fn with<R>(&self, id: u64, f: impl FnOnce(&EpochDb) -> R) -> Option<R> {
+        {
+            let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(db) = table.open.get(&id) {
+                return Some(f(db));
+            }
+            if !table.closed.contains(&id) {
+                return None;
+            }
+        }
+        let db = {
+            let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some(db) = table.open.get(&id) {
+                Arc::clone(db)
+            } else {
+                if !table.closed.contains(&id) {
+                    return None;
+                }
+                table.make_room_for_readers();
+                let db = match EpochDb::try_open(&self.layout.epoch_dir(id), self.cache_bytes) {
+                    Ok(db) => Arc::new(db),
+                    Err(OpenFailure::Locked) => return None,
+                    Err(e) => {
+                        tracing::error!(epoch = id, error = %e, "a sealed epoch could not be opened; its readers wait, retrying");
+                        return None;
+                    }
+                };
+                table.closed.remove(&id);
+                table.open.insert(id, Arc::clone(&db));
+                table.opened_for_readers.push_back(id);
+                db
+            }
+        };
+        Some(f(&db))
+    }
+
+    /// Adds an open epoch (the one being written).
     pub fn insert(&self, id: u64, db: EpochDb) -> Arc<EpochDb> {
         let db = Arc::new(db);
-        self.0
+        self.table
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+            .open
             .insert(id, Arc::clone(&db));
         db
     }
 
-    pub fn remove(&self, id: u64) -> Option<Arc<EpochDb>> {
-        self.0
+    /// Adds an epoch on disk without opening it.
+    pub fn insert_closed(&self, id: u64) {
+        self.table
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id)
+            .closed
+            .insert(id);
     }
 
-    /// Closes epoch `id` and opens it again with `open`, if nobody else holds a handle.
-    pub fn reopen(&self, id: u64, open: impl FnOnce() -> Result<EpochDb, OpenFailure>) -> Reopen {
-        let mut table = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        match table.get(&id) {
-            Some(db) if Arc::strong_count(db) == 1 => {}
-            Some(_) => return Reopen::Busy,
-            // Closed by an earlier attempt whose open failed: try again.
-            None => {}
-        }
-        // Dropping the last handle closes the database (its file lock goes a moment later).
-        table.remove(&id);
-        match open() {
-            Ok(db) => {
-                table.insert(id, Arc::new(db));
-                Reopen::Done
-            }
-            Err(e) => Reopen::Failed(e),
-        }
+    /// Forgets epoch `id` (closing it when the last handle goes).
+    pub fn remove(&self, id: u64) {
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        table.open.remove(&id);
+        table.closed.remove(&id);
+        table.opened_for_readers.retain(|&r| r != id);
+    }
+
+    /// Closes a sealed epoch if nobody else holds a handle; `false` if somebody does (a sync
+    /// job in flight, a read): try again later.
+    pub fn close(&self, id: u64) -> bool {
+        self.table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .close(id)
+    }
+
+    /// How many epochs are open.
+    #[cfg(test)]
+    pub fn open_count(&self) -> usize {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open
+            .len()
     }
 
     pub fn clear(&self) {
-        self.0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        table.open.clear();
+        table.closed.clear();
+        table.opened_for_readers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table over `epochs` empty epoch databases created on disk, all closed.
+    fn table_of(dir: &Path, epochs: u64) -> EpochTable {
+        let layout = Layout::new(dir);
+        layout.prepare().expect("layout");
+        let table = EpochTable::new(layout.clone(), 1 << 20);
+        for id in 1..=epochs {
+            drop(EpochDb::open(&layout.epoch_dir(id), 1 << 20).expect("create"));
+            table.insert_closed(id);
+        }
+        table
+    }
+
+    /// Reads epoch `id`, retrying while a handle closed a moment ago still holds its lock.
+    fn read(table: &EpochTable, id: u64) -> bool {
+        for _ in 0..500 {
+            if let Some(found) = table.with(id, |db| db.read(0).expect("read").is_none()) {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("epoch {id} never opened");
+    }
+
+    #[test]
+    fn readers_open_sealed_epochs_lazily_and_keep_few_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = table_of(dir.path(), 8);
+        assert_eq!(table.open_count(), 0, "nothing is open before a read");
+        for id in 1..=8 {
+            assert!(read(&table, id));
+            assert!(table.open_count() <= OPEN_FOR_READERS);
+        }
+        // Going back to an epoch closed meanwhile opens it again.
+        assert!(read(&table, 1));
+        assert!(
+            table.with(99, |_| ()).is_none(),
+            "an unknown epoch is not opened"
+        );
+    }
+
+    #[test]
+    fn an_epoch_in_use_is_not_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        layout.prepare().expect("layout");
+        let table = EpochTable::new(layout.clone(), 1 << 20);
+        let held = table.insert(
+            1,
+            EpochDb::open(&layout.epoch_dir(1), 1 << 20).expect("open"),
+        );
+        assert!(!table.close(1), "a handle is held");
+        drop(held);
+        assert!(table.close(1));
+        assert_eq!(table.open_count(), 0);
+        assert!(read(&table, 1), "a closed epoch opens again for a reader");
     }
 }

@@ -227,7 +227,9 @@ pub(crate) fn recover(
                     });
             }
         }
-        table.insert(id, db);
+        // Opened again when a reader needs it: a long backlog must not keep every epoch open.
+        drop(db);
+        table.insert_closed(id);
         epochs.push_back(token);
     }
     report.epochs = epochs.len();

@@ -54,7 +54,7 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Self, OpenError> {
         config.validate()?;
         let layout = Layout::new(&config.dir);
-        let epochs = EpochTable::default();
+        let epochs = EpochTable::new(layout.clone(), config.epoch_cache_bytes);
         let recovered = recover(
             &layout,
             config.epoch_cache_bytes,

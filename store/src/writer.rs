@@ -15,10 +15,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::backend::{EpochDb, MetaDb, OpenFailure, SegmentWrite};
+use crate::backend::{EpochDb, MetaDb, SegmentWrite};
 use crate::config::Durability;
 use crate::endpoint::Endpoint;
-use crate::epoch::{EpochToken, Layout, Reopen};
+use crate::epoch::{EpochToken, Layout};
 use crate::error::{BackendError, EnqueueError, OpenError, StoreError};
 use crate::queue::{Dropped, SegRef};
 use crate::recovery::Recovered;
@@ -96,8 +96,8 @@ pub(crate) struct Writer {
     seq_reserved: u64,
     next_endpoint: u32,
     syncer: Option<(Sender<SyncJob>, JoinHandle<()>)>,
-    /// Sealed epochs still to be closed and reopened (see `reopen_sealed`).
-    to_reopen: Vec<u64>,
+    /// Sealed epochs still to be closed (see `close_sealed`).
+    to_close: Vec<u64>,
     /// Live bytes of small sealed epochs, and since when they have not shrunk (compaction).
     stalled: HashMap<u64, (u64, Instant)>,
     builder: SegmentBuilder,
@@ -176,7 +176,7 @@ impl Writer {
             seq_reserved,
             next_endpoint,
             syncer,
-            to_reopen: Vec::new(),
+            to_close: Vec::new(),
             stalled: HashMap::new(),
             builder: SegmentBuilder::default(),
             targets: Vec::new(),
@@ -425,30 +425,18 @@ impl Writer {
             },
         );
         self.unflushed = false;
-        self.to_reopen.push(sealed.id);
+        self.to_close.push(sealed.id);
         drop(sealed);
-        self.reopen_sealed();
+        self.close_sealed();
     }
 
-    /// Closes and reopens sealed epochs: sled keeps in memory much of what was written to a
-    /// database until it is closed, so this is what keeps memory flat while epochs are written.
-    fn reopen_sealed(&mut self) {
-        let cache = self.shared.config.epoch_cache_bytes;
+    /// Closes sealed epochs: sled keeps in memory much of what was written to a database until
+    /// it is closed, so this is what keeps memory flat while epochs are written. Readers open
+    /// them again when they get to them (`EpochTable::with`).
+    fn close_sealed(&mut self) {
         let epochs = &self.shared.epochs;
-        let layout = &self.layout;
-        self.to_reopen.retain(|&id| {
-            match epochs.reopen(id, || EpochDb::try_open(&layout.epoch_dir(id), cache)) {
-                Reopen::Done => false,
-                Reopen::Busy => true,
-                // sled's I/O threads still hold the file lock of the handle just closed: the
-                // epoch's readers wait until the next checkpoint tick tries again.
-                Reopen::Failed(OpenFailure::Locked) => true,
-                Reopen::Failed(e) => {
-                    tracing::error!(epoch = id, error = %e, "a sealed epoch could not be reopened; its readers wait, retrying");
-                    true
-                }
-            }
-        });
+        // Still held (a sync job in flight, a read): the next checkpoint tick tries again.
+        self.to_close.retain(|&id| !epochs.close(id));
     }
 
     fn timers(&mut self) {
@@ -464,7 +452,7 @@ impl Writer {
             self.last_flush = now;
         }
         if now >= self.next_checkpoint {
-            self.reopen_sealed();
+            self.close_sealed();
             self.save_checkpoints();
             // Cheap (a reference count per epoch), and frees disk and memory soon after the
             // readers are done with an epoch.

@@ -55,7 +55,7 @@ impl Writer {
             // Remember the checkpoints that released it before its data goes.
             self.save_checkpoints();
             self.shared.epochs.remove(id);
-            self.to_reopen.retain(|&r| r != id);
+            self.to_close.retain(|&r| r != id);
             match self.layout.delete_epoch(id) {
                 Ok(()) => tracing::debug!(epoch = id, "consumed epoch deleted"),
                 Err(e) => {
