@@ -24,7 +24,7 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::{Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, FramedParts};
 
 use super::auth::{Credentials, Identity};
 use super::session::{Burst, Link, Outbound};
@@ -37,6 +37,8 @@ use crate::stored;
 pub const MAX_PACKET: usize = 256 * 1024 + 16 * 1024;
 /// The largest routed message (body plus property keys and values), as IoT Hub.
 pub const MAX_MESSAGE: usize = 256 * 1024;
+/// Initial capacity of a connection's read and write buffers.
+const INITIAL_BUFFER: usize = 1024;
 /// Inbound QoS 1 messages awaiting durability before the socket stops being read.
 pub const INBOUND_WINDOW: usize = 64;
 /// Capacity of a connection's outbox, in bursts; also the number of messages from which the
@@ -70,7 +72,12 @@ where
         max_incoming_size: MAX_PACKET,
         max_outgoing_size: MAX_PACKET,
     };
-    let mut framed = Framed::new(stream, codec);
+    // Small buffers to start with (tokio-util's default is 8 KiB each way): most connections of
+    // a large fleet are idle, and a buffer grows when a bigger packet or burst needs it.
+    let mut parts = FramedParts::new::<Packet>(stream, codec);
+    parts.read_buf = bytes::BytesMut::with_capacity(INITIAL_BUFFER);
+    parts.write_buf = bytes::BytesMut::with_capacity(INITIAL_BUFFER);
+    let mut framed = Framed::from_parts(parts);
     let connect = match tokio::time::timeout(shared.connect_timeout, framed.next()).await {
         Ok(Some(Ok(Packet::Connect(connect)))) => connect,
         Ok(Some(Ok(other))) => {
