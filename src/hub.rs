@@ -449,12 +449,16 @@ async fn accept(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (tls, shared) = (tls.clone(), Arc::clone(&shared));
+                    // The serving future and the TLS handshake are boxed: a task is as large as
+                    // the largest future it may hold, and the TLS ones would make every plain
+                    // connection's task 10 KiB (memory per connection counts with 10,000).
                     connections.spawn(async move {
                         let Some(acceptor) = tls else {
-                            return connection::serve(stream, shared).await;
+                            return Box::pin(connection::serve(stream, shared)).await;
                         };
-                        match tokio::time::timeout(shared.connect_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => connection::serve(stream, shared).await,
+                        let handshake = Box::pin(acceptor.accept(stream));
+                        match tokio::time::timeout(shared.connect_timeout, handshake).await {
+                            Ok(Ok(stream)) => Box::pin(connection::serve(stream, shared)).await,
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }

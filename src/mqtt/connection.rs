@@ -167,7 +167,8 @@ where
     if let Some(will) = connect.last_will
         && matches!(close, Close::Client | Close::Violation(_))
     {
-        connection.publish_will(will).await;
+        // Boxed: rare, and its future (routing, storing) would enlarge every connection's.
+        Box::pin(connection.publish_will(will)).await;
     }
     match close {
         Close::Disconnected => tracing::info!(%client_id, "client disconnected"),
@@ -206,6 +207,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut last_heard = tokio::time::Instant::now();
         let keep_alive = tokio::time::sleep(self.keep_alive);
         tokio::pin!(keep_alive);
+        // Likewise one future for the token's expiry, not a new timer at every turn.
+        let expiry = sleep_until(self.expires);
+        tokio::pin!(expiry);
         loop {
             let reading = self.pending_acks.len() < INBOUND_WINDOW;
             let sending = self.in_flight.len() < MAX_IN_FLIGHT;
@@ -251,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     keep_alive.as_mut().reset(deadline);
                 }
                 _ = close.changed() => return Close::TakenOver,
-                () = sleep_until(self.expires) => {
+                () = &mut expiry => {
                     return Close::Violation("the SAS token expired".to_owned());
                 }
             }
