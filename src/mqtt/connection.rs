@@ -7,13 +7,13 @@
 //! (backpressure reaches the client). Outbound messages come from the delivery pumps through
 //! the bounded outbox of the session's [`Link`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use router::message::system;
 use router::{Message, Ttl as RouteTtl};
@@ -48,7 +48,28 @@ pub const OUTBOX: usize = 64;
 /// run out at 65,535, and a last gathered write may add up to `OUTBOX` plus a burst.
 const MAX_IN_FLIGHT: usize = u16::MAX as usize - 256;
 
-type PendingAck = Pin<Box<dyn Future<Output = (u16, Result<(), store::EnqueueError>)> + Send>>;
+/// An inbound QoS 1 publish waiting for its PUBACK: its packet id and, when it was routed,
+/// the store's ticket.
+type PendingAck = (u16, Option<store::Ticket>);
+
+/// Waits until the oldest pending publish is durable (or failed) and takes it out. Tickets
+/// complete in the order their messages were stored, so only the oldest needs a waker.
+/// Pending forever while none waits.
+fn oldest_settled(
+    pending: &mut VecDeque<PendingAck>,
+) -> impl Future<Output = (u16, Result<(), store::EnqueueError>)> + '_ {
+    std::future::poll_fn(move |cx| {
+        let Some((_, ticket)) = pending.front_mut() else {
+            return Poll::Pending;
+        };
+        let result = match ticket {
+            None => Ok(()),
+            Some(ticket) => std::task::ready!(Pin::new(ticket).poll(cx)),
+        };
+        let (pkid, _) = pending.pop_front().expect("the front was just seen");
+        Poll::Ready((pkid, result))
+    })
+}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -148,7 +169,7 @@ where
         shared: Arc::clone(&shared),
         identity,
         keep_alive,
-        pending_acks: FuturesOrdered::new(),
+        pending_acks: VecDeque::with_capacity(INBOUND_WINDOW),
         in_flight: HashMap::new(),
         next_pkid: 1,
         expires: valid_until.map(|until| {
@@ -184,7 +205,7 @@ struct Connection<S> {
     identity: Identity,
     keep_alive: Duration,
     /// Inbound QoS 1 publishes awaiting durability, in arrival order.
-    pending_acks: FuturesOrdered<PendingAck>,
+    pending_acks: VecDeque<PendingAck>,
     /// Outbound QoS 1 publishes awaiting the client's PUBACK.
     in_flight: HashMap<u16, oneshot::Sender<()>>,
     next_pkid: u16,
@@ -225,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         return close;
                     }
                 }
-                Some(first) = self.pending_acks.next() => {
+                first = oldest_settled(&mut self.pending_acks) => {
                     if let Err(close) = self.acknowledge(first).await {
                         return close;
                     }
@@ -282,7 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 .feed(Packet::PubAck(PubAck::new(pkid)))
                 .await
                 .map_err(|_| Close::Client)?;
-            next = self.pending_acks.next().now_or_never().flatten();
+            next = oldest_settled(&mut self.pending_acks).now_or_never();
         }
         self.framed.flush().await.map_err(|_| Close::Client)
     }
@@ -430,12 +451,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
         };
         if publish.qos == QoS::AtLeastOnce {
-            let pkid = publish.pkid;
-            let pending: PendingAck = match ticket {
-                Some(ticket) => Box::pin(async move { (pkid, ticket.await) }),
-                None => Box::pin(async move { (pkid, Ok(())) }),
-            };
-            self.pending_acks.push_back(pending);
+            self.pending_acks.push_back((publish.pkid, ticket));
         }
         Ok(())
     }
