@@ -152,6 +152,10 @@ pub(crate) struct EpochDb {
 }
 
 impl EpochDb {
+    fn db(&self) -> &sled::Db {
+        &self.durable.db
+    }
+
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, OpenFailure> {
         Durable::open(path, cache_bytes, LOCK_WAIT).map(|durable| Self { durable })
     }
@@ -174,7 +178,7 @@ impl EpochDb {
         for seg in segments {
             for (part, chunk) in seg.data.chunks(PART_BYTES).enumerate() {
                 let part = u16::try_from(part).expect("segments are far smaller than 65,536 parts");
-                self.durable.db.insert(data_key(seg.segno, part), chunk)?;
+                self.db().insert(data_key(seg.segno, part), chunk)?;
             }
             self.durable
                 .db
@@ -192,7 +196,7 @@ impl EpochDb {
     pub fn read(&self, segno: u64) -> Result<Option<Bytes>, BackendError> {
         let first = data_key(segno, 0);
         let end = data_key(segno, u16::MAX);
-        let mut parts = self.durable.db.range(first..=end);
+        let mut parts = self.db().range(first..=end);
         let Some(head) = parts.next().transpose()? else {
             return Ok(None);
         };
@@ -211,7 +215,7 @@ impl EpochDb {
 
     /// Every segment summary, in segment order.
     pub fn summaries(&self) -> impl Iterator<Item = Result<(u64, sled::IVec), BackendError>> + '_ {
-        self.durable.db.scan_prefix(b"s").map(|item| {
+        self.db().scan_prefix(b"s").map(|item| {
             let (key, value) = item?;
             let segno = be_u64(&key[1..]).unwrap_or(u64::MAX);
             Ok((segno, value))
@@ -250,20 +254,24 @@ fn endpoint_key(name: &str) -> Vec<u8> {
 }
 
 impl MetaDb {
+    fn db(&self) -> &sled::Db {
+        &self.durable.db
+    }
+
     pub fn open(path: &Path) -> Result<Self, OpenFailure> {
         Durable::open(path, 1 << 20, LOCK_WAIT).map(|durable| Self { durable })
     }
 
     pub fn load(&self) -> Result<MetaContents, BackendError> {
         let mut contents = MetaContents::default();
-        for item in self.durable.db.scan_prefix(b"e") {
+        for item in self.db().scan_prefix(b"e") {
             let (key, value) = item?;
             let name = String::from_utf8_lossy(&key[1..]).into_owned();
             if let Some(num) = be_u32(&value) {
                 contents.endpoints.push((name, num));
             }
         }
-        for item in self.durable.db.scan_prefix(b"c") {
+        for item in self.db().scan_prefix(b"c") {
             let (key, value) = item?;
             if let (Some(endpoint), Some(priority), Some(seq)) =
                 (be_u32(&key[1..5]), be_u32(&key[5..]), be_u64(&value))
@@ -271,18 +279,8 @@ impl MetaDb {
                 contents.checkpoints.push((endpoint, priority, seq));
             }
         }
-        contents.next_endpoint = self
-            .durable
-            .db
-            .get(b"n")?
-            .and_then(|v| be_u32(&v))
-            .unwrap_or(0);
-        contents.seq_reserved = self
-            .durable
-            .db
-            .get(b"q")?
-            .and_then(|v| be_u64(&v))
-            .unwrap_or(0);
+        contents.next_endpoint = self.db().get(b"n")?.and_then(|v| be_u32(&v)).unwrap_or(0);
+        contents.seq_reserved = self.db().get(b"q")?.and_then(|v| be_u64(&v)).unwrap_or(0);
         Ok(contents)
     }
 
@@ -291,7 +289,7 @@ impl MetaDb {
         let mut batch = sled::Batch::default();
         batch.insert(endpoint_key(name), &num.to_be_bytes());
         batch.insert(b"n", &(num + 1).to_be_bytes());
-        self.durable.db.apply_batch(batch)?;
+        self.db().apply_batch(batch)?;
         self.flush()
     }
 
@@ -299,10 +297,10 @@ impl MetaDb {
     pub fn remove_endpoint(&self, name: &str, num: u32) -> Result<(), BackendError> {
         let mut batch = sled::Batch::default();
         batch.remove(endpoint_key(name));
-        for item in self.durable.db.scan_prefix(&checkpoint_key(num, 0)[..5]) {
+        for item in self.db().scan_prefix(&checkpoint_key(num, 0)[..5]) {
             batch.remove(item?.0);
         }
-        self.durable.db.apply_batch(batch)?;
+        self.db().apply_batch(batch)?;
         self.flush()
     }
 
@@ -312,13 +310,13 @@ impl MetaDb {
         for &(endpoint, priority, seq) in checkpoints {
             batch.insert(&checkpoint_key(endpoint, priority), &seq.to_be_bytes());
         }
-        self.durable.db.apply_batch(batch)?;
+        self.db().apply_batch(batch)?;
         Ok(())
     }
 
     /// Records that sequence numbers up to `upto` may be in use, and flushes.
     pub fn reserve_seq(&self, upto: u64) -> Result<(), BackendError> {
-        self.durable.db.insert(b"q", &upto.to_be_bytes())?;
+        self.db().insert(b"q", &upto.to_be_bytes())?;
         self.flush()
     }
 
