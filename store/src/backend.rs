@@ -180,8 +180,7 @@ impl EpochDb {
                 let part = u16::try_from(part).expect("segments are far smaller than 65,536 parts");
                 self.db().insert(data_key(seg.segno, part), chunk)?;
             }
-            self.durable
-                .db
+            self.db()
                 .insert(summary_key(seg.segno), seg.summary.as_slice())?;
         }
         Ok(())

@@ -9,10 +9,11 @@
 //! <dir>/quarantine/           databases that could not be opened, moved aside, never deleted
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::backend::{EpochDb, OpenFailure};
@@ -134,38 +135,50 @@ impl Layout {
 /// Only the current epoch and a few sealed ones are open at a time: an open sled database
 /// keeps megabytes in memory, and a backlog may span hundreds of epochs. The writer closes an
 /// epoch when it seals it; a reader opens a closed epoch when it needs one of its segments,
-/// closing the sealed epoch opened longest ago beyond [`OPEN_FOR_READERS`]. Readers never keep
-/// a database handle beyond one read, so the table usually holds the only handle of a
-/// sealed epoch and can close it.
+/// closing the sealed epoch used least recently beyond [`OPEN_FOR_READERS`]. Readers never
+/// keep a database handle beyond one read, so the table usually holds the only handle of a
+/// sealed epoch and can close it. More readers than that, each behind in a different sealed
+/// epoch, make epochs close and open again in turn (slower, not wrong).
 #[derive(Debug)]
 pub(crate) struct EpochTable {
     table: RwLock<Table>,
+    /// Ticks of use, to find the epoch used least recently.
+    clock: AtomicU64,
     layout: Layout,
     cache_bytes: u64,
 }
 
 /// Sealed epochs kept open for readers at most (beyond those a handle still holds).
-pub(crate) const OPEN_FOR_READERS: usize = 4;
+pub(crate) const OPEN_FOR_READERS: usize = 8;
+
+#[derive(Debug)]
+struct Open {
+    db: Arc<EpochDb>,
+    last_used: AtomicU64,
+}
 
 #[derive(Debug, Default)]
 struct Table {
-    open: BTreeMap<u64, Arc<EpochDb>>,
+    open: BTreeMap<u64, Open>,
     /// Epochs on disk that are not open.
     closed: BTreeSet<u64>,
-    /// Epochs opened by readers, the longest open first.
-    opened_for_readers: VecDeque<u64>,
+    /// Epochs opened by readers (the others open are the current one and those the writer
+    /// has yet to close).
+    opened_for_readers: BTreeSet<u64>,
+    /// Epochs whose opening failed for another reason than a held lock, said once each.
+    failed: BTreeSet<u64>,
 }
 
 impl Table {
     /// Closes epoch `id` if the table holds its only handle; `true` if it is not open now.
     fn close(&mut self, id: u64) -> bool {
         match self.open.get(&id) {
-            Some(db) if Arc::strong_count(db) == 1 => {
+            Some(open) if Arc::strong_count(&open.db) == 1 => {
                 // Dropping the last handle closes the database (its file lock goes a moment
                 // later).
                 self.open.remove(&id);
                 self.closed.insert(id);
-                self.opened_for_readers.retain(|&r| r != id);
+                self.opened_for_readers.remove(&id);
                 true
             }
             Some(_) => false,
@@ -173,20 +186,23 @@ impl Table {
         }
     }
 
-    /// Closes the epochs readers opened longest ago until fewer than the limit are open
+    /// Closes the epochs readers used least recently until there is room for one more
     /// (skipping those still in use).
     fn make_room_for_readers(&mut self) {
-        let mut in_use = Vec::new();
-        while self.opened_for_readers.len() + in_use.len() >= OPEN_FOR_READERS {
-            let Some(oldest) = self.opened_for_readers.pop_front() else {
-                break;
-            };
-            if !self.close(oldest) {
-                in_use.push(oldest);
+        while self.opened_for_readers.len() >= OPEN_FOR_READERS {
+            let idle = self
+                .opened_for_readers
+                .iter()
+                .filter_map(|id| self.open.get(id).map(|open| (id, open)))
+                .filter(|(_, open)| Arc::strong_count(&open.db) == 1)
+                .min_by_key(|(_, open)| open.last_used.load(Ordering::Relaxed))
+                .map(|(&id, _)| id);
+            match idle {
+                Some(id) => {
+                    self.close(id);
+                }
+                None => break,
             }
-        }
-        for id in in_use.into_iter().rev() {
-            self.opened_for_readers.push_front(id);
         }
     }
 }
@@ -196,6 +212,7 @@ impl EpochTable {
     pub fn new(layout: Layout, cache_bytes: u64) -> Self {
         Self {
             table: RwLock::default(),
+            clock: AtomicU64::new(0),
             layout,
             cache_bytes,
         }
@@ -203,39 +220,49 @@ impl EpochTable {
 
     /// Runs `f` on epoch `id`'s database, opening it if it is closed; `None` if it is not on
     /// disk or cannot be opened right now (a handle closed a moment ago still holds its file
-    /// lock: the reader tries again).
+    /// lock: the reader tries again later). The database is opened without holding the
+    /// table's lock: replaying its log takes a while.
     pub fn with<R>(&self, id: u64, f: impl FnOnce(&EpochDb) -> R) -> Option<R> {
         {
             let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(db) = table.open.get(&id) {
-                return Some(f(db));
+            if let Some(open) = table.open.get(&id) {
+                open.last_used.store(
+                    self.clock.fetch_add(1, Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                return Some(f(&open.db));
             }
             if !table.closed.contains(&id) {
                 return None;
             }
         }
+        let opened = EpochDb::try_open(&self.layout.epoch_dir(id), self.cache_bytes);
         let db = {
             let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
-            if let Some(db) = table.open.get(&id) {
-                Arc::clone(db)
-            } else {
-                if !table.closed.contains(&id) {
+            let db = match opened {
+                // Removed meanwhile (consumed, deleted): drop the handle.
+                Ok(_) if !table.closed.contains(&id) => return None,
+                Ok(db) => Arc::new(db),
+                Err(OpenFailure::Locked) => return None,
+                Err(e) => {
+                    if table.failed.insert(id) {
+                        tracing::error!(epoch = id, error = %e, "a sealed epoch cannot be opened; its readers wait, retrying");
+                    }
                     return None;
                 }
-                table.make_room_for_readers();
-                let db = match EpochDb::try_open(&self.layout.epoch_dir(id), self.cache_bytes) {
-                    Ok(db) => Arc::new(db),
-                    Err(OpenFailure::Locked) => return None,
-                    Err(e) => {
-                        tracing::error!(epoch = id, error = %e, "a sealed epoch could not be opened; its readers wait, retrying");
-                        return None;
-                    }
-                };
-                table.closed.remove(&id);
-                table.open.insert(id, Arc::clone(&db));
-                table.opened_for_readers.push_back(id);
-                db
-            }
+            };
+            table.make_room_for_readers();
+            table.closed.remove(&id);
+            table.failed.remove(&id);
+            table.open.insert(
+                id,
+                Open {
+                    db: Arc::clone(&db),
+                    last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
+                },
+            );
+            table.opened_for_readers.insert(id);
+            db
         };
         Some(f(&db))
     }
@@ -247,7 +274,13 @@ impl EpochTable {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .open
-            .insert(id, Arc::clone(&db));
+            .insert(
+                id,
+                Open {
+                    db: Arc::clone(&db),
+                    last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
+                },
+            );
         db
     }
 
@@ -265,7 +298,8 @@ impl EpochTable {
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
         table.open.remove(&id);
         table.closed.remove(&id);
-        table.opened_for_readers.retain(|&r| r != id);
+        table.opened_for_readers.remove(&id);
+        table.failed.remove(&id);
     }
 
     /// Closes a sealed epoch if nobody else holds a handle; `false` if somebody does (a sync
@@ -275,6 +309,16 @@ impl EpochTable {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .close(id)
+    }
+
+    /// Whether epoch `id` is open.
+    #[cfg(test)]
+    pub fn is_open(&self, id: u64) -> bool {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open
+            .contains_key(&id)
     }
 
     /// How many epochs are open.
@@ -292,6 +336,7 @@ impl EpochTable {
         table.open.clear();
         table.closed.clear();
         table.opened_for_readers.clear();
+        table.failed.clear();
     }
 }
 
@@ -325,9 +370,9 @@ mod tests {
     #[test]
     fn readers_open_sealed_epochs_lazily_and_keep_few_open() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let table = table_of(dir.path(), 8);
+        let table = table_of(dir.path(), 12);
         assert_eq!(table.open_count(), 0, "nothing is open before a read");
-        for id in 1..=8 {
+        for id in 1..=12 {
             assert!(read(&table, id));
             assert!(table.open_count() <= OPEN_FOR_READERS);
         }
@@ -337,6 +382,21 @@ mod tests {
             table.with(99, |_| ()).is_none(),
             "an unknown epoch is not opened"
         );
+    }
+
+    #[test]
+    fn the_epoch_used_least_recently_is_closed_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let last = OPEN_FOR_READERS as u64 + 1;
+        let table = table_of(dir.path(), last);
+        for id in 1..last {
+            assert!(read(&table, id));
+        }
+        assert!(read(&table, 1), "epoch 1 used again");
+        assert!(read(&table, last));
+        assert!(table.is_open(1), "used recently");
+        assert!(!table.is_open(2), "used least recently");
+        assert_eq!(table.open_count(), OPEN_FOR_READERS);
     }
 
     #[test]

@@ -102,8 +102,8 @@ impl Reader {
     /// entry if any is waiting), highest priority first and in enqueue order within a
     /// priority. Expired entries are skipped, never returned. Empty if nothing is waiting, and
     /// possibly also right after [`ready`](Reader::ready) when what is waiting had expired or
-    /// sits in an epoch being reopened (for at most a checkpoint interval): read again after
-    /// waiting.
+    /// sits in an epoch that cannot be opened at this moment (a handle closed a moment ago
+    /// still holds its file lock): read again after waiting a little.
     ///
     /// # Errors
     ///
@@ -132,7 +132,7 @@ impl Reader {
                 moved = true;
                 let segment = match self.load(epoch, segno) {
                     Ok(Some(segment)) => segment,
-                    // The epoch is being closed and reopened: this queue waits a moment.
+                    // The epoch cannot be opened at this moment: this queue waits a little.
                     Ok(None) => break,
                     Err(reason) => {
                         tracing::error!(endpoint = %endpoint.name, epoch, segno, %reason, "segment unreadable; its entries are dropped");
@@ -245,7 +245,7 @@ impl Reader {
         }
     }
 
-    /// The decoded segment, or `None` while its epoch is being reopened.
+    /// The decoded segment, or `None` while its epoch cannot be opened.
     fn load(&mut self, epoch: u64, segno: u64) -> Result<Option<Arc<Segment>>, String> {
         if let Some(c) = &self.cached
             && c.epoch == epoch

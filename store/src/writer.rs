@@ -1,8 +1,9 @@
 //! The writer thread: the single owner of the write side of the store.
 //!
 //! Each turn it blocks for the first command, drains up to `max_commit_messages` more without
-//! blocking, packs the messages into segments and writes them in one sled batch (group
-//! commit). In `sync` mode the syncer thread then fsyncs and acknowledges; in `periodic` mode
+//! blocking, packs the messages into segments and writes them, each segment's summary last
+//! (group commit). In `sync` mode the syncer thread then flushes (sled's flush and
+//! `fdatasync`) and acknowledges; in `periodic` mode
 //! the writer acknowledges at once and flushes on a timer. Between turns it saves checkpoints,
 //! runs the cleaner (`cleaner`: expiry, epoch deletion, quota), rotates epochs and compacts
 //! the ones slow entries would pin (`compaction`).
@@ -244,7 +245,7 @@ impl Writer {
         }
     }
 
-    /// Writes the batch as segments in one sled batch, then acknowledges per durability mode.
+    /// Writes the batch as segments (summaries last), then acknowledges per durability mode.
     fn commit(&mut self, batch: &mut Vec<Enqueue>) {
         if batch.is_empty() {
             return;
@@ -333,7 +334,7 @@ impl Writer {
         }
     }
 
-    /// Writes sealed segments to the current epoch in one sled batch (not flushed); returns
+    /// Writes sealed segments to the current epoch, summaries last (not flushed); returns
     /// their data bytes.
     fn write_segments(&mut self, sealed: &[Sealed]) -> Result<u64, BackendError> {
         let writes: Vec<SegmentWrite<'_>> = sealed
