@@ -23,6 +23,8 @@ use crate::stored;
 pub const WINDOW: usize = 32;
 /// Payload bytes of one window, at most (at least one message is always sent).
 const WINDOW_BYTES: usize = 1024 * 1024;
+/// How long a pump waits before reading again when a read found nothing it could deliver.
+const READ_RETRY: Duration = Duration::from_millis(5);
 /// How long a module has to acknowledge a message before it is sent again.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -102,9 +104,15 @@ pub async fn pump(
                         return;
                     }
                 };
+                if batch.is_empty() {
+                    // Something is waiting but could not be read now (its epoch is being
+                    // opened, or it expired meanwhile): look again in a moment, not at once.
+                    tokio::time::sleep(READ_RETRY).await;
+                    continue;
+                }
                 // One burst for the batch: the connection writes it with one flush.
-                let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
                 let mut burst = Vec::with_capacity(batch.len());
+                let mut acks = Vec::with_capacity(batch.len());
                 for entry in batch {
                     let ack = match outbound(&shared, &target, &topic_prefix, qos, &entry, redelivery) {
                         Some((outbound, ack)) => {
@@ -113,13 +121,16 @@ pub async fn pump(
                         }
                         None => None,
                     };
-                    in_flight.push_back(InFlight { id: entry.id, ack, deadline });
+                    acks.push((entry.id, ack));
                 }
                 // A closed outbox drops the acks' senders: they are missed and the reader
                 // rewinds.
                 if !burst.is_empty() {
                     let _ = link.outbox.send(burst).await;
                 }
+                // The module's time to acknowledge starts once the burst is handed over.
+                let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+                in_flight.extend(acks.into_iter().map(|(id, ack)| InFlight { id, ack, deadline }));
             }
             acked = front_ack(in_flight.front_mut()), if front_deadline.is_some() => {
                 let front = in_flight.pop_front().expect("a front entry was awaited");

@@ -237,12 +237,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             tokio::select! {
                 packet = self.framed.next(), if reading => {
                     last_heard = tokio::time::Instant::now();
-                    let result = match packet {
-                        None => Err(Close::Client),
-                        Some(Err(e)) => Err(Close::Violation(format!("malformed packet: {e}"))),
-                        Some(Ok(packet)) => self.on_packet(packet).await,
-                    };
-                    if let Err(close) = result {
+                    if let Err(close) = self.on_read(packet).await {
                         return close;
                     }
                 }
@@ -251,9 +246,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         return close;
                     }
                 }
-                Some(burst) = outbox.recv(), if sending => {
+                Some(mut burst) = outbox.recv(), if sending => {
                     // Write what is waiting as one burst, then flush once.
-                    let mut burst = burst;
                     while burst.len() < OUTBOX {
                         match outbox.try_recv() {
                             Ok(more) => burst.extend(more),
@@ -269,9 +263,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         // Not the client's silence: the socket is not being read.
                         last_heard = tokio::time::Instant::now();
                     }
-                    let deadline = last_heard + self.keep_alive;
+                    let mut deadline = last_heard + self.keep_alive;
                     if deadline <= tokio::time::Instant::now() {
-                        return Close::Violation("keep-alive expired".to_owned());
+                        // A long write may have kept this loop from reading: what the client
+                        // sent meanwhile counts before its silence is judged.
+                        let Some(packet) = self.framed.next().now_or_never() else {
+                            return Close::Violation("keep-alive expired".to_owned());
+                        };
+                        last_heard = tokio::time::Instant::now();
+                        deadline = last_heard + self.keep_alive;
+                        if let Err(close) = self.on_read(packet).await {
+                            return close;
+                        }
                     }
                     keep_alive.as_mut().reset(deadline);
                 }
@@ -306,6 +309,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             next = oldest_settled(&mut self.pending_acks).now_or_never();
         }
         self.framed.flush().await.map_err(|_| Close::Client)
+    }
+
+    /// Handles what reading the socket gave: a packet, an unreadable one, or its end.
+    async fn on_read(
+        &mut self,
+        packet: Option<Result<Packet, rumqttc::mqttbytes::Error>>,
+    ) -> Result<(), Close> {
+        match packet {
+            None => Err(Close::Client),
+            Some(Err(e)) => Err(Close::Violation(format!("malformed packet: {e}"))),
+            Some(Ok(packet)) => self.on_packet(packet).await,
+        }
     }
 
     async fn on_packet(&mut self, packet: Packet) -> Result<(), Close> {
