@@ -54,13 +54,12 @@ impl Durable {
     fn open(path: &Path, cache_bytes: u64, lock_wait: Duration) -> Result<Self, OpenFailure> {
         let created = !path.join(LOG_FILE).exists();
         let db = open_db(path, cache_bytes, lock_wait)?;
-        let io = |e: std::io::Error| OpenFailure::Backend(BackendError::from(sled::Error::Io(e)));
-        let log = std::fs::File::open(path.join(LOG_FILE)).map_err(io)?;
+        let log = std::fs::File::open(path.join(LOG_FILE)).map_err(BackendError::from)?;
         if created {
             // The new directory and its files must survive a power cut too.
-            sync_dir(path).map_err(io)?;
+            sync_dir(path).map_err(BackendError::from)?;
             if let Some(parent) = path.parent() {
-                sync_dir(parent).map_err(io)?;
+                sync_dir(parent).map_err(BackendError::from)?;
             }
         }
         Ok(Self { db, log })
@@ -69,9 +68,8 @@ impl Durable {
     /// Makes everything written so far durable: sled's flush, then `fdatasync` of its log.
     fn flush(&self) -> Result<(), BackendError> {
         self.db.flush()?;
-        self.log
-            .sync_data()
-            .map_err(|e| BackendError::from(sled::Error::Io(e)))
+        self.log.sync_data()?;
+        Ok(())
     }
 }
 

@@ -226,10 +226,7 @@ impl EpochTable {
         {
             let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(open) = table.open.get(&id) {
-                open.last_used.store(
-                    self.clock.fetch_add(1, Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
+                open.last_used.store(self.tick(), Ordering::Relaxed);
                 return Some(f(&open.db));
             }
             if !table.closed.contains(&id) {
@@ -254,13 +251,7 @@ impl EpochTable {
             table.make_room_for_readers();
             table.closed.remove(&id);
             table.failed.remove(&id);
-            table.open.insert(
-                id,
-                Open {
-                    db: Arc::clone(&db),
-                    last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
-                },
-            );
+            table.open.insert(id, self.entry(&db));
             table.opened_for_readers.insert(id);
             db
         };
@@ -274,14 +265,21 @@ impl EpochTable {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .open
-            .insert(
-                id,
-                Open {
-                    db: Arc::clone(&db),
-                    last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
-                },
-            );
+            .insert(id, self.entry(&db));
         db
+    }
+
+    /// The next tick of use.
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A table entry for `db`, used now.
+    fn entry(&self, db: &Arc<EpochDb>) -> Open {
+        Open {
+            db: Arc::clone(db),
+            last_used: AtomicU64::new(self.tick()),
+        }
     }
 
     /// Adds an epoch on disk without opening it.

@@ -12,6 +12,13 @@ use std::sync::Arc;
 #[error(transparent)]
 pub struct BackendError(#[from] sled::Error);
 
+impl From<io::Error> for BackendError {
+    /// A file operation of the store's own beside sled's (syncing its log or a directory).
+    fn from(e: io::Error) -> Self {
+        Self(sled::Error::Io(e))
+    }
+}
+
 /// Why [`Store::open`](crate::Store::open) failed.
 ///
 /// A database that exists but cannot be opened is *not* an error: it is moved aside and reported
