@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use crate::hub::Shared;
 use crate::metrics::DropReason;
 use crate::mqtt::session::Outbound;
-use crate::mqtt::topic::module_input_topic;
+use crate::mqtt::topic::module_input_prefix;
 use crate::stored;
 
 /// Messages published to a module before waiting for their acknowledgements.
@@ -63,7 +63,7 @@ pub async fn pump(
     let client_id = format!("{}/{}", target.device, target.module);
     // The input topic without its property bag; also what the session's filters are matched
     // against.
-    let topic_prefix = module_input_topic(&target.device, &target.module, &target.input, "");
+    let topic_prefix = module_input_prefix(&target.device, &target.module, &target.input);
     let mut changes = shared.sessions.watch(&client_id);
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(WINDOW);
     let mut redelivery = false;

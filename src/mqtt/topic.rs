@@ -166,13 +166,10 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
     topic_levels.next().is_none()
 }
 
-/// The topic a module input message is published on (spec 2.4).
-pub fn module_input_topic(device: &str, module: &str, input: &str, bag: &str) -> String {
-    if bag.is_empty() {
-        format!("devices/{device}/modules/{module}/inputs/{input}/")
-    } else {
-        format!("devices/{device}/modules/{module}/inputs/{input}/{bag}")
-    }
+/// The topic a module input message is published on (spec 2.4) without its property bag,
+/// which follows it: `devices/{device}/modules/{module}/inputs/{input}/`.
+pub fn module_input_prefix(device: &str, module: &str, input: &str) -> String {
+    format!("devices/{device}/modules/{module}/inputs/{input}/")
 }
 
 /// How a system property travels (spec 2.3 and 2.4).
