@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
+pub use store::{Durability, Quota, QuotaPolicy};
 use thiserror::Error;
 
-use crate::identity::{Hostnames, IdentityError, IdentityStore, validate_module_id};
+use crate::identity::{Hostnames, IdentityError, IdentityRegistry, validate_module_id};
 use crate::manifest;
 
 /// The example deployment manifest shipped in the repository, used by the embedded default.
@@ -77,39 +78,26 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// The `[store]` table, passed through to the store.
+/// The `[store]` table, in the store's own terms: `store.durability` (with
+/// `store.flush_interval_ms`), and the quota (`store.max_store_bytes`,
+/// `store.min_free_disk_bytes`, `store.quota_policy`: decision D10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreSettings {
-    /// When a message counts as stored (and the publisher gets its PUBACK).
+    /// When a message counts as stored (and the publisher gets its PUBACK): `"sync"`
+    /// (default) or `"periodic"`.
     pub durability: Durability,
-    /// Most bytes the store may take on disk; `None`: no limit.
-    pub max_store_bytes: Option<u64>,
-    /// Free bytes to leave on the disk; `None`: no floor.
-    pub min_free_disk_bytes: Option<u64>,
-    /// What happens when a limit is reached (decision D10).
-    pub quota_policy: QuotaPolicy,
+    /// The limits on the store's disk use, and what happens when one is reached: `"reject"`
+    /// (default) or `"drop_oldest"`.
+    pub quota: Quota,
 }
 
-/// `store.durability`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// `"sync"` (default): acknowledged after an fsync that covers the message.
-    Sync,
-    /// `"periodic"`: acknowledged once written; flushed at least every `interval`
-    /// (`store.flush_interval_ms`, default 100). A crash can lose the last interval.
-    Periodic {
-        /// Most time between flushes.
-        interval: Duration,
-    },
-}
-
-/// `store.quota_policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaPolicy {
-    /// `"reject"` (default): new messages are refused (no PUBACK) until space comes back.
-    Reject,
-    /// `"drop_oldest"`: the oldest messages are dropped to make room.
-    DropOldest,
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Sync,
+            quota: Quota::default(),
+        }
+    }
 }
 
 /// Default of `store.flush_interval_ms`.
@@ -122,17 +110,6 @@ impl Default for ListenConfig {
             mqtt: None,
             https: SocketAddr::from(([0, 0, 0, 0], 443)),
             metrics: None,
-        }
-    }
-}
-
-impl Default for StoreSettings {
-    fn default() -> Self {
-        Self {
-            durability: Durability::Sync,
-            max_store_bytes: None,
-            min_free_disk_bytes: None,
-            quota_policy: QuotaPolicy::Reject,
         }
     }
 }
@@ -298,13 +275,13 @@ impl Config {
         }
     }
 
-    /// Opens the identity store of this configuration (`data_dir`, `device_id`).
+    /// Opens the identity registry of this configuration (`data_dir`, `device_id`).
     ///
     /// # Errors
     ///
-    /// As [`IdentityStore::open`].
-    pub fn identity_store(&self) -> Result<IdentityStore, IdentityError> {
-        IdentityStore::open(&self.data_dir, &self.device_id)
+    /// As [`IdentityRegistry::open`].
+    pub fn identity_registry(&self) -> Result<IdentityRegistry, IdentityError> {
+        IdentityRegistry::open(&self.data_dir, &self.device_id)
     }
 
     /// Reads the deployment manifest: `$edgeHub`'s desired properties and the module ids of
@@ -523,9 +500,11 @@ impl RawStore {
         };
         Ok(StoreSettings {
             durability,
-            max_store_bytes: self.max_store_bytes,
-            min_free_disk_bytes: self.min_free_disk_bytes,
-            quota_policy,
+            quota: Quota {
+                max_store_bytes: self.max_store_bytes,
+                min_free_disk_bytes: self.min_free_disk_bytes,
+                policy: quota_policy,
+            },
         })
     }
 }
@@ -626,9 +605,11 @@ quota_policy = "drop_oldest"
                 durability: Durability::Periodic {
                     interval: Duration::from_millis(250)
                 },
-                max_store_bytes: Some(1 << 30),
-                min_free_disk_bytes: Some(100 << 20),
-                quota_policy: QuotaPolicy::DropOldest,
+                quota: Quota {
+                    max_store_bytes: Some(1 << 30),
+                    min_free_disk_bytes: Some(100 << 20),
+                    policy: QuotaPolicy::DropOldest,
+                },
             }
         );
     }

@@ -11,13 +11,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use crate::hub::Shared;
-use crate::metrics::DropReason;
-use crate::mqtt::session::Outbound;
-use crate::mqtt::topic::module_input_prefix;
-use crate::stored;
+use crate::metrics::{DropReason, Metrics};
+use crate::mqtt::session::{Outbound, Sessions};
+use crate::mqtt::topic::{encode_bag, module_input_prefix};
+use crate::record;
+use crate::stop::Stop;
 
 /// Messages published to a module before waiting for their acknowledgements.
 pub const WINDOW: usize = 32;
@@ -55,16 +55,17 @@ struct InFlight {
 /// A sliding window: up to [`WINDOW`] messages are in flight; each acknowledgement, taken in
 /// order, lets one more go. A missed one rewinds the reader and starts over from it.
 pub async fn pump(
-    shared: Arc<Shared>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
     target: ModuleInput,
     mut reader: store::Reader,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stop,
 ) {
     let client_id = format!("{}/{}", target.device, target.module);
     // The input topic without its property bag; also what the session's filters are matched
     // against.
     let topic_prefix = module_input_prefix(&target.device, &target.module, &target.input);
-    let mut changes = shared.sessions.watch(&client_id);
+    let mut changes = sessions.watch(&client_id);
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(WINDOW);
     let mut redelivery = false;
     // Where to deliver, looked up again only when the session changed (it is not cheap:
@@ -74,7 +75,7 @@ pub async fn pump(
     loop {
         if stale || changes.has_changed().unwrap_or(true) {
             changes.borrow_and_update();
-            route = shared.sessions.route(&client_id, &topic_prefix);
+            route = sessions.route(&client_id, &topic_prefix);
             stale = false;
         }
         let Some((link, qos)) = &route else {
@@ -89,7 +90,7 @@ pub async fn pump(
                     stale = true;
                     continue;
                 }
-                _ = stop.changed() => return,
+                () = stop.stopped() => return,
             }
         };
         let qos = *qos;
@@ -114,7 +115,7 @@ pub async fn pump(
                 let mut burst = Vec::with_capacity(batch.len());
                 let mut acks = Vec::with_capacity(batch.len());
                 for entry in batch {
-                    let ack = match outbound(&shared, &target, &topic_prefix, qos, &entry, redelivery) {
+                    let ack = match outbound(&metrics, &target, &topic_prefix, qos, &entry, redelivery) {
                         Some((outbound, ack)) => {
                             burst.push(outbound);
                             Some(ack)
@@ -146,7 +147,7 @@ pub async fn pump(
                 }
             }
             _ = changes.changed() => stale = true,
-            _ = stop.changed() => return,
+            () = stop.stopped() => return,
         }
     }
 }
@@ -168,18 +169,18 @@ async fn front_ack(front: Option<&mut InFlight>) -> bool {
 /// The publication of one stored message to the module, and the receiver of its
 /// acknowledgement; `None` when the record is unreadable (it is dropped and counted).
 fn outbound(
-    shared: &Shared,
+    metrics: &Metrics,
     target: &ModuleInput,
     topic_prefix: &str,
     qos: rumqttc::QoS,
     entry: &store::Entry,
     dup: bool,
 ) -> Option<(Outbound, oneshot::Receiver<()>)> {
-    let message = match stored::decode_for_delivery(&entry.payload) {
+    let message = match record::decode_for_delivery(&entry.payload, encode_bag) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(endpoint = %target.endpoint, error = %e, "stored message unreadable; dropped");
-            shared.metrics.dropped(DropReason::Unreadable);
+            metrics.dropped(DropReason::Unreadable);
             return None;
         }
     };

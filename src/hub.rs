@@ -1,25 +1,42 @@
-//! The hub: the route table, the store, the sessions and the listeners, wired together.
+//! The hub: the wiring of the rooms that do the work.
 //!
-//! [`Hub::start`] opens the store, installs the routes (a store endpoint per route endpoint, a
-//! delivery pump per module input), binds the listeners and serves connections until
-//! [`Hub::shutdown`], which stops accepting, closes connections, stops the pumps and closes
-//! the store (flushing what was persisted).
+//! [`Hub::start`] opens the store, creates the shared pieces (ingest, sessions, twins, methods,
+//! metrics), installs the routes (a store endpoint per route endpoint, a delivery pump per
+//! module input) and binds the listeners, each task getting the narrow handle it needs. It
+//! serves until [`Hub::shutdown`], which stops accepting, closes connections, stops the pumps
+//! and closes the store (flushing what was persisted).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use router::{ConfigErrors, EdgeHubRoutes, Endpoint, RouteTable, Router};
+use router::{ConfigErrors, EdgeHubRoutes, Endpoint, RouteTable};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::delivery::{self, ModuleInput};
+use crate::edgehub_twin::{DesiredStatus, EdgeHubState};
+use crate::http::methods::MethodsEndpoint;
+use crate::http::metrics::MetricsSources;
+use crate::ingest::{Ingest, InstalledRoutes};
+use crate::listener;
+use crate::methods::{MethodResult, Methods};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::Authenticator;
-use crate::mqtt::connection;
-use crate::mqtt::session::Sessions;
+use crate::mqtt::connection::{self, Services};
+use crate::mqtt::session::{Outbound, Sessions};
+use crate::mqtt::topic;
+use crate::stop::StopSignal;
+use crate::twin::{PatchError, StorageError, Twins};
+
+/// How long open connections get to finish once the hub stops accepting.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// How long the pumps and listeners get to stop before they are aborted.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a hub needs to start; built from the configuration file by the binary.
 #[derive(Debug)]
@@ -41,7 +58,7 @@ pub struct HubSettings {
     /// The routes and the global TTL, from the `$edgeHub` desired properties.
     pub routes: EdgeHubRoutes,
     /// Time a new connection has to send its CONNECT (and finish its TLS handshake).
-    pub connect_timeout: std::time::Duration,
+    pub connect_timeout: Duration,
     /// The `$version` of the `$edgeHub` desired properties the routes came from (1 when the
     /// manifest has none).
     pub desired_version: u64,
@@ -51,48 +68,47 @@ pub struct HubSettings {
 
 impl HubSettings {
     /// The default time a connection has to send its CONNECT.
-    pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
-/// State shared by connections and pumps.
-#[derive(Debug)]
-pub struct Shared {
-    /// This edge device's id (module endpoints are `{device_id}/{module}/{input}`).
-    pub device_id: String,
-    /// The running route table.
-    pub router: Router,
-    /// The store.
-    pub store: store::Store,
-    /// The sessions.
-    pub sessions: Sessions,
-    /// Who may connect.
-    pub auth: Arc<dyn Authenticator>,
-    /// Counters.
-    pub metrics: Metrics,
-    /// Time a new connection has to send its CONNECT.
-    pub connect_timeout: std::time::Duration,
-    /// The twins of the identities.
-    pub twins: crate::twin::Twins,
-    /// What the `$edgeHub` twin reports.
-    pub edge_hub: crate::edgehub_twin::EdgeHubState,
-    /// Direct method requests awaiting their responses.
-    pub methods: crate::methods::Methods,
-    /// Close connections that publish to unknown topics.
-    pub strict_topics: bool,
+/// Why a deployment was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The `$edgeHub` desired properties are invalid (every problem named); reported with
+    /// code 400.
+    #[error(transparent)]
+    Invalid(#[from] ConfigErrors),
+    /// The deployment is valid but the store could not add an endpoint it needs; reported
+    /// with code 500.
+    #[error("the store could not add an endpoint: {0}")]
+    Store(#[from] store::StoreError),
+}
+
+/// The addresses the listeners are bound to (useful when a port was 0).
+#[derive(Debug, Clone, Copy, Default)]
+struct Bound {
+    mqtt: Option<SocketAddr>,
+    mqtts: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    https: Option<SocketAddr>,
 }
 
 /// A running hub.
 #[derive(Debug)]
 pub struct Hub {
-    shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    ingest: Arc<Ingest>,
+    sessions: Arc<Sessions>,
+    twins: Arc<Twins>,
+    methods: Arc<Methods>,
+    metrics: Arc<Metrics>,
+    /// What the `$edgeHub` twin reports.
+    edge_hub: EdgeHubState,
+    stop: StopSignal,
+    /// Listeners and delivery pumps.
     tasks: Mutex<JoinSet<()>>,
     /// Endpoints whose delivery pump runs.
-    pumps: Mutex<std::collections::HashSet<String>>,
-    mqtt_addr: Option<SocketAddr>,
-    mqtts_addr: Option<SocketAddr>,
-    metrics_addr: Option<SocketAddr>,
-    https_addr: Option<SocketAddr>,
+    pumps: Mutex<HashSet<String>>,
+    bound: Bound,
 }
 
 impl Hub {
@@ -108,226 +124,301 @@ impl Hub {
             .routes
             .table()
             .map_err(|e| anyhow::anyhow!("routes do not load: {e}"))?;
-        let store = store::Store::open(settings.store).context("opening the store")?;
-        for quarantined in &store.recovery_report().quarantined {
-            tracing::error!(
-                ?quarantined,
-                "an unreadable store database was moved aside; its messages are not delivered"
-            );
-        }
-        let shared = Arc::new(Shared {
-            device_id: settings.device_id,
-            router: Router::new(RouteTable::empty()),
-            store,
-            sessions: Sessions::new(Some(settings.data_dir.join("sessions.json"))),
-            auth,
-            metrics: Metrics::default(),
-            connect_timeout: settings.connect_timeout,
-            twins: crate::twin::Twins::new(settings.data_dir.join("twins")),
-            edge_hub: crate::edgehub_twin::EdgeHubState::default(),
-            methods: crate::methods::Methods::default(),
-            strict_topics: settings.strict_topics,
-        });
-        let (stop, _) = watch::channel(false);
+        let store = open_store(settings.store)?;
+        let metrics = Arc::new(Metrics::default());
         let mut hub = Self {
-            shared,
-            stop,
+            ingest: Arc::new(Ingest::new(settings.device_id, store, Arc::clone(&metrics))),
+            sessions: Arc::new(Sessions::new(Some(settings.data_dir.join("sessions.json")))),
+            twins: Arc::new(Twins::new(settings.data_dir.join("twins"))),
+            methods: Arc::new(Methods::default()),
+            metrics,
+            edge_hub: EdgeHubState::default(),
+            stop: StopSignal::new(),
             tasks: Mutex::new(JoinSet::new()),
             pumps: Mutex::default(),
-            mqtt_addr: None,
-            mqtts_addr: None,
-            metrics_addr: None,
-            https_addr: None,
+            bound: Bound::default(),
         };
         hub.install(table).context("installing the routes")?;
-        hub.shared
-            .edge_hub
-            .desired_processed(crate::edgehub_twin::DesiredStatus {
-                version: settings.desired_version,
-                code: 200,
-                description: String::new(),
-            });
+        hub.edge_hub.desired_processed(DesiredStatus {
+            version: settings.desired_version,
+            code: 200,
+            description: String::new(),
+        });
+        let services = Arc::new(hub.connection_services(
+            Arc::clone(&auth),
+            settings.connect_timeout,
+            settings.strict_topics,
+        ));
         if let Some(addr) = settings.mqtt {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding MQTT on {addr}"))?;
-            hub.mqtt_addr = Some(listener.local_addr()?);
-            tracing::info!(addr = %listener.local_addr()?, "listening for MQTT");
-            hub.spawn(accept(
-                listener,
-                None,
-                Arc::clone(&hub.shared),
-                hub.stop.subscribe(),
-            ));
+            hub.bound.mqtt = Some(hub.listen_mqtt(addr, None, &services).await?);
         }
         if let Some((addr, tls)) = settings.mqtts {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding MQTTS on {addr}"))?;
-            hub.mqtts_addr = Some(listener.local_addr()?);
-            tracing::info!(addr = %listener.local_addr()?, "listening for MQTT over TLS");
-            hub.spawn(accept(
-                listener,
-                Some(tokio_rustls::TlsAcceptor::from(tls)),
-                Arc::clone(&hub.shared),
-                hub.stop.subscribe(),
-            ));
+            hub.bound.mqtts = Some(hub.listen_mqtt(addr, Some(tls), &services).await?);
         }
         if let Some((addr, tls)) = settings.https {
-            match TcpListener::bind(addr).await {
-                Ok(listener) => {
-                    hub.https_addr = Some(listener.local_addr()?);
-                    tracing::info!(addr = %listener.local_addr()?, "serving direct methods over HTTPS");
-                    hub.spawn(crate::http::serve_methods(
-                        listener,
-                        tokio_rustls::TlsAcceptor::from(tls),
-                        Arc::clone(&hub.shared),
-                        hub.stop.subscribe(),
-                    ));
-                }
-                // Port 443 needs privileges a newcomer's shell may not have; the rest of the
-                // hub is useful without module-to-module methods.
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => tracing::warn!(
-                    %addr,
-                    "cannot bind HTTPS (permission denied): direct methods between modules are off; \
-                     run with the privilege to bind it or set listen.https to another address"
-                ),
-                Err(e) => return Err(e).with_context(|| format!("binding HTTPS on {addr}")),
-            }
+            hub.bound.https = hub.listen_methods(addr, tls, auth).await?;
         }
         if let Some(addr) = settings.metrics {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding metrics on {addr}"))?;
-            hub.metrics_addr = Some(listener.local_addr()?);
-            tracing::info!(addr = %listener.local_addr()?, "serving metrics at /metrics");
-            hub.spawn(crate::http::serve_metrics(
-                listener,
-                Arc::clone(&hub.shared),
-                hub.stop.subscribe(),
-            ));
+            hub.bound.metrics = Some(hub.listen_metrics(addr).await?);
         }
         Ok(hub)
     }
 
+    /// What every MQTT connection uses of the hub.
+    fn connection_services(
+        &self,
+        auth: Arc<dyn Authenticator>,
+        connect_timeout: Duration,
+        strict_topics: bool,
+    ) -> Services {
+        Services {
+            ingest: Arc::clone(&self.ingest),
+            sessions: Arc::clone(&self.sessions),
+            auth,
+            twins: Arc::clone(&self.twins),
+            methods: Arc::clone(&self.methods),
+            metrics: Arc::clone(&self.metrics),
+            connect_timeout,
+            strict_topics,
+        }
+    }
+
+    /// Serves MQTT on `addr`, over TLS when `tls` is given; returns the bound address.
+    async fn listen_mqtt(
+        &self,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        services: &Arc<Services>,
+    ) -> Result<SocketAddr> {
+        let what = if tls.is_some() { "MQTTS" } else { "MQTT" };
+        let (listener, bound) = bind(addr, what).await?;
+        let services = Arc::clone(services);
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        self.spawn(listener::serve(
+            "mqtt",
+            listener,
+            self.stop.subscribe(),
+            DRAIN,
+            move |stream, peer, _stop| {
+                let (services, tls) = (Arc::clone(&services), tls.clone());
+                // The serving future and the TLS handshake are boxed: a task is as large as the
+                // largest future it may hold, and the TLS ones would make every plain
+                // connection's task 10 KiB (memory per connection counts with 10,000).
+                async move {
+                    let Some(acceptor) = tls else {
+                        return Box::pin(connection::serve(stream, services)).await;
+                    };
+                    let handshake = Box::pin(acceptor.accept(stream));
+                    match tokio::time::timeout(services.connect_timeout, handshake).await {
+                        Ok(Ok(stream)) => Box::pin(connection::serve(stream, services)).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            },
+        ));
+        Ok(bound)
+    }
+
+    /// Serves module-to-module direct methods over HTTPS on `addr`; `None` (with a warning)
+    /// when the port needs privileges the hub does not have.
+    async fn listen_methods(
+        &self,
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Option<SocketAddr>> {
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            // Port 443 needs privileges a newcomer's shell may not have; the rest of the hub
+            // is useful without module-to-module methods.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(
+                    %addr,
+                    "cannot bind HTTPS (permission denied): direct methods between modules are off; \
+                     run with the privilege to bind it or set listen.https to another address"
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding HTTPS on {addr}")),
+        };
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, "serving direct methods over HTTPS");
+        let endpoint = Arc::new(MethodsEndpoint {
+            device_id: self.device_id().to_owned(),
+            auth,
+            methods: Arc::clone(&self.methods),
+            sessions: Arc::clone(&self.sessions),
+        });
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let handshake_timeout = HubSettings::CONNECT_TIMEOUT;
+        self.spawn(listener::serve(
+            "https",
+            listener,
+            self.stop.subscribe(),
+            DRAIN,
+            move |stream, _peer, stop| {
+                let (endpoint, acceptor) = (Arc::clone(&endpoint), acceptor.clone());
+                async move {
+                    let handshake = acceptor.accept(stream);
+                    if let Ok(Ok(stream)) = tokio::time::timeout(handshake_timeout, handshake).await
+                    {
+                        crate::http::methods::serve_connection(stream, endpoint, stop).await;
+                    }
+                }
+            },
+        ));
+        Ok(Some(bound))
+    }
+
+    /// Serves `/metrics` on `addr`; returns the bound address.
+    async fn listen_metrics(&self, addr: SocketAddr) -> Result<SocketAddr> {
+        let (listener, bound) = bind(addr, "metrics").await?;
+        let sources = Arc::new(MetricsSources {
+            metrics: Arc::clone(&self.metrics),
+            store: Arc::clone(self.ingest.store()),
+            sessions: Arc::clone(&self.sessions),
+        });
+        self.spawn(listener::serve(
+            "metrics",
+            listener,
+            self.stop.subscribe(),
+            DRAIN,
+            move |stream, _peer, stop| {
+                crate::http::metrics::serve_connection(stream, Arc::clone(&sources), stop)
+            },
+        ));
+        Ok(bound)
+    }
+
+    /// This edge device's id.
+    pub fn device_id(&self) -> &str {
+        self.ingest.device_id()
+    }
+
     /// The HTTPS (direct methods) listener's address.
     pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.https_addr
+        self.bound.https
     }
 
     /// The metrics listener's address.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_addr
+        self.bound.metrics
     }
 
     /// The plain MQTT listener's address (useful when bound to port 0).
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
-        self.mqtt_addr
+        self.bound.mqtt
     }
 
     /// The TLS listener's address.
     pub fn mqtts_addr(&self) -> Option<SocketAddr> {
-        self.mqtts_addr
+        self.bound.mqtts
     }
 
-    /// State shared with connections (metrics, sessions, store).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The hub's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
-    /// Validates and installs a new set of routes while messages flow: endpoints are added to
-    /// the store and pumps started before the table is swapped in.
-    ///
-    /// # Errors
-    ///
-    /// Every bad route, by name; the running table stays.
-    pub fn install_routes(&self, routes: &EdgeHubRoutes) -> Result<(), ConfigErrors> {
-        let table = routes.table()?;
-        self.install(table)
-            .map_err(|e| ConfigErrors(vec![router::ConfigError::Document(format!("{e:#}"))]))
+    /// The sessions: subscriptions and live connections.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
-    fn install(&self, table: RouteTable) -> Result<()> {
-        let existing = self.shared.store.endpoints();
-        for endpoint in table.endpoints() {
-            let id = endpoint.id(&self.shared.device_id);
-            if !existing.contains(&id) {
-                self.shared
-                    .store
-                    .add_endpoint(&id)
-                    .with_context(|| format!("adding endpoint {id}"))?;
-            }
-            let new_pump = self
-                .pumps
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(id.clone());
-            if let (true, Endpoint::ModuleInput { module, input }) = (new_pump, endpoint) {
-                let reader = self
-                    .shared
-                    .store
-                    .reader(&id)
-                    .with_context(|| format!("reading endpoint {id}"))?;
-                let target = ModuleInput {
-                    endpoint: id,
-                    device: self.shared.device_id.clone(),
-                    module: module.clone(),
-                    input: input.clone(),
-                };
-                self.spawn(delivery::pump(
-                    Arc::clone(&self.shared),
-                    target,
-                    reader,
-                    self.stop.subscribe(),
-                ));
+    /// Installs a new route table while messages flow: its endpoints are resolved to store
+    /// endpoints (added when new) and pumps started for new module inputs before the table is
+    /// swapped in.
+    fn install(&self, table: RouteTable) -> Result<(), store::StoreError> {
+        let store = self.ingest.store();
+        let routes = InstalledRoutes::resolve(table, self.device_id(), store)?;
+        for (endpoint, queue) in routes.table().endpoints().iter().zip(routes.queues()) {
+            if let Endpoint::ModuleInput { module, input } = endpoint {
+                self.start_pump(queue.name(), module, input)?;
             }
         }
-        self.shared.router.replace(table);
+        self.ingest.install(routes);
+        Ok(())
+    }
+
+    /// Starts the delivery pump of a module input, unless it runs already.
+    fn start_pump(&self, queue: &str, module: &str, input: &str) -> Result<(), store::StoreError> {
+        let new = self
+            .pumps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(queue.to_owned());
+        if !new {
+            return Ok(());
+        }
+        let reader = self.ingest.store().reader(queue)?;
+        let target = ModuleInput {
+            endpoint: queue.to_owned(),
+            device: self.device_id().to_owned(),
+            module: module.to_owned(),
+            input: input.to_owned(),
+        };
+        self.spawn(delivery::pump(
+            Arc::clone(&self.sessions),
+            Arc::clone(&self.metrics),
+            target,
+            reader,
+            self.stop.subscribe(),
+        ));
         Ok(())
     }
 
     /// Applies new `$edgeHub` desired properties while messages flow: the whole document is
     /// validated first; an invalid one changes nothing and is reported with code 400 and the
-    /// reason (every bad route named); a valid one replaces the route table atomically.
-    /// Endpoints of removed routes keep their queues (drained by their pumps when the module
-    /// reads them, or expired by TTL); new TTLs apply to new messages.
+    /// reason (every bad route named); a valid one replaces the route table atomically (a
+    /// store failure while adding its endpoints is reported with code 500). Endpoints of
+    /// removed routes keep their queues (drained by their pumps when the module reads them, or
+    /// expired by TTL); new TTLs apply to new messages. The outcome is logged.
     ///
     /// # Errors
     ///
-    /// Every problem of an invalid document.
-    pub fn deploy(&self, desired: &serde_json::Value) -> Result<(), ConfigErrors> {
+    /// Every problem of an invalid document, or the store's failure.
+    pub fn deploy(&self, desired: &serde_json::Value) -> Result<(), DeployError> {
         let version = desired
             .get("$version")
             .and_then(serde_json::Value::as_u64)
-            .unwrap_or_else(|| {
-                self.shared
-                    .edge_hub
-                    .last_desired()
-                    .map_or(1, |s| s.version + 1)
-            });
-        let result =
-            EdgeHubRoutes::from_desired(desired).and_then(|routes| self.install_routes(&routes));
+            .unwrap_or_else(|| self.edge_hub.last_desired().map_or(1, |s| s.version + 1));
+        let result = EdgeHubRoutes::from_desired(desired)
+            .and_then(|routes| routes.table())
+            .map_err(DeployError::Invalid)
+            .and_then(|table| self.install(table).map_err(DeployError::Store));
         let (code, description) = match &result {
-            Ok(()) => (200, String::new()),
-            Err(e) => (400, format!("Error while parsing desired properties - {e}")),
+            Ok(()) => {
+                tracing::info!(version, "deployment applied");
+                (200, String::new())
+            }
+            Err(DeployError::Invalid(errors)) => {
+                tracing::error!(version, %errors, "deployment rejected; the running routes stay");
+                (
+                    400,
+                    format!("Error while parsing desired properties - {errors}"),
+                )
+            }
+            Err(DeployError::Store(e)) => {
+                tracing::error!(version, error = %e, "deployment not applied: the store failed; the running routes stay");
+                (
+                    500,
+                    format!("Error while applying desired properties - {e}"),
+                )
+            }
         };
-        self.shared
-            .edge_hub
-            .desired_processed(crate::edgehub_twin::DesiredStatus {
-                version,
-                code,
-                description,
-            });
+        self.edge_hub.desired_processed(DesiredStatus {
+            version,
+            code,
+            description,
+        });
         result
     }
 
     /// The `$edgeHub` twin: no desired properties of its own here, and the reported properties
     /// of protocol spec 4.2.
     pub fn edge_hub_twin(&self) -> serde_json::Value {
-        let reported = self
-            .shared
-            .edge_hub
-            .reported(&self.shared.sessions.clients());
+        let reported = self.edge_hub.reported(&self.sessions.clients());
         serde_json::json!({"desired": {}, "reported": reported})
     }
 
@@ -339,13 +430,12 @@ impl Hub {
         client_id: &str,
         method: &str,
         payload: &serde_json::Value,
-        connect_timeout: std::time::Duration,
-        response_timeout: std::time::Duration,
-    ) -> crate::methods::MethodResult {
-        self.shared
-            .methods
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> MethodResult {
+        self.methods
             .invoke(
-                &self.shared.sessions,
+                &self.sessions,
                 client_id,
                 method,
                 payload,
@@ -360,8 +450,8 @@ impl Hub {
     /// # Errors
     ///
     /// When the stored twin cannot be read.
-    pub fn twin(&self, client_id: &str) -> Result<serde_json::Value, crate::twin::StorageError> {
-        self.shared.twins.get(client_id)
+    pub fn twin(&self, client_id: &str) -> Result<serde_json::Value, StorageError> {
+        self.twins.get(client_id)
     }
 
     /// Sets desired properties of `client_id`, and pushes the patch to the client if it is
@@ -375,19 +465,15 @@ impl Hub {
         &self,
         client_id: &str,
         patch: &[u8],
-    ) -> Result<Result<u64, crate::twin::PatchError>, crate::twin::StorageError> {
-        let pushed = match self.shared.twins.patch_desired(client_id, patch)? {
+    ) -> Result<Result<u64, PatchError>, StorageError> {
+        let pushed = match self.twins.patch_desired(client_id, patch)? {
             Ok(pushed) => pushed,
             Err(e) => return Ok(Err(e)),
         };
         let version = pushed["$version"].as_u64().unwrap_or_default();
-        let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
-        if let Some((link, qos)) = self.shared.sessions.route(client_id, &topic) {
-            let outbound = crate::mqtt::session::Outbound::unacknowledged(
-                topic,
-                pushed.to_string().into(),
-                qos,
-            );
+        let topic = topic::desired_patch(version);
+        if let Some((link, qos)) = self.sessions.route(client_id, &topic) {
+            let outbound = Outbound::unacknowledged(topic, pushed.to_string().into(), qos);
             if link.outbox.try_send(vec![outbound]).is_err() {
                 tracing::warn!(%client_id, "desired patch not pushed (connection busy); the client reads it on its next GET");
             }
@@ -398,7 +484,7 @@ impl Hub {
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .spawn(task);
     }
 
@@ -409,69 +495,48 @@ impl Hub {
     ///
     /// When the store fails to close cleanly.
     pub async fn shutdown(self) -> Result<()> {
-        let _ = self.stop.send(true);
-        self.shared.sessions.close_all();
-        let mut tasks = std::mem::take(
-            &mut *self
-                .tasks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        let drained = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        self.stop.fire();
+        self.sessions.close_all();
+        let mut tasks =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let stopped = tokio::time::timeout(STOP_DEADLINE, async {
             while tasks.join_next().await.is_some() {}
         })
         .await;
-        if drained.is_err() {
-            tracing::warn!("some tasks did not stop within 10 s; aborting them");
+        if stopped.is_err() {
+            tracing::warn!("some tasks did not stop within {STOP_DEADLINE:?}; aborting them");
             tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
+        let store = Arc::clone(self.ingest.store());
+        drop(self);
         // Closing the store waits for its threads: keep that off the runtime's workers.
-        let closing = tokio::task::spawn_blocking(move || match Arc::try_unwrap(self.shared) {
-            Ok(shared) => shared.store.close().context("closing the store"),
-            Err(shared) => shared.store.flush().context("flushing the store"),
+        let closing = tokio::task::spawn_blocking(move || match Arc::try_unwrap(store) {
+            Ok(store) => store.close().context("closing the store"),
+            Err(store) => store.flush().context("flushing the store"),
         });
         closing.await.context("the store's closing task failed")?
     }
 }
 
-/// Accepts connections until `stop`, each served in its own task (after a TLS handshake when
-/// `tls` is given); on stop, waits for the connections to close.
-async fn accept(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (tls, shared) = (tls.clone(), Arc::clone(&shared));
-                    // The serving future and the TLS handshake are boxed: a task is as large as
-                    // the largest future it may hold, and the TLS ones would make every plain
-                    // connection's task 10 KiB (memory per connection counts with 10,000).
-                    connections.spawn(async move {
-                        let Some(acceptor) = tls else {
-                            return Box::pin(connection::serve(stream, shared)).await;
-                        };
-                        let handshake = Box::pin(acceptor.accept(stream));
-                        match tokio::time::timeout(shared.connect_timeout, handshake).await {
-                            Ok(Ok(stream)) => Box::pin(connection::serve(stream, shared)).await,
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = stop.changed() => break,
-        }
+/// Binds a TCP listener for `what`; gives it and the address it got.
+async fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "listening for {what}");
+    Ok((listener, bound))
+}
+
+/// Opens the store and logs what it had to move aside.
+fn open_store(config: store::StoreConfig) -> Result<Arc<store::Store>> {
+    let store = store::Store::open(config).context("opening the store")?;
+    for quarantined in &store.recovery_report().quarantined {
+        tracing::error!(
+            ?quarantined,
+            "an unreadable store database was moved aside; its messages are not delivered"
+        );
     }
-    while connections.join_next().await.is_some() {}
+    Ok(Arc::new(store))
 }

@@ -50,7 +50,7 @@ impl Methods {
         response_timeout: Duration,
     ) -> MethodResult {
         let rid = format!("{:x}", self.next_rid.fetch_add(1, Ordering::Relaxed) + 1);
-        let topic = format!("$iothub/methods/POST/{method}/?$rid={rid}");
+        let topic = crate::mqtt::topic::method_request(method, &rid);
         let Some((link, qos)) =
             wait_for_subscriber(sessions, client_id, &topic, connect_timeout).await
         else {

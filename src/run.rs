@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use router::EdgeHubRoutes;
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::hub::{Hub, HubSettings};
 use crate::mqtt::auth::SasAuthenticator;
 
@@ -24,8 +24,8 @@ pub async fn run(config: Config) -> Result<()> {
     let routes = EdgeHubRoutes::from_desired(&deployment.edge_hub)
         .map_err(|e| anyhow::anyhow!("the $edgeHub desired properties are invalid: {e}"))?;
     let identities = config
-        .identity_store()
-        .context("opening the identity store")?;
+        .identity_registry()
+        .context("opening the identity registry")?;
     let created = identities
         .add_modules(deployment.modules.iter().map(String::as_str))
         .context("creating the identities of the deployment's modules")?;
@@ -75,22 +75,9 @@ async fn stop(hub: Arc<Hub>) -> Result<()> {
 }
 
 fn store_config(config: &Config) -> store::StoreConfig {
-    let settings = &config.store;
-    let durability = match settings.durability {
-        config::Durability::Sync => store::Durability::Sync,
-        config::Durability::Periodic { interval } => store::Durability::Periodic { interval },
-    };
-    let quota = store::Quota {
-        max_store_bytes: settings.max_store_bytes,
-        min_free_disk_bytes: settings.min_free_disk_bytes,
-        policy: match settings.quota_policy {
-            config::QuotaPolicy::Reject => store::QuotaPolicy::Reject,
-            config::QuotaPolicy::DropOldest => store::QuotaPolicy::DropOldest,
-        },
-    };
     store::StoreConfig::new(config.data_dir.join("store"))
-        .with_durability(durability)
-        .with_quota(quota)
+        .with_durability(config.store.durability)
+        .with_quota(config.store.quota)
 }
 
 async fn shutdown_signal() -> Result<()> {

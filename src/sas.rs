@@ -25,7 +25,7 @@ use sha2::Sha256;
 use thiserror::Error;
 
 use crate::identity::{
-    ClientIdentity, Hostnames, Identity, IdentityError, IdentityStore, SymmetricKey, Username,
+    ClientIdentity, Hostnames, Identity, IdentityError, IdentityRegistry, SymmetricKey, Username,
     UsernameError, check_client_id, parse_username,
 };
 
@@ -129,13 +129,13 @@ pub enum AuthError {
     /// The signature matches neither key.
     #[error("the token's signature matches neither key of {0}")]
     BadSignature(ClientIdentity),
-    /// The identity store could not be read.
-    #[error("cannot read the identity store")]
+    /// The identity registry could not be read.
+    #[error("cannot read the identity registry")]
     Store(#[from] IdentityError),
 }
 
 impl AuthError {
-    /// Whether the failure is the hub's (the identity store is unreadable) rather than the
+    /// Whether the failure is the hub's (the identity registry is unreadable) rather than the
     /// client's credentials.
     #[must_use]
     pub fn is_internal(&self) -> bool {
@@ -298,7 +298,7 @@ pub fn authenticate(
     client_id: &str,
     username: Option<&str>,
     password: Option<&str>,
-    store: &IdentityStore,
+    store: &IdentityRegistry,
     hostnames: &Hostnames,
     now: SystemTime,
 ) -> Result<Authenticated, AuthError> {
@@ -362,14 +362,14 @@ mod tests {
     /// A store with module `edge/filter` and leaf device `leaf`.
     struct Fixture {
         _dir: tempfile::TempDir,
-        store: IdentityStore,
+        store: IdentityRegistry,
         module: Identity,
         leaf: Identity,
     }
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let store = IdentityRegistry::open(dir.path(), "edge").unwrap();
         let module = store.add_module("filter").unwrap();
         let leaf = store.add_device("leaf").unwrap();
         Fixture {

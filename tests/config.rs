@@ -25,8 +25,8 @@ fn the_example_configuration_loads_with_every_key() {
     assert!(config.listen.mqtt.is_some());
     assert!(config.listen.metrics.is_some());
     assert_eq!(config.store.durability, Durability::Sync);
-    assert_eq!(config.store.quota_policy, QuotaPolicy::Reject);
-    assert_eq!(config.store.max_store_bytes, Some(1 << 30));
+    assert_eq!(config.store.quota.policy, QuotaPolicy::Reject);
+    assert_eq!(config.store.quota.max_store_bytes, Some(1 << 30));
 }
 
 #[test]

@@ -242,7 +242,7 @@ async fn wrong_credentials_get_connack_not_authorized() {
         .unwrap()
         .unwrap();
     assert_eq!(code, rumqttc::ConnectReturnCode::NotAuthorized);
-    assert_eq!(hub.shared().metrics.received_total(), 0);
+    assert_eq!(hub.metrics().received_total(), 0);
     hub.shutdown().await.unwrap();
 }
 
@@ -257,7 +257,7 @@ async fn publishing_as_another_identity_closes_the_connection() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(hub.shared().metrics.received_total(), 0);
+    assert_eq!(hub.metrics().received_total(), 0);
     assert!(
         tokio::time::timeout(Duration::from_millis(300), b.incoming.recv())
             .await
@@ -278,8 +278,7 @@ async fn a_message_without_a_route_is_accepted_and_dropped() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        hub.shared()
-            .metrics
+        hub.metrics()
             .dropped_total(edgehub::metrics::DropReason::NoRoute),
         1
     );
@@ -337,7 +336,7 @@ async fn qos_2_and_oversized_messages_close_the_connection_and_are_not_delivered
             .await
             .is_err()
     );
-    assert_eq!(hub.shared().metrics.received_total(), 0);
+    assert_eq!(hub.metrics().received_total(), 0);
     hub.shutdown().await.unwrap();
 }
 
@@ -438,10 +437,10 @@ async fn a_connection_closes_when_its_token_expires() {
         .unwrap()
         .unwrap();
     assert_eq!(code, rumqttc::ConnectReturnCode::Success);
-    assert_eq!(hub.shared().sessions.connected(), 1);
+    assert_eq!(hub.sessions().connected(), 1);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
-        hub.shared().sessions.connected(),
+        hub.sessions().connected(),
         0,
         "the expired connection was closed"
     );
@@ -673,7 +672,7 @@ async fn unknown_topics_are_dropped_or_with_strict_topics_close_the_connection()
     a.send("some/other/topic", b"x".to_vec()).await;
     a.send(A_OUT1, b"after".to_vec()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let metrics = &hub.shared().metrics;
+    let metrics = &hub.metrics();
     assert_eq!(
         metrics.dropped_total(edgehub::metrics::DropReason::UnknownTopic),
         1
@@ -690,7 +689,7 @@ async fn unknown_topics_are_dropped_or_with_strict_topics_close_the_connection()
     a.send(A_OUT1, b"after".to_vec()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        hub.shared().metrics.received_total(),
+        hub.metrics().received_total(),
         0,
         "the connection was closed"
     );

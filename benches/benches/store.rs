@@ -15,7 +15,7 @@ use bytes::Bytes;
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
-use store::{Durability, Reader, Store, StoreConfig, Target, Ticket, Ttl};
+use store::{Durability, EndpointHandle, Reader, Store, StoreConfig, Target, Ticket, Ttl};
 
 const PAYLOAD: usize = 256;
 /// Messages per measured iteration.
@@ -64,16 +64,19 @@ fn run(
     producers: u64,
     window: usize,
 ) -> Duration {
-    let names: Vec<String> = (0..readers.len()).map(|i| format!("e{i}")).collect();
+    let endpoints: Vec<EndpointHandle> = readers
+        .iter()
+        .map(|r| store.endpoint(r.endpoint()).expect("endpoint of a reader"))
+        .collect();
     let payload = Bytes::from(vec![b'm'; PAYLOAD]);
     let start = Instant::now();
     thread::scope(|s| {
         for p in 0..producers {
             let store = Arc::clone(store);
             let payload = payload.clone();
-            let names = &names;
+            let endpoints = &endpoints;
             s.spawn(move || {
-                let targets: Vec<Target<'_>> = names
+                let targets: Vec<Target<'_>> = endpoints
                     .iter()
                     .map(|e| Target::new(e, 0, Ttl::Never))
                     .collect();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgehub::hub::{Hub, HubSettings};
-use edgehub::identity::{Hostnames, IdentityStore};
+use edgehub::identity::{Hostnames, IdentityRegistry};
 use edgehub::mqtt::auth::SasAuthenticator;
 use edgehub_benches::load::{self, Auth, Endpoint, HubModules, Report, Settings, Topology};
 use rumqttc::QoS;
@@ -33,7 +33,7 @@ async fn start_hub_with(
     clients: &[String],
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> (Hub, HubModules) {
-    let identities = IdentityStore::open(dir, DEVICE).expect("the identity store opens");
+    let identities = IdentityRegistry::open(dir, DEVICE).expect("the identity store opens");
     let modules = HubModules::from_store(&identities, DEVICE, IOTHUB, clients)
         .expect("the load modules get identities");
     let desired = load::topology::edge_hub_desired(routes);

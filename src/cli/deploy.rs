@@ -62,7 +62,7 @@ fn deploy(args: &DeployArgs) -> Result<(), Failure> {
     // As at start: every module of the deployment has an identity (a running hub sees new
     // ones at their first connection).
     config
-        .identity_store()
+        .identity_registry()
         .and_then(|store| store.add_modules(modules.iter().map(String::as_str)))
         .context("creating the identities of the deployment's modules")
         .map_err(Failure::Io)?;

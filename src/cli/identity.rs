@@ -1,6 +1,6 @@
 //! `edgehub identity add` and `edgehub identity list`.
 //!
-//! Both work whether or not a hub runs on the same data folder: the identity store is shared
+//! Both work whether or not a hub runs on the same data folder: the identity registry is shared
 //! through its file, and a running hub sees new identities at their first connection.
 
 use std::path::PathBuf;
@@ -65,7 +65,7 @@ fn add(args: &AddArgs) -> Result<(), Failure> {
         )));
     }
     let config = Config::load_or_default(args.config.as_deref())?;
-    let store = config.identity_store()?;
+    let store = config.identity_registry()?;
     let identity = match (&args.module_id, &args.device) {
         (Some(module_id), _) => store.add_module(module_id)?,
         (None, Some(device_id)) => store.add_device(device_id)?,
@@ -76,7 +76,7 @@ fn add(args: &AddArgs) -> Result<(), Failure> {
 }
 
 fn list(args: &ListArgs) -> Result<(), Failure> {
-    let store = Config::load_or_default(args.config.as_deref())?.identity_store()?;
+    let store = Config::load_or_default(args.config.as_deref())?.identity_registry()?;
     for identity in store.list()? {
         let kind = if identity.is_module() {
             "module"

@@ -2,19 +2,19 @@
 //!
 //! - [`id`]: IoT Hub's rules for device and module ids;
 //! - [`key`]: symmetric keys, never logged;
-//! - [`store`]: the identity store under the data folder, shared with `edgehub identity`;
+//! - [`registry`]: the identity registry under the data folder, shared with `edgehub identity`;
 //! - [`username`]: the CONNECT username grammar and the client id check.
 //!
 //! Proving a claim (SAS tokens) is [`crate::sas`]'s job.
 
 pub mod id;
 pub mod key;
-pub mod store;
+pub mod registry;
 pub mod username;
 
 pub use id::{IdError, validate_device_id, validate_module_id};
 pub use key::SymmetricKey;
-pub use store::{Identity, IdentityError, IdentityStore};
+pub use registry::{Identity, IdentityError, IdentityRegistry};
 pub use username::{ClientIdentity, Username, UsernameError, check_client_id, parse_username};
 
 /// The names clients use to reach the hub, as the configuration gives them.

@@ -1,4 +1,4 @@
-//! Authentication of a CONNECT: the seam between the MQTT head and the identity store.
+//! Authentication of a CONNECT: the seam between the MQTT head and the identity registry.
 
 use std::fmt;
 
@@ -72,18 +72,18 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
     fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Grant, String>;
 }
 
-/// The hub's authenticator: SAS tokens checked against the identity store (protocol spec 1.2
+/// The hub's authenticator: SAS tokens checked against the identity registry (protocol spec 1.2
 /// and 1.3), which is re-read when another process (`edgehub identity add`) changed it.
 #[derive(Debug)]
 pub struct SasAuthenticator {
-    identities: crate::identity::IdentityStore,
+    identities: crate::identity::IdentityRegistry,
     hostnames: crate::identity::Hostnames,
 }
 
 impl SasAuthenticator {
     /// An authenticator over `identities`, accepting tokens for these hostnames.
     pub fn new(
-        identities: crate::identity::IdentityStore,
+        identities: crate::identity::IdentityRegistry,
         hostnames: crate::identity::Hostnames,
     ) -> Self {
         Self {

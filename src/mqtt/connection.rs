@@ -15,8 +15,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use router::message::system;
-use router::{Message, Ttl as RouteTtl};
 use rumqttc::mqttbytes::v4::{
     Codec, ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
     UnsubAck,
@@ -26,17 +24,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{Framed, FramedParts};
 
-use super::auth::{Credentials, Identity};
-use super::session::{Burst, Link, Outbound};
-use super::topic::{self, Inbound, PropertyBag, decode_bag};
-use crate::hub::Shared;
-use crate::metrics::DropReason;
-use crate::stored;
+use super::auth::{Authenticator, Credentials, Identity};
+use super::session::{Burst, Link, Outbound, Sessions};
+use super::topic::{self, Inbound, decode_bag};
+use crate::ingest::{Ingest, Publisher};
+use crate::methods::Methods;
+use crate::metrics::{DropReason, Metrics};
+use crate::twin::Twins;
 
 /// The largest packet accepted: IoT Hub's 256 KiB message plus room for the topic.
 pub const MAX_PACKET: usize = 256 * 1024 + 16 * 1024;
-/// The largest routed message (body plus property keys and values), as IoT Hub.
-pub const MAX_MESSAGE: usize = 256 * 1024;
 /// Initial capacity of a connection's read and write buffers.
 const INITIAL_BUFFER: usize = 1024;
 /// Inbound QoS 1 messages awaiting durability before the socket stops being read.
@@ -71,6 +68,28 @@ fn oldest_settled(
     })
 }
 
+/// What a connection uses of the hub: the ingest path for what its client publishes, the
+/// sessions for its subscriptions and deliveries, twins and methods for the `$iothub` topics.
+#[derive(Debug)]
+pub struct Services {
+    /// Where telemetry goes: routes, then the store.
+    pub ingest: Arc<Ingest>,
+    /// Subscriptions and live links of every client.
+    pub sessions: Arc<Sessions>,
+    /// Who may connect.
+    pub auth: Arc<dyn Authenticator>,
+    /// The twins of the identities.
+    pub twins: Arc<Twins>,
+    /// Direct method requests awaiting their responses.
+    pub methods: Arc<Methods>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Time a new connection has to send its CONNECT (and finish its TLS handshake).
+    pub connect_timeout: Duration,
+    /// Close connections that publish to unknown topics (decision D2) instead of dropping.
+    pub strict_topics: bool,
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum Close {
@@ -85,7 +104,7 @@ enum Close {
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve<S>(stream: S, shared: Arc<Shared>)
+pub async fn serve<S>(stream: S, services: Arc<Services>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -99,7 +118,7 @@ where
     parts.read_buf = bytes::BytesMut::with_capacity(INITIAL_BUFFER);
     parts.write_buf = bytes::BytesMut::with_capacity(INITIAL_BUFFER);
     let mut framed = Framed::from_parts(parts);
-    let connect = match tokio::time::timeout(shared.connect_timeout, framed.next()).await {
+    let connect = match tokio::time::timeout(services.connect_timeout, framed.next()).await {
         Ok(Some(Ok(Packet::Connect(connect)))) => connect,
         Ok(Some(Ok(other))) => {
             tracing::debug!(packet = ?other, "first packet is not CONNECT; closing");
@@ -125,11 +144,11 @@ where
         username: connect.login.as_ref().map(|l| l.username.as_str()),
         password: connect.login.as_ref().map(|l| l.password.as_str()),
     };
-    let (identity, valid_until, model_id) = match shared.auth.authenticate(&credentials) {
+    let (identity, valid_until, model_id) = match services.auth.authenticate(&credentials) {
         Ok(grant) => (grant.identity, grant.valid_until, grant.model_id),
         Err(reason) => {
             tracing::warn!(client_id = %connect.client_id, %reason, "connection refused");
-            shared.metrics.connection_refused();
+            services.metrics.connection_refused();
             let _ = framed
                 .send(Packet::ConnAck(ConnAck::new(
                     ConnectReturnCode::NotAuthorized,
@@ -143,12 +162,12 @@ where
     let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
     let (close, close_rx) = watch::channel(false);
     let link = Link {
-        id: shared.sessions.next_link_id(),
+        id: services.sessions.next_link_id(),
         outbox,
         close,
     };
     let link_id = link.id;
-    let connected = shared
+    let connected = services
         .sessions
         .connect(&client_id, connect.clean_session, link);
     if connected.replaced.is_some() {
@@ -156,7 +175,7 @@ where
     }
     let ack = ConnAck::new(ConnectReturnCode::Success, connected.session_present);
     if framed.send(Packet::ConnAck(ack)).await.is_err() {
-        shared.sessions.disconnect(&client_id, link_id);
+        services.sessions.disconnect(&client_id, link_id);
         return;
     }
     tracing::info!(%client_id, clean_session = connect.clean_session, "client connected");
@@ -166,7 +185,7 @@ where
     };
     let mut connection = Connection {
         framed,
-        shared: Arc::clone(&shared),
+        services: Arc::clone(&services),
         identity,
         keep_alive,
         pending_acks: VecDeque::with_capacity(INBOUND_WINDOW),
@@ -182,7 +201,7 @@ where
         model_id,
     };
     let close = connection.run(outbox_rx, close_rx).await;
-    shared.sessions.disconnect(&client_id, link_id);
+    services.sessions.disconnect(&client_id, link_id);
     // Spec 1.1: a connection that ends without DISCONNECT publishes its will, routed like
     // telemetry (not after a takeover: the client is still there).
     if let Some(will) = connect.last_will
@@ -201,7 +220,7 @@ where
 
 struct Connection<S> {
     framed: Framed<S, Codec>,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
     identity: Identity,
     keep_alive: Duration,
     /// Inbound QoS 1 publishes awaiting durability, in arrival order.
@@ -349,7 +368,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     .map(|f| (f.path, f.qos))
                     .collect();
                 let granted = self
-                    .shared
+                    .services
                     .sessions
                     .subscribe(&self.identity.client_id(), &filters);
                 let codes = granted
@@ -360,7 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     .await
             }
             Packet::Unsubscribe(unsubscribe) => {
-                self.shared
+                self.services
                     .sessions
                     .unsubscribe(&self.identity.client_id(), &unsubscribe.topics);
                 self.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
@@ -396,11 +415,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     )));
                 }
                 let bag = decode_bag(bag);
-                self.ingest(bag, publish.payload).await?
+                let publisher = self.publisher();
+                self.services
+                    .ingest
+                    .telemetry(&publisher, bag, publish.payload)
+                    .await
+                    .map_err(|e| Close::Violation(e.to_string()))?
             }
             Inbound::Unknown => {
-                self.shared.metrics.dropped(DropReason::UnknownTopic);
-                if self.shared.strict_topics {
+                self.services.metrics.dropped(DropReason::UnknownTopic);
+                if self.services.strict_topics {
                     return Err(Close::Violation(format!(
                         "published to the unknown topic {:?} (strict_topics)",
                         publish.topic
@@ -420,7 +444,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let Some(rid) = rid.filter(|r| !r.is_empty()) else {
                     return Err(Close::Violation("twin GET without $rid".to_owned()));
                 };
-                let (status, body) = match self.shared.twins.get(&self.identity.client_id()) {
+                let (status, body) = match self.services.twins.get(&self.identity.client_id()) {
                     Ok(twin) => (200, twin.to_string().into_bytes()),
                     Err(e) => {
                         tracing::error!(client_id = %self.identity, error = %e, "twin unreadable");
@@ -432,7 +456,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             Inbound::TwinPatchReported { rid } => {
                 let result = self
-                    .shared
+                    .services
                     .twins
                     .patch_reported(&self.identity.client_id(), &publish.payload);
                 let (status, version) = match result {
@@ -458,7 +482,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             Inbound::MethodResponse { status, rid } => {
                 if let Some(rid) = rid {
-                    self.shared
+                    self.services
                         .methods
                         .respond(&rid, status, publish.payload.clone());
                 }
@@ -471,54 +495,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(())
     }
 
-    /// Routes a telemetry message and hands it to the store; `None` when no route wants it.
-    async fn ingest(
-        &mut self,
-        bag: PropertyBag,
-        body: bytes::Bytes,
-    ) -> Result<Option<store::Ticket>, Close> {
-        let PropertyBag {
-            properties,
-            mut system_properties,
-        } = bag;
-        system_properties.insert(
-            system::CONNECTION_DEVICE_ID,
-            self.identity.device_id.as_str(),
-        );
-        if let Some(module) = &self.identity.module_id {
-            system_properties.insert(system::CONNECTION_MODULE_ID, module.as_str());
+    /// The identity stamped on what this client publishes.
+    fn publisher(&self) -> Publisher<'_> {
+        Publisher {
+            device_id: &self.identity.device_id,
+            module_id: self.identity.module_id.as_deref(),
+            model_id: self.model_id.as_deref(),
         }
-        // Spec section 3: what edgeHub adds to every message.
-        let origin = if self.identity.device_id == self.shared.device_id {
-            "internal"
-        } else {
-            "downstream"
-        };
-        system_properties.insert("edgeHubOriginInterface", origin);
-        if let Some(model_id) = &self.model_id {
-            system_properties.insert("modelId", model_id.as_str());
-        }
-        let message = Message {
-            body,
-            properties,
-            system_properties,
-        };
-        let size = message.body.len()
-            + [&message.properties, &message.system_properties]
-                .iter()
-                .flat_map(|p| p.iter())
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-        if size > MAX_MESSAGE {
-            self.shared.metrics.dropped(DropReason::TooLarge);
-            return Err(Close::Violation(format!(
-                "message of {size} bytes exceeds {MAX_MESSAGE}"
-            )));
-        }
-        self.shared.metrics.received();
-        route_and_store(&self.shared, &message)
-            .await
-            .map_err(|e| Close::Violation(format!("store refused the message: {e}")))
     }
 
     /// Publishes a client's will as if it had sent it: routed and stored like its telemetry,
@@ -538,11 +521,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return;
         }
         let bag = decode_bag(bag);
-        match self.ingest(bag, will.message).await {
+        let publisher = self.publisher();
+        match self
+            .services
+            .ingest
+            .telemetry(&publisher, bag, will.message)
+            .await
+        {
             Ok(_) => tracing::info!(client_id = %self.identity, "will published"),
-            Err(close) => {
-                tracing::warn!(client_id = %self.identity, reason = ?close, "will not stored");
-            }
+            Err(e) => tracing::warn!(client_id = %self.identity, error = %e, "will not stored"),
         }
     }
 
@@ -550,29 +537,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// `/twinChangeNotifications`), carrying the reporter as its connection ids. It is not
     /// waited for: the reported patch is already stored and answered.
     async fn notify_twin_change(&mut self, patch: bytes::Bytes, version: u64) {
-        let mut system_properties = router::Properties::new();
-        for (key, value) in [
-            (system::MESSAGE_TYPE, "twinChangeNotification"),
-            ("messageSchema", "twinChangeNotification"),
-            (system::CONTENT_TYPE, "application/json"),
-            (system::CONTENT_ENCODING, "utf-8"),
-            (
-                system::CONNECTION_DEVICE_ID,
-                self.identity.device_id.as_str(),
-            ),
-        ] {
-            system_properties.insert(key, value);
-        }
-        if let Some(module) = &self.identity.module_id {
-            system_properties.insert(system::CONNECTION_MODULE_ID, module.as_str());
-        }
-        system_properties.insert("version", version.to_string());
-        let message = Message {
-            body: patch,
-            properties: router::Properties::new(),
-            system_properties,
-        };
-        if let Err(e) = route_and_store(&self.shared, &message).await {
+        let publisher = self.publisher();
+        if let Err(e) = self
+            .services
+            .ingest
+            .twin_change(&publisher, patch, version)
+            .await
+        {
             tracing::warn!(client_id = %self.identity, error = %e, "twin change notification not stored");
         }
     }
@@ -586,11 +557,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         version: Option<u64>,
         body: Vec<u8>,
     ) -> Result<(), Close> {
-        let rid = topic::encode_component(rid);
-        let topic = match version {
-            Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
-            None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
-        };
+        let topic = topic::twin_response(status, rid, version);
         self.send(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body)))
             .await
     }
@@ -612,7 +579,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 .feed(Packet::Publish(publish))
                 .await
                 .map_err(|_| Close::Client)?;
-            self.shared.metrics.sent();
+            self.services.metrics.sent();
         }
         self.framed.flush().await.map_err(|_| Close::Client)?;
         // QoS 0 is complete once written.
@@ -633,79 +600,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 }
 
-/// Evaluates the routes for `message` and hands it to the store for every endpoint selected;
-/// `None` when no route wants it (counted as dropped).
-async fn route_and_store(
-    shared: &Arc<Shared>,
-    message: &Message,
-) -> Result<Option<store::Ticket>, store::EnqueueError> {
-    let table = shared.router.load();
-    let started = std::time::Instant::now();
-    let deliveries = table.dispatch(message);
-    shared.metrics.route_evaluated(started.elapsed());
-    if deliveries.is_empty() {
-        shared.metrics.dropped(DropReason::NoRoute);
-        return Ok(None);
-    }
-    let targets: Vec<(String, u32, store::Ttl)> = deliveries
-        .iter()
-        .map(|d| {
-            (
-                d.endpoint.id(&shared.device_id),
-                d.priority,
-                store_ttl(d.ttl),
-            )
-        })
-        .collect();
-    drop(table);
-    match enqueue(Arc::clone(shared), stored::encode(message), targets).await {
-        Ok(ticket) => Ok(Some(ticket)),
-        Err(e) => {
-            shared.metrics.dropped(DropReason::StoreRefused);
-            Err(e)
-        }
-    }
-}
-
-/// Hands a message to the store without blocking the runtime: when the writer's inbox is
-/// full, the blocking enqueue runs on the blocking pool, and the connection waits for it (so its
-/// messages keep their order).
-async fn enqueue(
-    shared: Arc<Shared>,
-    payload: bytes::Bytes,
-    targets: Vec<(String, u32, store::Ttl)>,
-) -> Result<store::Ticket, store::EnqueueError> {
-    match shared
-        .store
-        .try_enqueue(payload.clone(), &store_targets(&targets))
-    {
-        Err(store::EnqueueError::Busy) => tokio::task::spawn_blocking(move || {
-            shared.store.enqueue(payload, &store_targets(&targets))
-        })
-        .await
-        .unwrap_or(Err(store::EnqueueError::Closed)),
-        other => other,
-    }
-}
-
-fn store_targets(targets: &[(String, u32, store::Ttl)]) -> Vec<store::Target<'_>> {
-    targets
-        .iter()
-        .map(|(id, priority, ttl)| store::Target::new(id, *priority, *ttl))
-        .collect()
-}
-
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-fn store_ttl(ttl: RouteTtl) -> store::Ttl {
-    match ttl {
-        RouteTtl::Never => store::Ttl::Never,
-        RouteTtl::Secs(secs) => store::Ttl::After(Duration::from_secs(secs)),
     }
 }

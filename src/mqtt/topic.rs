@@ -1,5 +1,6 @@
-//! IoT Hub MQTT topics (protocol spec 2.1 to 2.4): what a client publishes to, what its
-//! subscriptions mean, and the property bags carried in topic segments.
+//! IoT Hub MQTT topics (protocol spec 2.1 to 2.4), both directions: what a client publishes to
+//! and what its subscriptions mean; the topics the hub publishes on (module inputs, twin
+//! responses, desired patches, method requests); and the property bags carried in topic segments.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use router::Properties;
@@ -170,6 +171,27 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 /// which follows it: `devices/{device}/modules/{module}/inputs/{input}/`.
 pub fn module_input_prefix(device: &str, module: &str, input: &str) -> String {
     format!("devices/{device}/modules/{module}/inputs/{input}/")
+}
+
+/// The topic a desired-properties patch is pushed on:
+/// `$iothub/twin/PATCH/properties/desired/?$version={version}`.
+pub fn desired_patch(version: u64) -> String {
+    format!("$iothub/twin/PATCH/properties/desired/?$version={version}")
+}
+
+/// The topic of the answer to a twin request:
+/// `$iothub/twin/res/{status}/?$rid={rid}[&$version={version}]` (`rid` percent-encoded).
+pub fn twin_response(status: u16, rid: &str, version: Option<u64>) -> String {
+    let rid = encode_component(rid);
+    match version {
+        Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
+        None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
+    }
+}
+
+/// The topic a direct method request is published on: `$iothub/methods/POST/{method}/?$rid={rid}`.
+pub fn method_request(method: &str, rid: &str) -> String {
+    format!("$iothub/methods/POST/{method}/?$rid={rid}")
 }
 
 /// How a system property travels (spec 2.3 and 2.4).

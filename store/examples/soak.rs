@@ -117,7 +117,8 @@ fn open(dir: &Path, durability: Durability) -> Arc<Store> {
 /// Enqueues `n` messages with up to 1,024 tickets in flight.
 fn produce(store: &Store, n: u64, mut on_progress: impl FnMut(u64)) {
     let payload = Bytes::from(vec![b's'; PAYLOAD]);
-    let target = [Target::new("e", 0, Ttl::Never)];
+    let endpoint = store.endpoint("e").expect("added at open");
+    let target = [Target::new(&endpoint, 0, Ttl::Never)];
     let mut tickets = std::collections::VecDeque::with_capacity(1024);
     for i in 0..n {
         if tickets.len() == 1024

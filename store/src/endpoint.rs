@@ -1,14 +1,43 @@
 //! An endpoint: its queues (one per priority) behind one mutex, and the means to wake its
 //! reader. The endpoint's reader, the writer (publishing new segments) and the cleaner all go
-//! through [`Endpoint::lock`]; each holds it briefly.
+//! through [`Endpoint::lock`]; each holds it briefly. Callers outside the store hold an
+//! [`EndpointHandle`].
 
 use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
-use crate::queue::{Queue, SegRef};
+use crate::queue::{Dropped, Queue, SegRef};
 use crate::stats::EndpointStats;
+
+/// An endpoint of a [`Store`](crate::Store), to name it in a [`Target`](crate::Target).
+///
+/// Obtained from the store once, when routes are installed
+/// ([`Store::add_endpoint`](crate::Store::add_endpoint) or
+/// [`Store::endpoint`](crate::Store::endpoint)), and used for every enqueue: enqueueing does no
+/// lookup by name. Cheap to clone (a reference count). A handle belongs to the store that gave
+/// it; once its endpoint is removed, enqueueing to it fails with
+/// [`EnqueueError::UnknownEndpoint`](crate::EnqueueError::UnknownEndpoint), also after the
+/// endpoint is added again (which makes a new endpoint, with a new handle).
+#[derive(Debug, Clone)]
+pub struct EndpointHandle(Arc<Endpoint>);
+
+impl EndpointHandle {
+    pub(crate) fn new(endpoint: Arc<Endpoint>) -> Self {
+        Self(endpoint)
+    }
+
+    /// The endpoint's id, e.g. `iothub` or `{device}/{module}/{input}`.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
 
 /// Mutable state of an endpoint.
 #[derive(Debug, Default)]
@@ -18,7 +47,6 @@ pub(crate) struct EndpointState {
     /// Waker of an async reader waiting for work.
     pub waker: Option<Waker>,
     pub reader_attached: bool,
-    pub removed: bool,
     pub closed: bool,
     /// Some checkpoint moved since the writer last saved them.
     pub checkpoints_dirty: bool,
@@ -28,11 +56,6 @@ impl EndpointState {
     pub fn has_unread(&self) -> bool {
         self.queues.values().any(Queue::has_unread)
     }
-
-    /// Whether a waiting reader should return: work, or nothing more will ever come.
-    pub fn ready(&self) -> bool {
-        self.removed || self.closed || self.has_unread()
-    }
 }
 
 /// One endpoint of the store.
@@ -41,6 +64,9 @@ pub(crate) struct Endpoint {
     pub name: String,
     /// Number used in segments instead of the name; never reused.
     pub num: u32,
+    /// Set once, with the state locked, when the endpoint is removed; read without the lock
+    /// by enqueue (a check per target that does not contend with the reader).
+    removed: AtomicBool,
     state: Mutex<EndpointState>,
     ready: Condvar,
 }
@@ -50,6 +76,7 @@ impl Endpoint {
         Self {
             name,
             num,
+            removed: AtomicBool::new(false),
             state: Mutex::new(EndpointState {
                 queues,
                 ..EndpointState::default()
@@ -62,10 +89,35 @@ impl Endpoint {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the endpoint was removed from the store.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Whether a waiting reader should return: work, or nothing more will ever come.
+    pub fn is_ready(&self, state: &EndpointState) -> bool {
+        self.is_removed() || state.closed || state.has_unread()
+    }
+
+    /// Marks the endpoint removed, drops its entries and wakes its reader; returns what was
+    /// dropped.
+    pub fn remove(&self) -> Dropped {
+        let mut state = self.lock();
+        // Set under the lock: whoever holds it sees a consistent "removed and empty".
+        self.removed.store(true, Ordering::Release);
+        let mut dropped = Dropped::default();
+        for q in state.queues.values_mut() {
+            dropped += q.clear();
+        }
+        state.queues.clear();
+        self.wake(state);
+        dropped
+    }
+
     /// Adds newly committed segments and wakes the reader.
     pub fn publish(&self, segs: impl IntoIterator<Item = (u32, SegRef)>) {
         let mut state = self.lock();
-        if state.removed {
+        if self.is_removed() {
             return;
         }
         for (priority, seg) in segs {
@@ -84,13 +136,15 @@ impl Endpoint {
         }
     }
 
-    /// Waits until the endpoint is ready or `timeout` passes.
-    pub fn wait_ready(&self, timeout: Duration) -> MutexGuard<'_, EndpointState> {
+    /// Waits until the endpoint is ready or `timeout` passes; returns whether it is ready.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
         let state = self.lock();
-        self.ready
-            .wait_timeout_while(state, timeout, |s| !s.ready())
+        let state = self
+            .ready
+            .wait_timeout_while(state, timeout, |s| !self.is_ready(s))
             .unwrap_or_else(PoisonError::into_inner)
-            .0
+            .0;
+        self.is_ready(&state)
     }
 
     pub fn stats(&self, now_ms: u64) -> EndpointStats {

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::endpoint::EndpointHandle;
+
 /// Expiry stored for an entry that never expires.
 pub(crate) const NEVER: u64 = u64::MAX;
 
@@ -34,21 +36,13 @@ impl Ttl {
             }
         }
     }
-
-    /// The longer of two TTLs.
-    pub(crate) fn max(self, other: Self) -> Self {
-        match (self, other) {
-            (Self::After(a), Self::After(b)) => Self::After(a.max(b)),
-            _ => Self::Never,
-        }
-    }
 }
 
-/// One destination of an enqueued message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One destination of an enqueued message. The targets of one enqueue name distinct endpoints.
+#[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
-    /// Endpoint id, e.g. `iothub` or `{device}/{module}/{input}`.
-    pub endpoint: &'a str,
+    /// The endpoint, as handed out by [`Store::add_endpoint`](crate::Store::add_endpoint).
+    pub endpoint: &'a EndpointHandle,
     /// Queue priority: 0 is delivered first; edgeHub's default is 2,000,000,000.
     pub priority: u32,
     /// Time to live of this copy.
@@ -57,7 +51,7 @@ pub struct Target<'a> {
 
 impl<'a> Target<'a> {
     /// A target with priority and TTL.
-    pub fn new(endpoint: &'a str, priority: u32, ttl: Ttl) -> Self {
+    pub fn new(endpoint: &'a EndpointHandle, priority: u32, ttl: Ttl) -> Self {
         Self {
             endpoint,
             priority,
@@ -102,13 +96,5 @@ mod tests {
     fn deadline_adds_ttl_and_never_is_max() {
         assert_eq!(Ttl::After(Duration::from_millis(5)).deadline(10), 15);
         assert_eq!(Ttl::Never.deadline(10), NEVER);
-    }
-
-    #[test]
-    fn longest_ttl_wins() {
-        let short = Ttl::After(Duration::from_secs(1));
-        let long = Ttl::After(Duration::from_secs(9));
-        assert_eq!(short.max(long), long);
-        assert_eq!(short.max(Ttl::Never), Ttl::Never);
     }
 }

@@ -60,9 +60,13 @@ pub enum EnqueueError {
     /// and retry later (the hub withholds the PUBACK).
     #[error("store quota exceeded")]
     QuotaExceeded,
-    /// A target names an endpoint that was never added (or was removed).
+    /// A target names an endpoint that was removed.
     #[error("unknown endpoint {0:?}")]
     UnknownEndpoint(String),
+    /// Two targets name the same endpoint: a bug of the caller, which must merge them (one
+    /// copy per endpoint, decision D6) before it enqueues.
+    #[error("endpoint {0:?} is named by more than one target")]
+    DuplicateTarget(String),
     /// The target list is empty.
     #[error("message has no target")]
     NoTargets,

@@ -2,7 +2,8 @@
 //! and crash safety.
 //!
 //! A message is enqueued once for a set of [`Target`]s (endpoint, priority, [`Ttl`]); its bytes
-//! are stored once. Each endpoint has one FIFO queue per priority and one [`Reader`] that hands
+//! are stored once. Targets name endpoints by [`EndpointHandle`], obtained once from
+//! [`Store::add_endpoint`], so that enqueueing does no lookup by name. Each endpoint has one FIFO queue per priority and one [`Reader`] that hands
 //! out batches, highest priority (lowest number) first, and takes acknowledgements. The
 //! [`Ticket`] returned by [`Store::enqueue`] completes when the message is durable as the
 //! [`Durability`] mode says; it is a runtime-agnostic future and has a blocking `wait`.
@@ -16,11 +17,12 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let store = Store::open(StoreConfig::new(dir.path()))?;
-//! store.add_endpoint("iothub")?;
+//! // When routes are installed: one handle per endpoint, kept for every enqueue.
+//! let iothub = store.add_endpoint("iothub")?;
 //!
 //! // Producer: returns once the message is fsynced (the default `Sync` durability).
 //! let ttl = Ttl::from_secs(7200);
-//! store.enqueue_durable(Bytes::from_static(b"hello"), &[Target::new("iothub", 0, ttl)])?;
+//! store.enqueue_durable(Bytes::from_static(b"hello"), &[Target::new(&iothub, 0, ttl)])?;
 //!
 //! // Delivery task: read a batch, deliver it, acknowledge in order.
 //! let mut reader = store.reader("iothub")?;
@@ -35,12 +37,15 @@
 //! # Layout
 //!
 //! - [`store`](Store): the handle; enqueue, endpoints, readers, statistics.
+//! - `state`: what the handle, the readers and the threads share (endpoint table, epochs,
+//!   counters).
 //! - `writer`: the writer thread, sole owner of the write side; group commit, epoch rotation,
 //!   compaction, the cleaner (expiry, deletion of consumed epochs, quota) and checkpoint saving.
 //! - `syncer`: in `sync` mode, fsyncs groups, then publishes and acknowledges them.
 //! - `reader`: per-endpoint batches, acks, waiting.
 //! - `queue`: per-queue bookkeeping (segments, checkpoint, cursor, exact counts), no I/O.
-//! - `endpoint`: an endpoint's queues behind one mutex, and its wake-ups.
+//! - `endpoint`: an endpoint's queues behind one mutex, its wake-ups, and the
+//!   [`EndpointHandle`] callers name it by.
 //! - `segment`: the on-disk format of segments and their summaries.
 //! - `epoch`: directory layout, epoch liveness, quarantine of unreadable databases.
 //! - `backend`: everything sled-specific (the seam to change engine).
@@ -63,6 +68,7 @@ mod quota;
 mod reader;
 mod recovery;
 mod segment;
+mod state;
 mod stats;
 mod store;
 mod syncer;
@@ -71,6 +77,7 @@ mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, Quota, QuotaPolicy, StoreConfig};
+pub use endpoint::EndpointHandle;
 pub use entry::{Entry, EntryId, Target, Ttl};
 pub use epoch::Quarantined;
 pub use error::{AckError, BackendError, EnqueueError, OpenError, StoreError};

@@ -14,8 +14,8 @@ use crate::entry::{Entry, EntryId, NEVER};
 use crate::error::{AckError, StoreError};
 use crate::queue::Dropped;
 use crate::segment::Segment;
+use crate::state::StoreState;
 use crate::stats::Counters;
-use crate::store::Shared;
 
 /// The last segment decoded, kept because consecutive batches usually read the same one.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ struct Cached {
 /// (a delivery window); [`rewind`](Reader::rewind) hands the unacknowledged ones out again.
 #[derive(Debug)]
 pub struct Reader {
-    shared: Arc<Shared>,
+    store: Arc<StoreState>,
     endpoint: Arc<Endpoint>,
     cached: Option<Cached>,
 }
@@ -51,7 +51,7 @@ impl Future for Ready<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = self.endpoint.lock();
-        if state.ready() {
+        if self.endpoint.is_ready(&state) {
             Poll::Ready(())
         } else {
             state.waker = Some(cx.waker().clone());
@@ -61,10 +61,13 @@ impl Future for Ready<'_> {
 }
 
 impl Reader {
-    pub(crate) fn attach(shared: Arc<Shared>, endpoint: Arc<Endpoint>) -> Result<Self, StoreError> {
+    pub(crate) fn attach(
+        store: Arc<StoreState>,
+        endpoint: Arc<Endpoint>,
+    ) -> Result<Self, StoreError> {
         {
             let mut state = endpoint.lock();
-            if state.removed {
+            if endpoint.is_removed() {
                 return Err(StoreError::EndpointRemoved(endpoint.name.clone()));
             }
             if state.reader_attached {
@@ -73,7 +76,7 @@ impl Reader {
             state.reader_attached = true;
         }
         Ok(Self {
-            shared,
+            store,
             endpoint,
             cached: None,
         })
@@ -95,7 +98,7 @@ impl Reader {
     /// Blocks until there is something to read (or removal or close), at most `timeout`;
     /// returns whether it is ready.
     pub fn wait(&self, timeout: Duration) -> bool {
-        self.endpoint.wait_ready(timeout).ready()
+        self.endpoint.wait_ready(timeout)
     }
 
     /// The next entries, at most `max_entries` and about `max_bytes` of payload (at least one
@@ -109,10 +112,10 @@ impl Reader {
     ///
     /// `EndpointRemoved`, `Closed`, or a storage failure.
     pub fn read(&mut self, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
-        let now_ms = self.shared.config.clock.now_ms();
+        let now_ms = self.store.config.clock.now_ms();
         let endpoint = Arc::clone(&self.endpoint);
         let mut state = endpoint.lock();
-        if state.removed {
+        if endpoint.is_removed() {
             return Err(StoreError::EndpointRemoved(endpoint.name.clone()));
         }
         if state.closed {
@@ -137,7 +140,7 @@ impl Reader {
                     Err(reason) => {
                         tracing::error!(endpoint = %endpoint.name, epoch, segno, %reason, "segment unreadable; its entries are dropped");
                         let lost = q.drop_unreadable(seg_last);
-                        Counters::add(&self.shared.counters.lost, lost.count);
+                        Counters::add(&self.store.counters.lost, lost.count);
                         continue;
                     }
                 };
@@ -180,7 +183,7 @@ impl Reader {
             state.checkpoints_dirty = true;
         }
         drop(state);
-        Counters::add(&self.shared.counters.expired, expired.count);
+        Counters::add(&self.store.counters.expired, expired.count);
         Ok(out)
     }
 
@@ -222,7 +225,7 @@ impl Reader {
             seq: id.seq,
         };
         let mut state = self.endpoint.lock();
-        if state.removed {
+        if self.endpoint.is_removed() {
             return Ok(());
         }
         let q = state
@@ -232,7 +235,7 @@ impl Reader {
         let expired = q.ack(id.seq).map_err(|_| not_delivered)?;
         state.checkpoints_dirty = true;
         drop(state);
-        Counters::add(&self.shared.counters.expired, expired.count);
+        Counters::add(&self.store.counters.expired, expired.count);
         Ok(())
     }
 
@@ -253,7 +256,7 @@ impl Reader {
         {
             return Ok(Some(Arc::clone(&c.segment)));
         }
-        let Some(data) = self.shared.epochs.with(epoch, |db| db.read(segno)) else {
+        let Some(data) = self.store.epochs.with(epoch, |db| db.read(segno)) else {
             return Ok(None);
         };
         let data = data.map_err(|e| e.to_string())?.ok_or("segment missing")?;

@@ -14,6 +14,7 @@
 //! queue, so opening costs little more than opening the sled databases.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use crate::endpoint::Endpoint;
 use crate::epoch::{EpochTable, EpochToken, Layout, Quarantined};
 use crate::error::{BackendError, OpenError};
 use crate::queue::{Queue, SegRef};
-use crate::segment::{FormatError, Segment, Summary};
+use crate::segment::{FormatError, Group, Segment, Summary};
 
 /// What happened when the store was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,8 +50,11 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
+/// Why an epoch could not be opened and read.
 #[derive(Debug, thiserror::Error)]
 enum EpochReadError {
+    #[error(transparent)]
+    Open(#[from] OpenFailure),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]
@@ -112,6 +116,102 @@ fn count_after(
     Ok((count, bytes))
 }
 
+/// What the meta database says, indexed for the scan of the epochs.
+#[derive(Debug)]
+struct Known {
+    /// Names of the existing endpoints, by number.
+    names: HashMap<u32, String>,
+    /// Checkpoints of the queues of existing endpoints, by (endpoint, priority).
+    checkpoints: HashMap<(u32, u32), u64>,
+    /// Highest sequence number the meta database knows of (reservation, any checkpoint).
+    max_seq: u64,
+}
+
+impl Known {
+    fn new(contents: &MetaContents) -> Self {
+        let names: HashMap<u32, String> = contents
+            .endpoints
+            .iter()
+            .map(|(n, num)| (*num, n.clone()))
+            .collect();
+        let mut checkpoints = HashMap::new();
+        let mut max_seq = contents.seq_reserved;
+        for &(endpoint, priority, seq) in &contents.checkpoints {
+            max_seq = max_seq.max(seq);
+            if names.contains_key(&endpoint) {
+                checkpoints.insert((endpoint, priority), seq);
+            }
+        }
+        Self {
+            names,
+            checkpoints,
+            max_seq,
+        }
+    }
+
+    fn exists(&self, endpoint: u32) -> bool {
+        self.names.contains_key(&endpoint)
+    }
+
+    /// The checkpoint of a queue; 0 (nothing done) if none was saved.
+    fn checkpoint(&self, endpoint: u32, priority: u32) -> u64 {
+        self.checkpoints
+            .get(&(endpoint, priority))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Above every endpoint number in use or recorded as used.
+    fn next_endpoint(&self, recorded: u32) -> u32 {
+        recorded.max(self.names.keys().max().map_or(0, |m| m + 1))
+    }
+}
+
+/// What the scan of the epoch directories found.
+#[derive(Debug)]
+struct Scanned {
+    /// Readable epochs, oldest first.
+    epochs: VecDeque<Arc<EpochToken>>,
+    /// Segments with entries after their queue's checkpoint, by (endpoint, priority).
+    segments: HashMap<(u32, u32), Vec<SegRef>>,
+    /// Highest sequence number in a summary.
+    max_seq: u64,
+    /// Above every epoch id on disk.
+    next_epoch: u64,
+}
+
+impl Scanned {
+    fn new() -> Self {
+        Self {
+            epochs: VecDeque::new(),
+            segments: HashMap::new(),
+            max_seq: 0,
+            next_epoch: 1,
+        }
+    }
+
+    /// Notes the live part of every queue in an epoch's segments.
+    fn add_epoch(
+        &mut self,
+        db: &EpochDb,
+        token: &Arc<EpochToken>,
+        summaries: Vec<(u64, Summary)>,
+        known: &Known,
+    ) {
+        for (segno, summary) in summaries {
+            self.max_seq = self.max_seq.max(summary.last_seq);
+            for group in &summary.groups {
+                if let Some(seg) = live_part(db, token, segno, &summary, group, known) {
+                    self.segments
+                        .entry((group.endpoint, group.priority))
+                        .or_default()
+                        .push(seg);
+                }
+            }
+        }
+    }
+}
+
 /// Rebuilds the store's state; registers the readable epochs in `table`.
 pub(crate) fn recover(
     layout: &Layout,
@@ -122,159 +222,203 @@ pub(crate) fn recover(
     layout.prepare()?;
     let mut report = RecoveryReport::default();
     let (meta, contents) = open_meta(layout, &mut report, now_ms)?;
+    let meta_lost = !report.quarantined.is_empty();
+    let known = Known::new(&contents);
+    let scanned = if meta_lost {
+        quarantine_epochs(layout, now_ms, &mut report)?
+    } else {
+        scan_epochs(layout, cache_bytes, table, now_ms, &known, &mut report)?
+    };
+    report.epochs = scanned.epochs.len();
+    let (queues, entries) = rebuild_queues(&known, scanned.segments);
+    report.entries = entries;
+    Ok(Recovered {
+        meta,
+        endpoints: endpoints_with_queues(contents.endpoints, queues),
+        epochs: scanned.epochs,
+        next_seq: known.max_seq.max(scanned.max_seq) + 1,
+        next_endpoint: known.next_endpoint(contents.next_endpoint),
+        next_epoch: scanned.next_epoch,
+        report,
+    })
+}
 
-    let names: HashMap<u32, String> = contents
-        .endpoints
-        .iter()
-        .map(|(n, num)| (*num, n.clone()))
-        .collect();
-    let mut checkpoints: HashMap<(u32, u32), u64> = HashMap::new();
-    let mut max_seq = contents.seq_reserved;
-    for &(endpoint, priority, seq) in &contents.checkpoints {
-        max_seq = max_seq.max(seq);
-        if names.contains_key(&endpoint) {
-            checkpoints.insert((endpoint, priority), seq);
-        }
+/// Moves every epoch to `quarantine/`: without the endpoint table the segments cannot be
+/// attributed (endpoint numbers would be reused), so they are kept aside rather than served to
+/// the wrong endpoint.
+fn quarantine_epochs(
+    layout: &Layout,
+    now_ms: u64,
+    report: &mut RecoveryReport,
+) -> Result<Scanned, OpenError> {
+    let mut scanned = Scanned::new();
+    for id in layout.epoch_ids()? {
+        scanned.next_epoch = scanned.next_epoch.max(id + 1);
+        let reason = "the meta database was unreadable; segments cannot be attributed".to_owned();
+        report
+            .quarantined
+            .push(layout.quarantine(&layout.epoch_dir(id), reason, now_ms)?);
     }
+    Ok(scanned)
+}
+
+/// Reads the summaries of every epoch and registers the readable ones in `table`, closed;
+/// moves the others to `quarantine/`.
+fn scan_epochs(
+    layout: &Layout,
+    cache_bytes: u64,
+    table: &EpochTable,
+    now_ms: u64,
+    known: &Known,
+    report: &mut RecoveryReport,
+) -> Result<Scanned, OpenError> {
+    let mut scanned = Scanned::new();
+    for id in layout.epoch_ids()? {
+        scanned.next_epoch = scanned.next_epoch.max(id + 1);
+        let dir = layout.epoch_dir(id);
+        let (db, summaries) = match open_epoch(&dir, cache_bytes) {
+            Ok(opened) => opened,
+            Err(EpochReadError::Open(OpenFailure::Locked)) => {
+                return Err(OpenError::Locked { path: dir });
+            }
+            Err(e) => {
+                report
+                    .quarantined
+                    .push(layout.quarantine(&dir, e.to_string(), now_ms)?);
+                continue;
+            }
+        };
+        let token = Arc::new(EpochToken { id });
+        scanned.add_epoch(&db, &token, summaries, known);
+        // Opened again when a reader needs it: a long backlog must not keep every epoch open.
+        drop(db);
+        table.insert_closed(id);
+        scanned.epochs.push_back(token);
+    }
+    Ok(scanned)
+}
+
+/// Opens an epoch database and reads its segment summaries.
+fn open_epoch(
+    dir: &Path,
+    cache_bytes: u64,
+) -> Result<(EpochDb, Vec<(u64, Summary)>), EpochReadError> {
+    let db = EpochDb::open(dir, cache_bytes)?;
+    let summaries = read_summaries(&db)?;
+    Ok((db, summaries))
+}
+
+/// The reference to the entries of `group` after its queue's checkpoint, or `None` if its
+/// endpoint is gone, they are all done, or the segment cannot be read (logged).
+fn live_part(
+    db: &EpochDb,
+    token: &Arc<EpochToken>,
+    segno: u64,
+    summary: &Summary,
+    group: &Group,
+    known: &Known,
+) -> Option<SegRef> {
+    if !known.exists(group.endpoint) {
+        return None;
+    }
+    let checkpoint = known.checkpoint(group.endpoint, group.priority);
+    if group.last_seq <= checkpoint {
+        return None;
+    }
+    let (count, bytes) = if group.first_seq <= checkpoint {
+        match count_straddling(db, segno, group, checkpoint) {
+            Ok(counted) => counted,
+            Err(reason) => {
+                tracing::error!(epoch = token.id, segno, %reason, "segment unreadable; its entries are skipped");
+                return None;
+            }
+        }
+    } else {
+        (group.count, group.bytes)
+    };
+    Some(SegRef {
+        epoch: Arc::clone(token),
+        segno,
+        first_seq: group.first_seq,
+        last_seq: group.last_seq,
+        enqueued_ms: summary.enqueued_ms,
+        max_expiry_ms: group.max_expiry_ms,
+        count,
+        bytes,
+    })
+}
+
+/// Entries and payload bytes of `group` after `checkpoint`, for a segment that straddles the
+/// checkpoint: the only case where a segment's data is read at open.
+fn count_straddling(
+    db: &EpochDb,
+    segno: u64,
+    group: &Group,
+    checkpoint: u64,
+) -> Result<(u32, u64), String> {
+    let data = db
+        .read(segno)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "segment data missing".to_owned())?;
+    count_after(data, group.endpoint, group.priority, checkpoint).map_err(|e| e.to_string())
+}
+
+/// The queues of the existing endpoints, by endpoint number then priority: one per saved
+/// checkpoint, holding the segments found; returns them with the number of entries.
+fn rebuild_queues(
+    known: &Known,
+    segments: HashMap<(u32, u32), Vec<SegRef>>,
+) -> (HashMap<u32, BTreeMap<u32, Queue>>, u64) {
     let mut queues: HashMap<u32, BTreeMap<u32, Queue>> = HashMap::new();
-    for (&(endpoint, priority), &seq) in &checkpoints {
+    for (&(endpoint, priority), &seq) in &known.checkpoints {
         queues
             .entry(endpoint)
             .or_default()
             .insert(priority, Queue::with_checkpoint(seq));
     }
-
-    let mut found: HashMap<(u32, u32), Vec<SegRef>> = HashMap::new();
-    let meta_lost = !report.quarantined.is_empty();
-    let mut epochs = VecDeque::new();
-    let mut next_epoch = 1;
-    for id in layout.epoch_ids()? {
-        next_epoch = next_epoch.max(id + 1);
-        let dir = layout.epoch_dir(id);
-        if meta_lost {
-            // Without the endpoint table the segments cannot be attributed (endpoint numbers
-            // would be reused): keep them aside rather than serve them to the wrong endpoint.
-            let reason =
-                "the meta database was unreadable; segments cannot be attributed".to_owned();
-            report
-                .quarantined
-                .push(layout.quarantine(&dir, reason, now_ms)?);
-            continue;
-        }
-        let opened = match EpochDb::open(&dir, cache_bytes) {
-            Err(OpenFailure::Locked) => return Err(OpenError::Locked { path: dir }),
-            other => other,
-        };
-        let opened = opened.map_err(|e| e.to_string()).and_then(|db| {
-            read_summaries(&db)
-                .map(|s| (db, s))
-                .map_err(|e| e.to_string())
-        });
-        let (db, summaries) = match opened {
-            Ok(ok) => ok,
-            Err(reason) => {
-                report
-                    .quarantined
-                    .push(layout.quarantine(&dir, reason, now_ms)?);
-                continue;
-            }
-        };
-        let token = Arc::new(EpochToken { id });
-        for (segno, summary) in summaries {
-            max_seq = max_seq.max(summary.last_seq);
-            for group in summary.groups {
-                if !names.contains_key(&group.endpoint) {
-                    continue;
-                }
-                let checkpoint = checkpoints
-                    .get(&(group.endpoint, group.priority))
-                    .copied()
-                    .unwrap_or(0);
-                if group.last_seq <= checkpoint {
-                    continue;
-                }
-                let (count, bytes) = if group.first_seq <= checkpoint {
-                    let counted = db
-                        .read(segno)
-                        .map_err(|e| e.to_string())
-                        .and_then(|data| data.ok_or_else(|| "segment data missing".to_owned()))
-                        .and_then(|data| {
-                            count_after(data, group.endpoint, group.priority, checkpoint)
-                                .map_err(|e| e.to_string())
-                        });
-                    match counted {
-                        Ok(c) => c,
-                        Err(reason) => {
-                            tracing::error!(epoch = id, segno, %reason, "segment unreadable; its entries are skipped");
-                            continue;
-                        }
-                    }
-                } else {
-                    (group.count, group.bytes)
-                };
-                found
-                    .entry((group.endpoint, group.priority))
-                    .or_default()
-                    .push(SegRef {
-                        epoch: Arc::clone(&token),
-                        segno,
-                        first_seq: group.first_seq,
-                        last_seq: group.last_seq,
-                        enqueued_ms: summary.enqueued_ms,
-                        max_expiry_ms: group.max_expiry_ms,
-                        count,
-                        bytes,
-                    });
-            }
-        }
-        // Opened again when a reader needs it: a long backlog must not keep every epoch open.
-        drop(db);
-        table.insert_closed(id);
-        epochs.push_back(token);
-    }
-    report.epochs = epochs.len();
-    // Segments copied forward by compaction hold old sequence numbers in a newer epoch, and a
-    // crash between the copy and the deletion of the original leaves both: order by sequence
-    // number and keep the first of overlapping copies.
-    for ((endpoint, priority), mut segs) in found {
-        segs.sort_by_key(|s| s.first_seq);
+    let mut entries = 0;
+    for ((endpoint, priority), segs) in segments {
         let queue = queues
             .entry(endpoint)
             .or_default()
             .entry(priority)
-            .or_insert_with(|| {
-                Queue::with_checkpoint(checkpoints.get(&(endpoint, priority)).copied().unwrap_or(0))
-            });
-        let mut last = 0;
-        for seg in segs {
-            if seg.first_seq <= last {
-                continue;
-            }
-            last = seg.last_seq;
-            report.entries += u64::from(seg.count);
-            queue.push(seg);
-        }
+            .or_insert_with(|| Queue::with_checkpoint(known.checkpoint(endpoint, priority)));
+        entries += push_in_order(queue, segs);
     }
+    (queues, entries)
+}
 
-    let endpoints = contents
-        .endpoints
+/// Adds a queue's segments ordered by sequence number; returns the number of entries added.
+///
+/// Segments copied forward by compaction hold old sequence numbers in a newer epoch, and a
+/// crash between the copy and the deletion of the original leaves both: of overlapping copies,
+/// the first is kept.
+fn push_in_order(queue: &mut Queue, mut segs: Vec<SegRef>) -> u64 {
+    segs.sort_by_key(|s| s.first_seq);
+    let mut entries = 0;
+    let mut last = 0;
+    for seg in segs {
+        if seg.first_seq <= last {
+            continue;
+        }
+        last = seg.last_seq;
+        entries += u64::from(seg.count);
+        queue.push(seg);
+    }
+    entries
+}
+
+/// The endpoints of the meta database, each with its rebuilt queues.
+fn endpoints_with_queues(
+    endpoints: Vec<(String, u32)>,
+    mut queues: HashMap<u32, BTreeMap<u32, Queue>>,
+) -> HashMap<String, Arc<Endpoint>> {
+    endpoints
         .into_iter()
         .map(|(name, num)| {
             let qs = queues.remove(&num).unwrap_or_default();
             let endpoint = Endpoint::new(name.clone(), num, qs);
             (name, Arc::new(endpoint))
         })
-        .collect();
-    let next_endpoint = contents
-        .next_endpoint
-        .max(names.keys().max().map_or(0, |m| m + 1));
-    Ok(Recovered {
-        meta,
-        endpoints,
-        epochs,
-        next_seq: max_seq + 1,
-        next_endpoint,
-        next_epoch,
-        report,
-    })
+        .collect()
 }

@@ -1,33 +1,23 @@
 //! The store handle: opening, enqueueing, endpoints, readers, statistics, closing.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::config::{QuotaPolicy, StoreConfig};
-use crate::endpoint::Endpoint;
+use crate::endpoint::EndpointHandle;
 use crate::entry::Target;
 use crate::epoch::{EpochTable, Layout};
 use crate::error::{EnqueueError, OpenError, StoreError};
 use crate::reader::Reader;
 use crate::recovery::{RecoveryReport, recover};
+use crate::state::StoreState;
 use crate::stats::{Counters, EndpointStats, StoreStats};
 use crate::ticket::{Ticket, ticket};
 use crate::writer::{Command, Destination, Enqueue, Writer};
-
-/// State shared by the handle, the readers and the store's threads.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub config: StoreConfig,
-    pub endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
-    pub epochs: EpochTable,
-    pub counters: Counters,
-    pub over_quota: AtomicBool,
-}
 
 /// A durable store of per-endpoint message queues. See the [crate documentation](crate).
 ///
@@ -36,7 +26,7 @@ pub(crate) struct Shared {
 /// or close it in a blocking context (`spawn_blocking`).
 #[derive(Debug)]
 pub struct Store {
-    shared: Arc<Shared>,
+    state: Arc<StoreState>,
     inbox: Option<Sender<Command>>,
     writer: Option<JoinHandle<()>>,
     report: RecoveryReport,
@@ -65,30 +55,30 @@ impl Store {
         let counters = Counters::default();
         Counters::add(&counters.quarantined, report.quarantined.len() as u64);
         let (inbox, commands) = crossbeam_channel::bounded(config.inbox_capacity);
-        let shared = Arc::new(Shared {
+        let state = Arc::new(StoreState {
             config,
             endpoints: RwLock::default(),
             epochs,
             counters,
             over_quota: AtomicBool::new(false),
         });
-        let writer = Writer::new(Arc::clone(&shared), layout.clone(), commands, recovered)?;
+        let writer = Writer::new(Arc::clone(&state), layout.clone(), commands, recovered)?;
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
             .map_err(|source| OpenError::Io {
-                path: shared.config.dir.clone(),
+                path: state.config.dir.clone(),
                 source,
             })?;
         tracing::info!(
-            dir = %shared.config.dir.display(),
+            dir = %state.config.dir.display(),
             entries = report.entries,
             epochs = report.epochs,
             quarantined = report.quarantined.len(),
             "store opened"
         );
         Ok(Self {
-            shared,
+            state,
             inbox: Some(inbox),
             writer: Some(handle),
             report,
@@ -115,15 +105,23 @@ impl Store {
         answer.recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// Adds an endpoint (no-op if it exists). Blocks for a small synchronous write: call it
-    /// from a blocking context (e.g. `spawn_blocking`) in async code.
+    /// Adds an endpoint unless it exists, and returns its handle, to name it in the
+    /// [`Target`]s of every enqueue. Blocks for a small synchronous write: call it from a
+    /// blocking context (e.g. `spawn_blocking`) in async code.
     ///
     /// # Errors
     ///
     /// [`StoreError::Backend`] if the endpoint could not be recorded; `Closed` after close.
-    pub fn add_endpoint(&self, id: &str) -> Result<(), StoreError> {
+    pub fn add_endpoint(&self, id: &str) -> Result<EndpointHandle, StoreError> {
         let name = id.to_owned();
         self.request(|reply| Command::AddEndpoint { name, reply })
+            .map(EndpointHandle::new)
+    }
+
+    /// The handle of endpoint `id` (added in this run or recovered at open), or `None` if
+    /// there is no such endpoint. Does not block on the writer.
+    pub fn endpoint(&self, id: &str) -> Option<EndpointHandle> {
+        self.state.endpoint(id).map(EndpointHandle::new)
     }
 
     /// Removes an endpoint, drops its entries and lets their space be reclaimed; returns
@@ -139,18 +137,13 @@ impl Store {
 
     /// Ids of the endpoints.
     pub fn endpoints(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.endpoint_map().keys().cloned().collect();
+        let mut ids: Vec<String> = self.state.endpoints().keys().cloned().collect();
         ids.sort_unstable();
         ids
     }
 
-    fn endpoint_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Endpoint>>> {
-        self.shared
-            .endpoints
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
+    /// Checks an enqueue (targets, quota) and turns it into the writer's command and the
+    /// caller's ticket.
     fn prepare(
         &self,
         payload: Bytes,
@@ -159,39 +152,17 @@ impl Store {
         if targets.is_empty() {
             return Err(EnqueueError::NoTargets);
         }
-        if self.shared.over_quota.load(Ordering::Relaxed)
-            && self.shared.config.quota.policy == QuotaPolicy::Reject
-        {
-            Counters::add(&self.shared.counters.rejected, 1);
-            return Err(EnqueueError::QuotaExceeded);
-        }
-        let now_ms = self.shared.config.clock.now_ms();
-        // Decision D6: one copy per endpoint, highest priority and longest TTL.
-        let mut merged: Vec<Target<'_>> = Vec::with_capacity(targets.len());
-        for t in targets {
-            match merged.iter_mut().find(|m| m.endpoint == t.endpoint) {
-                Some(m) => {
-                    m.priority = m.priority.min(t.priority);
-                    m.ttl = m.ttl.max(t.ttl);
-                }
-                None => merged.push(*t),
-            }
-        }
-        let map = self.endpoint_map();
-        let destinations = merged
+        self.check_quota()?;
+        check_targets(targets)?;
+        let now_ms = self.state.config.clock.now_ms();
+        let destinations = targets
             .iter()
-            .map(|t| {
-                let endpoint = map
-                    .get(t.endpoint)
-                    .ok_or_else(|| EnqueueError::UnknownEndpoint(t.endpoint.to_owned()))?;
-                Ok(Destination {
-                    endpoint: Arc::clone(endpoint),
-                    priority: t.priority,
-                    expiry_ms: t.ttl.deadline(now_ms),
-                })
+            .map(|t| Destination {
+                endpoint: Arc::clone(t.endpoint.endpoint()),
+                priority: t.priority,
+                expiry_ms: t.ttl.deadline(now_ms),
             })
-            .collect::<Result<Vec<_>, EnqueueError>>()?;
-        drop(map);
+            .collect();
         let (ticket, completer) = ticket();
         let enqueue = Enqueue {
             payload,
@@ -202,15 +173,28 @@ impl Store {
         Ok((enqueue, ticket))
     }
 
+    /// Refuses the enqueue at once when the quota is exhausted under the `reject` policy.
+    fn check_quota(&self) -> Result<(), EnqueueError> {
+        if self.state.over_quota.load(Ordering::Relaxed)
+            && self.state.config.quota.policy == QuotaPolicy::Reject
+        {
+            Counters::add(&self.state.counters.rejected, 1);
+            return Err(EnqueueError::QuotaExceeded);
+        }
+        Ok(())
+    }
+
     /// Hands a message to the writer for every target; the returned [`Ticket`] completes when
     /// the message is durable (see [`Durability`](crate::Durability)). The message's bytes are
-    /// stored once, whatever the number of targets; targets naming the same endpoint are merged
-    /// (highest priority, longest TTL). Blocks only while the writer's inbox is full.
+    /// stored once, whatever the number of targets. Targets must name distinct endpoints: the
+    /// caller (the router) has already chosen one priority and TTL per endpoint. Blocks only
+    /// while the writer's inbox is full.
     ///
     /// # Errors
     ///
     /// Refusals known at once: [`EnqueueError::QuotaExceeded`] (`reject` policy),
-    /// `UnknownEndpoint`, `NoTargets`, `Closed`. Failures to store come through the ticket.
+    /// `UnknownEndpoint` (a removed endpoint's handle), `DuplicateTarget`, `NoTargets`,
+    /// `Closed`. Failures to store come through the ticket.
     pub fn enqueue(&self, payload: Bytes, targets: &[Target<'_>]) -> Result<Ticket, EnqueueError> {
         let (enqueue, ticket) = self.prepare(payload, targets)?;
         let inbox = self.inbox.as_ref().ok_or(EnqueueError::Closed)?;
@@ -264,24 +248,23 @@ impl Store {
             return Err(StoreError::Closed);
         }
         let endpoint = self
-            .endpoint_map()
-            .get(id)
-            .cloned()
+            .state
+            .endpoint(id)
             .ok_or_else(|| StoreError::UnknownEndpoint(id.to_owned()))?;
-        Reader::attach(Arc::clone(&self.shared), endpoint)
+        Reader::attach(Arc::clone(&self.state), endpoint)
     }
 
     /// Backlog of endpoint `id`, or `None` if there is no such endpoint.
     pub fn endpoint_stats(&self, id: &str) -> Option<EndpointStats> {
-        let endpoint = self.endpoint_map().get(id).cloned()?;
-        Some(endpoint.stats(self.shared.config.clock.now_ms()))
+        let endpoint = self.state.endpoint(id)?;
+        Some(endpoint.stats(self.state.config.clock.now_ms()))
     }
 
     /// Totals for the store; `disk_bytes` is as of the last cleaner run.
     pub fn stats(&self) -> StoreStats {
-        self.shared
+        self.state
             .counters
-            .snapshot(self.shared.over_quota.load(Ordering::Relaxed))
+            .snapshot(self.state.over_quota.load(Ordering::Relaxed))
     }
 
     /// Blocks until everything enqueued before is durable and acknowledged entries are
@@ -318,4 +301,23 @@ impl Drop for Store {
             tracing::error!("store writer thread panicked");
         }
     }
+}
+
+/// Refuses a removed endpoint's handle and two targets naming the same endpoint (the caller
+/// merges duplicates: decision D6 is the router's). Lists are short (one target per endpoint a
+/// message is routed to), so the pairwise check costs less than a set would.
+fn check_targets(targets: &[Target<'_>]) -> Result<(), EnqueueError> {
+    for (i, target) in targets.iter().enumerate() {
+        let endpoint = target.endpoint.endpoint();
+        if endpoint.is_removed() {
+            return Err(EnqueueError::UnknownEndpoint(endpoint.name.clone()));
+        }
+        if targets[..i]
+            .iter()
+            .any(|earlier| Arc::ptr_eq(earlier.endpoint.endpoint(), endpoint))
+        {
+            return Err(EnqueueError::DuplicateTarget(endpoint.name.clone()));
+        }
+    }
+    Ok(())
 }

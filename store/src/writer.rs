@@ -21,11 +21,11 @@ use crate::config::Durability;
 use crate::endpoint::Endpoint;
 use crate::epoch::{EpochToken, Layout};
 use crate::error::{BackendError, EnqueueError, OpenError, StoreError};
-use crate::queue::{Dropped, SegRef};
+use crate::queue::SegRef;
 use crate::recovery::Recovered;
 use crate::segment::{RecordTarget, SegmentBuilder, Summary};
+use crate::state::StoreState;
 use crate::stats::Counters;
-use crate::store::Shared;
 use crate::syncer::{self, Publication, SyncJob};
 use crate::ticket::Completer;
 
@@ -38,6 +38,15 @@ const SEQ_RESERVATION: u64 = 1 << 20;
 
 /// A segment ready to be written: number in the current epoch, data, summary.
 type Sealed = (u64, Vec<u8>, Summary);
+
+/// A batch packed into segments, with what is needed to publish and acknowledge it.
+#[derive(Debug)]
+struct Packed {
+    sealed: Vec<Sealed>,
+    /// The endpoints the batch goes to, by number.
+    endpoints: HashMap<u32, Arc<Endpoint>>,
+    completers: Vec<Completer>,
+}
 
 /// A resolved destination of a message.
 #[derive(Debug)]
@@ -62,7 +71,7 @@ pub(crate) enum Command {
     Enqueue(Enqueue),
     AddEndpoint {
         name: String,
-        reply: Sender<Result<(), StoreError>>,
+        reply: Sender<Result<Arc<Endpoint>, StoreError>>,
     },
     RemoveEndpoint {
         name: String,
@@ -86,7 +95,7 @@ struct Current {
 /// State owned by the writer thread.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    shared: Arc<Shared>,
+    store: Arc<StoreState>,
     layout: Layout,
     inbox: Receiver<Command>,
     meta: MetaDb,
@@ -114,7 +123,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Opens the first epoch of this run and reserves sequence numbers.
     pub fn new(
-        shared: Arc<Shared>,
+        store: Arc<StoreState>,
         layout: Layout,
         inbox: Receiver<Command>,
         recovered: Recovered,
@@ -128,17 +137,17 @@ impl Writer {
             next_epoch,
             report: _,
         } = recovered;
-        *shared
+        *store
             .endpoints
             .write()
             .unwrap_or_else(PoisonError::into_inner) = endpoints;
-        let config = &shared.config;
+        let config = &store.config;
         let dir = layout.epoch_dir(next_epoch);
         let db = EpochDb::open(&dir, config.epoch_cache_bytes).map_err(|e| OpenError::Create {
             path: dir.clone(),
             reason: e.to_string(),
         })?;
-        let db = shared.epochs.insert(next_epoch, db);
+        let db = store.epochs.insert(next_epoch, db);
         epochs.push_back(Arc::new(EpochToken { id: next_epoch }));
         let seq_reserved = next_seq + SEQ_RESERVATION;
         meta.reserve_seq(seq_reserved)
@@ -162,7 +171,7 @@ impl Writer {
         };
         let now = Instant::now();
         let mut writer = Self {
-            shared,
+            store,
             layout,
             inbox,
             meta,
@@ -201,7 +210,7 @@ impl Writer {
             match self.inbox.recv_timeout(timeout) {
                 Ok(command) => {
                     self.handle(command, &mut batch);
-                    while batch.len() < self.shared.config.max_commit_messages {
+                    while batch.len() < self.store.config.max_commit_messages {
                         let Ok(command) = self.inbox.try_recv() else {
                             break;
                         };
@@ -219,7 +228,7 @@ impl Writer {
 
     fn next_deadline(&self) -> Instant {
         let mut deadline = self.next_checkpoint.min(self.next_cleanup);
-        if let Durability::Periodic { interval } = self.shared.config.durability
+        if let Durability::Periodic { interval } = self.store.config.durability
             && self.unflushed
         {
             deadline = deadline.min(self.last_flush + interval);
@@ -250,23 +259,59 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let needed = self.next_seq + batch.len() as u64;
+        if let Err(e) = self.reserve_seqs(batch.len() as u64) {
+            tracing::error!(error = %e, "cannot reserve sequence numbers; enqueues fail");
+            for enqueue in batch.drain(..) {
+                enqueue
+                    .completer
+                    .complete(Err(EnqueueError::Backend(e.clone())));
+            }
+            return;
+        }
+        let packed = self.pack(batch);
+        if let Err(e) = self.write_segments(&packed.sealed) {
+            tracing::error!(error = %e, "segment write failed; enqueues fail");
+            for c in packed.completers {
+                c.complete(Err(EnqueueError::Backend(e.clone())));
+            }
+            return;
+        }
+        self.unflushed = true;
+        Counters::add(
+            &self.store.counters.enqueued,
+            packed.completers.len() as u64,
+        );
+        self.update_quota_flag();
+        let publications = self.publications(&packed.sealed, &packed.endpoints);
+        self.acknowledge(publications, packed.completers);
+        if self.current.written >= self.store.config.epoch_bytes {
+            self.rotate();
+            // Epochs may be consumed faster than the cleaner runs: check at every rotation.
+            self.maybe_compact();
+            self.delete_consumed_epochs();
+        }
+    }
+
+    /// Makes sure that `count` more sequence numbers are reserved (durably) in the meta
+    /// database before they are used.
+    fn reserve_seqs(&mut self, count: u64) -> Result<(), BackendError> {
+        let needed = self.next_seq + count;
         if needed > self.seq_reserved {
             let upto = needed + SEQ_RESERVATION;
-            if let Err(e) = self.meta.reserve_seq(upto) {
-                tracing::error!(error = %e, "cannot reserve sequence numbers; enqueues fail");
-                for e2 in batch.drain(..) {
-                    e2.completer.complete(Err(EnqueueError::Backend(e.clone())));
-                }
-                return;
-            }
+            self.meta.reserve_seq(upto)?;
             self.seq_reserved = upto;
         }
+        Ok(())
+    }
 
-        let segment_bytes = self.shared.config.segment_bytes;
-        let mut sealed: Vec<Sealed> = Vec::new();
-        let mut endpoints: HashMap<u32, Arc<Endpoint>> = HashMap::new();
-        let mut completers = Vec::with_capacity(batch.len());
+    /// Assigns sequence numbers to the batch and packs its records into sealed segments.
+    fn pack(&mut self, batch: &mut Vec<Enqueue>) -> Packed {
+        let segment_bytes = self.store.config.segment_bytes;
+        let mut packed = Packed {
+            sealed: Vec::new(),
+            endpoints: HashMap::new(),
+            completers: Vec::with_capacity(batch.len()),
+        };
         for e in batch.drain(..) {
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -279,31 +324,24 @@ impl Writer {
                 });
             }
             for d in e.destinations {
-                endpoints.entry(d.endpoint.num).or_insert(d.endpoint);
+                packed.endpoints.entry(d.endpoint.num).or_insert(d.endpoint);
             }
             self.builder
                 .push(seq, e.enqueued_ms, &self.targets, &e.payload);
-            completers.push(e.completer);
+            packed.completers.push(e.completer);
             if self.builder.len() >= segment_bytes {
-                sealed.push(self.seal());
+                packed.sealed.push(self.seal());
             }
         }
         if !self.builder.is_empty() {
-            sealed.push(self.seal());
+            packed.sealed.push(self.seal());
         }
+        packed
+    }
 
-        if let Err(e) = self.write_segments(&sealed) {
-            tracing::error!(error = %e, "segment write failed; enqueues fail");
-            for c in completers {
-                c.complete(Err(EnqueueError::Backend(e.clone())));
-            }
-            return;
-        }
-        self.unflushed = true;
-        Counters::add(&self.shared.counters.enqueued, completers.len() as u64);
-        self.update_quota_flag();
-
-        let publications = self.publications(&sealed, &endpoints);
+    /// Publishes written segments and completes their tickets: through the syncer after its
+    /// flush (`sync`), or at once (`periodic`).
+    fn acknowledge(&self, publications: Vec<Publication>, completers: Vec<Completer>) {
         match &self.syncer {
             Some((jobs, _)) => {
                 let job = SyncJob {
@@ -325,12 +363,6 @@ impl Writer {
                     c.complete(Ok(()));
                 }
             }
-        }
-        if self.current.written >= self.shared.config.epoch_bytes {
-            self.rotate();
-            // Epochs may be consumed faster than the cleaner runs: check at every rotation.
-            self.maybe_compact();
-            self.delete_consumed_epochs();
         }
     }
 
@@ -406,7 +438,7 @@ impl Writer {
         }
         let id = self.current.id + 1;
         let dir = self.layout.epoch_dir(id);
-        let db = match EpochDb::open(&dir, self.shared.config.epoch_cache_bytes) {
+        let db = match EpochDb::open(&dir, self.store.config.epoch_cache_bytes) {
             Ok(db) => db,
             Err(e) => {
                 tracing::error!(error = %e, path = %dir.display(), "cannot open a new epoch; still writing the old one");
@@ -414,7 +446,7 @@ impl Writer {
             }
         };
         tracing::debug!(epoch = id, "epoch rotated");
-        let db = self.shared.epochs.insert(id, db);
+        let db = self.store.epochs.insert(id, db);
         self.epochs.push_back(Arc::new(EpochToken { id }));
         let sealed = std::mem::replace(
             &mut self.current,
@@ -435,14 +467,14 @@ impl Writer {
     /// it is closed, so this is what keeps memory flat while epochs are written. Readers open
     /// them again when they get to them (`EpochTable::with`).
     fn close_sealed(&mut self) {
-        let epochs = &self.shared.epochs;
+        let epochs = &self.store.epochs;
         // Still held (a sync job in flight, a read): the next checkpoint tick tries again.
         self.to_close.retain(|&id| !epochs.close(id));
     }
 
     fn timers(&mut self) {
         let now = Instant::now();
-        if let Durability::Periodic { interval } = self.shared.config.durability
+        if let Durability::Periodic { interval } = self.store.config.durability
             && self.unflushed
             && now >= self.last_flush + interval
         {
@@ -458,29 +490,23 @@ impl Writer {
             // Cheap (a reference count per epoch), and frees disk and memory soon after the
             // readers are done with an epoch.
             self.delete_consumed_epochs();
-            self.next_checkpoint = now + self.shared.config.checkpoint_interval;
+            self.next_checkpoint = now + self.store.config.checkpoint_interval;
         }
         if now >= self.next_cleanup {
             self.cleanup();
-            self.next_cleanup = now + self.shared.config.cleanup_interval;
+            self.next_cleanup = now + self.store.config.cleanup_interval;
         }
     }
 
     fn endpoints(&self) -> Vec<Arc<Endpoint>> {
-        self.shared
-            .endpoints
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.store.endpoints().values().cloned().collect()
     }
 
     fn save_checkpoints(&mut self) {
         let mut list = Vec::new();
         for endpoint in self.endpoints() {
             let mut state = endpoint.lock();
-            if state.checkpoints_dirty && !state.removed {
+            if state.checkpoints_dirty && !endpoint.is_removed() {
                 state.checkpoints_dirty = false;
                 list.extend(
                     state
@@ -502,31 +528,26 @@ impl Writer {
         }
     }
 
-    fn add_endpoint(&mut self, name: String) -> Result<(), StoreError> {
-        if self
-            .shared
-            .endpoints
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&name)
-        {
-            return Ok(());
+    /// Adds the endpoint unless it exists; returns it either way.
+    fn add_endpoint(&mut self, name: String) -> Result<Arc<Endpoint>, StoreError> {
+        if let Some(endpoint) = self.store.endpoint(&name) {
+            return Ok(endpoint);
         }
         let num = self.next_endpoint;
         self.meta.add_endpoint(&name, num)?;
         self.next_endpoint += 1;
         let endpoint = Arc::new(Endpoint::new(name.clone(), num, Default::default()));
-        self.shared
+        self.store
             .endpoints
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(name, endpoint);
-        Ok(())
+            .insert(name, Arc::clone(&endpoint));
+        Ok(endpoint)
     }
 
     fn remove_endpoint(&mut self, name: &str) -> Result<bool, StoreError> {
         let removed = self
-            .shared
+            .store
             .endpoints
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -534,14 +555,7 @@ impl Writer {
         let Some(endpoint) = removed else {
             return Ok(false);
         };
-        let mut state = endpoint.lock();
-        state.removed = true;
-        let mut dropped = Dropped::default();
-        for q in state.queues.values_mut() {
-            dropped += q.clear();
-        }
-        state.queues.clear();
-        endpoint.wake(state);
+        let dropped = endpoint.remove();
         tracing::info!(
             endpoint = name,
             count = dropped.count,
@@ -592,6 +606,6 @@ impl Writer {
             state.closed = true;
             endpoint.wake(state);
         }
-        self.shared.epochs.clear();
+        self.store.epochs.clear();
     }
 }

@@ -34,8 +34,8 @@ fn store_with_one_message() -> (tempfile::TempDir, ManualClock) {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
     let store = Store::open(config(dir.path(), &clock)).expect("open");
-    store.add_endpoint("e").expect("add");
-    put(&store, "before", &[to("e", 0)]);
+    let e = store.add_endpoint("e").expect("add");
+    put(&store, "before", &[to(&e, 0)]);
     store.close().expect("close");
     (dir, clock)
 }
@@ -57,7 +57,8 @@ fn a_garbled_epoch_is_quarantined_and_the_rest_still_serves() {
     assert_eq!(store.stats().quarantined, 1);
     assert_eq!(store.endpoint_stats("e").map(|s| s.count), Some(0));
 
-    put(&store, "after", &[to("e", 0)]);
+    let e = store.endpoint("e").expect("the endpoint survives");
+    put(&store, "after", &[to(&e, 0)]);
     let mut reader = store.reader("e").expect("reader");
     assert_eq!(common::drain(&mut reader), ["after"]);
 }
@@ -78,8 +79,8 @@ fn a_garbled_meta_database_is_quarantined_and_the_store_starts_fresh() {
         store.endpoints().is_empty(),
         "endpoints are re-added by the hub from its routes"
     );
-    store.add_endpoint("e").expect("add");
-    put(&store, "n", &[to("e", 0)]);
+    let e = store.add_endpoint("e").expect("add");
+    put(&store, "n", &[to(&e, 0)]);
     let mut reader = store.reader("e").expect("reader");
     assert_eq!(
         common::drain(&mut reader),

@@ -37,13 +37,14 @@ fn id_of(payload: &[u8]) -> u64 {
 /// `DONE <id>` once it acknowledged delivery. Runs until killed (or 30 s, as a safety net).
 fn child(dir: &str, round: u64) {
     let store = Arc::new(Store::open(config(dir)).expect("child opens the store"));
-    store.add_endpoint("e").expect("add endpoint");
+    let e = store.add_endpoint("e").expect("add endpoint");
     let deadline = Instant::now() + Duration::from_secs(30);
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
             let store = Arc::clone(&store);
+            let e = e.clone();
             std::thread::spawn(move || {
-                let target = [Target::new("e", (p % 2) as u32, Ttl::Never)];
+                let target = [Target::new(&e, (p % 2) as u32, Ttl::Never)];
                 let mut n = 0;
                 while Instant::now() < deadline {
                     let id = (round << 40) | (p << 32) | n;

@@ -31,7 +31,7 @@ fn consume(reader: &mut Reader, n: usize) -> usize {
 fn disk_follows_the_backlog_not_the_traffic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(small_epochs(dir.path(), &ManualClock::new(T0))).expect("open");
-    store.add_endpoint("e").expect("add");
+    let e = store.add_endpoint("e").expect("add");
     let mut reader = store.reader("e").expect("reader");
     let payload = Bytes::from(vec![b'x'; PAYLOAD]);
     let backlog = 1_000;
@@ -40,7 +40,7 @@ fn disk_follows_the_backlog_not_the_traffic() {
     // 40,000 messages (10 MB) through a backlog of 1,000 (256 KB): 80 epochs written.
     for i in 0..40_000 {
         let ticket = store
-            .enqueue(payload.clone(), &[to("e", 0)])
+            .enqueue(payload.clone(), &[to(&e, 0)])
             .expect("enqueue");
         if i % 100 == 99 {
             ticket.wait().expect("durable");
@@ -89,10 +89,11 @@ fn reject_policy_refuses_enqueues_until_space_comes_back() {
         policy: QuotaPolicy::Reject,
     };
     let store = Store::open(small_epochs(dir.path(), &clock).with_quota(quota)).expect("open");
+    let e = store.endpoint("e").expect("recovered endpoint");
     let payload = Bytes::from(vec![b'r'; 4096]);
     let mut accepted = 0;
     let rejected = loop {
-        match store.enqueue(payload.clone(), &[to("e", 0)]) {
+        match store.enqueue(payload.clone(), &[to(&e, 0)]) {
             Ok(ticket) => {
                 ticket.wait().expect("durable");
                 accepted += 1;
@@ -112,7 +113,7 @@ fn reject_policy_refuses_enqueues_until_space_comes_back() {
         !store.stats().over_quota
     });
     store
-        .enqueue_durable(payload, &[to("e", 0)])
+        .enqueue_durable(payload, &[to(&e, 0)])
         .expect("accepted again");
 }
 
@@ -126,13 +127,13 @@ fn drop_oldest_policy_evicts_old_epochs_and_keeps_the_newest() {
         policy: QuotaPolicy::DropOldest,
     };
     let store = Store::open(small_epochs(dir.path(), &clock).with_quota(quota)).expect("open");
-    store.add_endpoint("e").expect("add");
+    let e = store.add_endpoint("e").expect("add");
     let total = 8_000u64;
     for i in 0..total {
         let mut payload = format!("{i:08}").into_bytes();
         payload.resize(1024, b'd');
         store
-            .enqueue_durable(Bytes::from(payload), &[to("e", 0)])
+            .enqueue_durable(Bytes::from(payload), &[to(&e, 0)])
             .expect("never rejected");
     }
     wait_until("eviction", || store.stats().evicted > 0);
@@ -171,17 +172,17 @@ fn a_slow_endpoint_does_not_pin_epochs_thanks_to_compaction() {
     let mut slow_ids = Vec::new();
     {
         let store = Store::open(small_epochs(dir.path(), &clock)).expect("open");
-        store.add_endpoint("fast").expect("add");
-        store.add_endpoint("slow").expect("add");
+        let fast_endpoint = store.add_endpoint("fast").expect("add");
+        let slow_endpoint = store.add_endpoint("slow").expect("add");
         let mut fast = store.reader("fast").expect("reader");
         // 20,000 messages (5 MB, 40 epochs); one in 100 also goes to an endpoint nobody reads.
         let mut tickets = Vec::new();
         for i in 0..20_000u64 {
             let targets = if i % 100 == 0 {
                 slow_ids.push(format!("{i:08}"));
-                vec![to("fast", 0), to("slow", 0)]
+                vec![to(&fast_endpoint, 0), to(&slow_endpoint, 0)]
             } else {
-                vec![to("fast", 0)]
+                vec![to(&fast_endpoint, 0)]
             };
             tickets.push(store.enqueue(payload(i), &targets).expect("enqueue"));
             if i % 500 == 499 {

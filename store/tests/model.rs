@@ -160,7 +160,7 @@ impl Harness {
             Op::Enqueue(targets) => {
                 let payload = format!("p{}", self.next_payload);
                 self.next_payload += 1;
-                let mut list = Vec::new();
+                let mut chosen = Vec::new();
                 for (endpoint, target) in targets.iter().enumerate() {
                     let (Some((priority, ttl)), Some(model)) =
                         (target, self.model[endpoint].as_mut())
@@ -177,8 +177,16 @@ impl Harness {
                             payload: payload.clone(),
                             expiry_ms,
                         });
-                    list.push(Target::new(ENDPOINTS[endpoint], *priority, ttl));
+                    let handle = self
+                        .store()
+                        .endpoint(ENDPOINTS[endpoint])
+                        .expect("the model and the store agree on the endpoints");
+                    chosen.push((handle, *priority, ttl));
                 }
+                let list: Vec<Target<'_>> = chosen
+                    .iter()
+                    .map(|(handle, priority, ttl)| Target::new(handle, *priority, *ttl))
+                    .collect();
                 if !list.is_empty() {
                     self.store()
                         .enqueue_durable(Bytes::from(payload), &list)

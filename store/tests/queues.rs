@@ -12,17 +12,17 @@ use store::{AckError, EnqueueError, ManualClock, Store, StoreError};
 fn entries_come_out_by_priority_then_in_enqueue_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(config(dir.path(), &ManualClock::new(T0))).expect("open");
-    store.add_endpoint("iothub").expect("add");
-    put(&store, "low-1", &[to("iothub", 2_000_000_000)]);
-    put(&store, "high-1", &[to("iothub", 0)]);
-    put(&store, "low-2", &[to("iothub", 2_000_000_000)]);
-    put(&store, "mid-1", &[to("iothub", 5)]);
-    put(&store, "high-2", &[to("iothub", 0)]);
+    let iothub = store.add_endpoint("iothub").expect("add");
+    put(&store, "low-1", &[to(&iothub, 2_000_000_000)]);
+    put(&store, "high-1", &[to(&iothub, 0)]);
+    put(&store, "low-2", &[to(&iothub, 2_000_000_000)]);
+    put(&store, "mid-1", &[to(&iothub, 5)]);
+    put(&store, "high-2", &[to(&iothub, 0)]);
 
     let mut reader = store.reader("iothub").expect("reader");
     let batch = reader.read(3, usize::MAX).expect("read");
     assert_eq!(payloads(&batch), ["high-1", "high-2", "mid-1"]);
-    put(&store, "high-3", &[to("iothub", 0)]);
+    put(&store, "high-3", &[to(&iothub, 0)]);
     let batch = reader.read(10, usize::MAX).expect("read");
     assert_eq!(
         payloads(&batch),
@@ -37,9 +37,9 @@ fn acked_entries_are_gone_and_unacked_come_back_after_rewind_and_reopen() {
     let clock = ManualClock::new(T0);
     {
         let store = Store::open(config(dir.path(), &clock)).expect("open");
-        store.add_endpoint("m/in").expect("add");
+        let module = store.add_endpoint("m/in").expect("add");
         for i in 0..5 {
-            put(&store, &format!("m{i}"), &[to("m/in", 1)]);
+            put(&store, &format!("m{i}"), &[to(&module, 1)]);
         }
         let mut reader = store.reader("m/in").expect("reader");
         let batch = reader.read(3, usize::MAX).expect("read");
@@ -64,11 +64,9 @@ fn a_message_to_several_endpoints_is_read_by_each() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(config(dir.path(), &ManualClock::new(T0)).with_durability(periodic()))
         .expect("open");
-    for e in ["a", "b", "c"] {
-        store.add_endpoint(e).expect("add");
-    }
-    put(&store, "x", &[to("a", 0), to("b", 3), to("c", 0)]);
-    put(&store, "y", &[to("b", 3)]);
+    let [a, b, c] = ["a", "b", "c"].map(|e| store.add_endpoint(e).expect("add"));
+    put(&store, "x", &[to(&a, 0), to(&b, 3), to(&c, 0)]);
+    put(&store, "y", &[to(&b, 3)]);
     for (e, want) in [("a", vec!["x"]), ("b", vec!["x", "y"]), ("c", vec!["x"])] {
         let mut reader = store.reader(e).expect("reader");
         assert_eq!(drain(&mut reader), want, "endpoint {e}");
@@ -78,30 +76,47 @@ fn a_message_to_several_endpoints_is_read_by_each() {
 }
 
 #[test]
-fn duplicate_targets_merge_to_highest_priority_and_longest_ttl() {
+fn duplicate_targets_are_refused_and_nothing_is_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
     let store = Store::open(config(dir.path(), &clock)).expect("open");
-    store.add_endpoint("e").expect("add");
-    let short = store::Target::new("e", 9, store::Ttl::After(Duration::from_secs(1)));
-    let long = store::Target::new("e", 4, store::Ttl::After(Duration::from_secs(60)));
-    store
-        .enqueue_durable(Bytes::from_static(b"once"), &[short, long])
-        .expect("enqueue");
+    let e = store.add_endpoint("e").expect("add");
+    let other = store.add_endpoint("other").expect("add");
+    let again = store.endpoint("e").expect("handle by name");
+    let short = store::Target::new(&e, 9, store::Ttl::After(Duration::from_secs(1)));
+    let long = store::Target::new(&again, 4, store::Ttl::After(Duration::from_secs(60)));
+    assert!(matches!(
+        store.enqueue(Bytes::from_static(b"twice"), &[short, to(&other, 0), long]),
+        Err(EnqueueError::DuplicateTarget(name)) if name == "e"
+    ));
+    store.flush().expect("flush");
+    assert_eq!(store.endpoint_stats("e").map(|s| s.count), Some(0));
+    assert_eq!(store.endpoint_stats("other").map(|s| s.count), Some(0));
+    assert_eq!(store.stats().enqueued, 0);
+}
+
+#[test]
+fn add_endpoint_returns_the_existing_endpoint_and_handles_name_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(config(dir.path(), &ManualClock::new(T0))).expect("open");
+    assert!(store.endpoint("e").is_none());
+    let first = store.add_endpoint("e").expect("add");
+    let second = store.add_endpoint("e").expect("add again");
+    assert_eq!(first.name(), "e");
+    put(&store, "via first", &[to(&first, 0)]);
+    put(&store, "via second", &[to(&second, 0)]);
     let mut reader = store.reader("e").expect("reader");
-    let batch = reader.read(10, usize::MAX).expect("read");
-    assert_eq!(batch.len(), 1);
-    assert_eq!(batch[0].id.priority, 4);
-    assert_eq!(batch[0].expires_at_ms, Some(T0 + 60_000));
+    assert_eq!(drain(&mut reader), ["via first", "via second"]);
+    assert_eq!(store.endpoints(), ["e"]);
 }
 
 #[test]
 fn byte_limit_caps_a_batch_but_never_below_one_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(config(dir.path(), &ManualClock::new(T0))).expect("open");
-    store.add_endpoint("e").expect("add");
+    let e = store.add_endpoint("e").expect("add");
     for p in ["aaaa", "bbbb", "cccc"] {
-        put(&store, p, &[to("e", 0)]);
+        put(&store, p, &[to(&e, 0)]);
     }
     let mut reader = store.reader("e").expect("reader");
     assert_eq!(reader.read(10, 1).expect("read").len(), 1);
@@ -113,10 +128,23 @@ fn errors_are_typed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(config(dir.path(), &ManualClock::new(T0))).expect("open");
     store.add_endpoint("e").expect("add");
+    let removed = store.add_endpoint("removed").expect("add");
+    assert!(store.remove_endpoint("removed").expect("remove"));
     assert!(matches!(
-        store.enqueue(Bytes::new(), &[to("nope", 0)]),
-        Err(EnqueueError::UnknownEndpoint(name)) if name == "nope"
+        store.enqueue(Bytes::new(), &[to(&removed, 0)]),
+        Err(EnqueueError::UnknownEndpoint(name)) if name == "removed"
     ));
+    let readded = store.add_endpoint("removed").expect("add again");
+    assert!(
+        matches!(
+            store.enqueue(Bytes::new(), &[to(&removed, 0)]),
+            Err(EnqueueError::UnknownEndpoint(_))
+        ),
+        "a handle of the removed endpoint does not name the new one"
+    );
+    store
+        .enqueue_durable(Bytes::new(), &[to(&readded, 0)])
+        .expect("the new handle works");
     assert!(matches!(
         store.enqueue(Bytes::new(), &[]),
         Err(EnqueueError::NoTargets)
@@ -151,9 +179,9 @@ fn removing_an_endpoint_drops_its_entries_and_its_reader_learns_it() {
     let clock = ManualClock::new(T0);
     {
         let store = Store::open(config(dir.path(), &clock)).expect("open");
-        store.add_endpoint("gone").expect("add");
-        store.add_endpoint("kept").expect("add");
-        put(&store, "x", &[to("gone", 0), to("kept", 0)]);
+        let gone = store.add_endpoint("gone").expect("add");
+        let kept = store.add_endpoint("kept").expect("add");
+        put(&store, "x", &[to(&gone, 0), to(&kept, 0)]);
         let mut reader = store.reader("gone").expect("reader");
         assert!(store.remove_endpoint("gone").expect("remove"));
         assert!(!store.remove_endpoint("gone").expect("remove twice"));
@@ -183,15 +211,16 @@ fn readers_are_woken_by_new_work_blocking_and_async() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store =
         std::sync::Arc::new(Store::open(config(dir.path(), &ManualClock::new(T0))).expect("open"));
-    store.add_endpoint("e").expect("add");
+    let e = store.add_endpoint("e").expect("add");
     let mut reader = store.reader("e").expect("reader");
     assert!(!reader.wait(Duration::from_millis(10)));
 
     let producer = {
         let store = std::sync::Arc::clone(&store);
+        let e = e.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
-            put(&store, "async", &[to("e", 0)]);
+            put(&store, "async", &[to(&e, 0)]);
         })
     };
     assert_eq!(block_on(reader.ready(), Duration::from_secs(10)), Some(()));
@@ -203,9 +232,10 @@ fn readers_are_woken_by_new_work_blocking_and_async() {
 
     let producer = {
         let store = std::sync::Arc::clone(&store);
+        let e = e.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
-            put(&store, "blocking", &[to("e", 0)]);
+            put(&store, "blocking", &[to(&e, 0)]);
         })
     };
     let batch = reader
@@ -219,9 +249,9 @@ fn readers_are_woken_by_new_work_blocking_and_async() {
 fn tickets_are_futures() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(config(dir.path(), &ManualClock::new(T0))).expect("open");
-    store.add_endpoint("e").expect("add");
+    let e = store.add_endpoint("e").expect("add");
     let ticket = store
-        .enqueue(Bytes::from_static(b"f"), &[to("e", 0)])
+        .enqueue(Bytes::from_static(b"f"), &[to(&e, 0)])
         .expect("enqueue");
     let result = block_on(ticket, Duration::from_secs(10)).expect("completes in time");
     assert!(result.is_ok());
@@ -232,10 +262,10 @@ fn tickets_are_futures() {
 fn a_large_message_round_trips() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(config(dir.path(), &ManualClock::new(T0))).expect("open");
-    store.add_endpoint("e").expect("add");
+    let e = store.add_endpoint("e").expect("add");
     let big: Vec<u8> = (0..256 * 1024).map(|i| (i % 253) as u8).collect();
     store
-        .enqueue_durable(Bytes::from(big.clone()), &[to("e", 0)])
+        .enqueue_durable(Bytes::from(big.clone()), &[to(&e, 0)])
         .expect("enqueue");
     let mut reader = store.reader("e").expect("reader");
     assert_eq!(
@@ -260,6 +290,7 @@ fn handles_can_move_to_other_threads_and_tasks() {
     fn send<T: Send>() {}
     send_sync::<Store>();
     send_sync::<store::Reader>();
+    send_sync::<store::EndpointHandle>();
     send::<store::Ticket>();
     send::<store::Ready<'static>>();
 }

@@ -6,36 +6,36 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{T0, config, drain, payloads, wait_until};
-use store::{ManualClock, Store, Target, Ttl};
+use store::{EndpointHandle, ManualClock, Store, Target, Ttl};
 
 fn ttl(secs: u64) -> Ttl {
     Ttl::After(Duration::from_secs(secs))
 }
 
-/// A store with endpoint `e` whose cleaner does not run during the test, so that only the
-/// reader meets expired entries.
-fn store_without_cleaner(dir: &std::path::Path, clock: &ManualClock) -> Store {
+/// A store with endpoint `e` (and its handle) whose cleaner does not run during the test, so
+/// that only the reader meets expired entries.
+fn store_without_cleaner(dir: &std::path::Path, clock: &ManualClock) -> (Store, EndpointHandle) {
     let mut cfg = config(dir, clock);
     cfg.cleanup_interval = Duration::from_secs(3600);
     let store = Store::open(cfg).expect("open");
-    store.add_endpoint("e").expect("add");
-    store
+    let e = store.add_endpoint("e").expect("add");
+    (store, e)
 }
 
 #[test]
 fn expired_entries_are_never_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
-    let store = store_without_cleaner(dir.path(), &clock);
+    let (store, e) = store_without_cleaner(dir.path(), &clock);
     for (payload, secs) in [("short", 10), ("long", 100), ("short2", 10)] {
         store
-            .enqueue_durable(Bytes::from(payload), &[Target::new("e", 0, ttl(secs))])
+            .enqueue_durable(Bytes::from(payload), &[Target::new(&e, 0, ttl(secs))])
             .expect("enqueue");
     }
     store
         .enqueue_durable(
             Bytes::from_static(b"forever"),
-            &[Target::new("e", 0, Ttl::Never)],
+            &[Target::new(&e, 0, Ttl::Never)],
         )
         .expect("enqueue");
     clock.advance(Duration::from_secs(10));
@@ -49,15 +49,15 @@ fn expired_entries_are_never_delivered() {
 fn an_entry_that_expires_while_in_flight_is_settled_by_a_later_ack() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
-    let store = store_without_cleaner(dir.path(), &clock);
+    let (store, e) = store_without_cleaner(dir.path(), &clock);
     store
-        .enqueue_durable(Bytes::from_static(b"a"), &[Target::new("e", 0, Ttl::Never)])
+        .enqueue_durable(Bytes::from_static(b"a"), &[Target::new(&e, 0, Ttl::Never)])
         .expect("enqueue");
     store
-        .enqueue_durable(Bytes::from_static(b"b"), &[Target::new("e", 0, ttl(5))])
+        .enqueue_durable(Bytes::from_static(b"b"), &[Target::new(&e, 0, ttl(5))])
         .expect("enqueue");
     store
-        .enqueue_durable(Bytes::from_static(b"c"), &[Target::new("e", 0, Ttl::Never)])
+        .enqueue_durable(Bytes::from_static(b"c"), &[Target::new(&e, 0, Ttl::Never)])
         .expect("enqueue");
     let mut reader = store.reader("e").expect("reader");
     let first = reader.read(1, usize::MAX).expect("read");
@@ -80,11 +80,11 @@ fn the_cleaner_drops_expired_entries_nobody_reads_and_frees_their_epoch() {
     let clock = ManualClock::new(T0);
     let cfg = config(dir.path(), &clock).with_epoch_bytes(4 * 1024);
     let store = Store::open(cfg).expect("open");
-    store.add_endpoint("offline").expect("add");
+    let offline = store.add_endpoint("offline").expect("add");
     let payload = Bytes::from(vec![7u8; 1024]);
     for _ in 0..32 {
         store
-            .enqueue_durable(payload.clone(), &[Target::new("offline", 3, ttl(60))])
+            .enqueue_durable(payload.clone(), &[Target::new(&offline, 3, ttl(60))])
             .expect("enqueue");
     }
     wait_until("epochs to rotate", || store.stats().epochs > 4);
@@ -109,12 +109,12 @@ fn ttl_is_fixed_at_enqueue_and_survives_reopen() {
     let clock = ManualClock::new(T0);
     {
         let store = Store::open(config(dir.path(), &clock)).expect("open");
-        store.add_endpoint("e").expect("add");
+        let e = store.add_endpoint("e").expect("add");
         store
-            .enqueue_durable(Bytes::from_static(b"x"), &[Target::new("e", 0, ttl(30))])
+            .enqueue_durable(Bytes::from_static(b"x"), &[Target::new(&e, 0, ttl(30))])
             .expect("enqueue");
         store
-            .enqueue_durable(Bytes::from_static(b"y"), &[Target::new("e", 0, ttl(90))])
+            .enqueue_durable(Bytes::from_static(b"y"), &[Target::new(&e, 0, ttl(90))])
             .expect("enqueue");
     }
     clock.advance(Duration::from_secs(60));

@@ -259,7 +259,7 @@ fn hub_target(args: &Args) -> Result<(Endpoint, Auth)> {
         (host, port, None)
     };
     let store = config
-        .identity_store()
+        .identity_registry()
         .context("opening the hub's identity store")?;
     let mut names = load::client_names(args.publishers, args.subscribers);
     names.extend((0..args.idle_clients).map(load::idle::idle_module));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edgehub::identity::{IdentityError, IdentityStore, SymmetricKey};
+use edgehub::identity::{IdentityError, IdentityRegistry, SymmetricKey};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, NetworkOptions, TlsConfiguration, Transport};
 use thiserror::Error;
 
@@ -119,7 +119,7 @@ impl HubModules {
     ///
     /// When the store refuses a module id or cannot be written.
     pub fn from_store(
-        store: &IdentityStore,
+        store: &IdentityRegistry,
         device_id: &str,
         iothub_hostname: &str,
         modules: &[String],

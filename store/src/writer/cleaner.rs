@@ -16,8 +16,8 @@ const EPOCHS_PER_CLEANUP: usize = 16;
 impl Writer {
     /// Expiry, deletion of consumed epochs, quota: bounded work.
     pub(super) fn cleanup(&mut self) {
-        let now_ms = self.shared.config.clock.now_ms();
-        let mut budget = self.shared.config.cleanup_budget;
+        let now_ms = self.store.config.clock.now_ms();
+        let mut budget = self.store.config.cleanup_budget;
         let mut expired = Dropped::default();
         for endpoint in self.endpoints() {
             let mut state = endpoint.lock();
@@ -30,7 +30,7 @@ impl Writer {
             }
             expired += dropped;
         }
-        Counters::add(&self.shared.counters.expired, expired.count);
+        Counters::add(&self.store.counters.expired, expired.count);
         if expired.count > 0 {
             tracing::debug!(
                 count = expired.count,
@@ -54,7 +54,7 @@ impl Writer {
             let id = self.epochs[i].id;
             // Remember the checkpoints that released it before its data goes.
             self.save_checkpoints();
-            self.shared.epochs.remove(id);
+            self.store.epochs.remove(id);
             self.to_close.retain(|&r| r != id);
             match self.layout.delete_epoch(id) {
                 Ok(()) => tracing::debug!(epoch = id, "consumed epoch deleted"),
@@ -65,18 +65,18 @@ impl Writer {
             self.epochs.remove(i);
             deleted += 1;
         }
-        self.shared
+        self.store
             .counters
             .epochs
             .store(self.epochs.len() as u64, Ordering::Relaxed);
     }
 
     fn measure_disk(&mut self) -> Option<u64> {
-        let root = &self.shared.config.dir;
+        let root = &self.store.config.dir;
         match quota::disk_usage(root) {
             Ok(bytes) => {
                 self.disk_estimate = bytes;
-                self.shared
+                self.store
                     .counters
                     .disk_bytes
                     .store(bytes, Ordering::Relaxed);
@@ -87,7 +87,7 @@ impl Writer {
     }
 
     pub(super) fn update_quota_flag(&self) {
-        let quota = &self.shared.config.quota;
+        let quota = &self.store.config.quota;
         if quota
             .max_store_bytes
             .is_some_and(|max| self.disk_estimate > max)
@@ -97,16 +97,16 @@ impl Writer {
     }
 
     fn set_over_quota(&self, over: bool) {
-        let was = self.shared.over_quota.swap(over, Ordering::Relaxed);
+        let was = self.store.over_quota.swap(over, Ordering::Relaxed);
         if over && !was {
-            tracing::warn!(disk_bytes = self.disk_estimate, policy = ?self.shared.config.quota.policy, "store quota exhausted");
+            tracing::warn!(disk_bytes = self.disk_estimate, policy = ?self.store.config.quota.policy, "store quota exhausted");
         } else if was && !over {
             tracing::info!(disk_bytes = self.disk_estimate, "store back under quota");
         }
     }
 
     fn enforce_quota(&mut self) {
-        let quota = self.shared.config.quota;
+        let quota = self.store.config.quota;
         let mut free = self.measure_disk();
         let mut over = quota::exceeded(&quota, self.disk_estimate, free);
         if over && quota.policy == QuotaPolicy::DropOldest {
@@ -147,7 +147,7 @@ impl Writer {
             }
             evicted += dropped;
         }
-        Counters::add(&self.shared.counters.evicted, evicted.count);
+        Counters::add(&self.store.counters.evicted, evicted.count);
         tracing::warn!(
             epoch = id,
             count = evicted.count,

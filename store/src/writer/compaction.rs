@@ -22,8 +22,8 @@ impl Writer {
                 q.add_live_bytes(&mut live);
             }
         }
-        let threshold = self.shared.config.epoch_bytes / 8;
-        let delay = self.shared.config.compaction_delay;
+        let threshold = self.store.config.epoch_bytes / 8;
+        let delay = self.store.config.compaction_delay;
         let now = Instant::now();
         let sealed = self.epochs.len().saturating_sub(1);
         // Epochs under the threshold, with the live bytes they had when last seen shrinking: an
@@ -68,7 +68,7 @@ impl Writer {
         let mut moves = HashMap::new();
         for (&segno, live) in &users {
             let segment = self
-                .shared
+                .store
                 .epochs
                 .with(id, |db| db.read(segno))
                 .and_then(Result::ok)
@@ -110,7 +110,7 @@ impl Writer {
                 q.relocate(id, &moves, &token);
             }
         }
-        Counters::add(&self.shared.counters.compacted, 1);
+        Counters::add(&self.store.counters.compacted, 1);
         tracing::debug!(
             epoch = id,
             segments = copies.len(),

@@ -9,7 +9,9 @@ use std::thread::Thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use store::{Durability, Entry, ManualClock, Reader, Store, StoreConfig, Target, Ttl};
+use store::{
+    Durability, EndpointHandle, Entry, ManualClock, Reader, Store, StoreConfig, Target, Ttl,
+};
 
 /// Start of the manual clock in tests: 2026-01-01.
 pub const T0: u64 = 1_767_225_600_000;
@@ -29,7 +31,8 @@ pub fn config(dir: &std::path::Path, clock: &ManualClock) -> StoreConfig {
     config
 }
 
-pub fn to(endpoint: &str, priority: u32) -> Target<'_> {
+/// A target that never expires.
+pub fn to(endpoint: &EndpointHandle, priority: u32) -> Target<'_> {
     Target::new(endpoint, priority, Ttl::Never)
 }
 

@@ -1,11 +1,11 @@
-//! The identity store: `<data_dir>/identities.json`, shared by the running hub and the
+//! The identity registry: `<data_dir>/identities.json`, shared by the running hub and the
 //! `edgehub identity` command line.
 //!
 //! - The file is readable by its owner only (0600, its folder 0700 when the store creates it).
 //! - Writers take an exclusive lock on `identities.lock`, re-read the file, change it, and
 //!   replace it atomically (write a temporary file, fsync, rename, fsync the folder): two
 //!   `edgehub identity add` at once cannot lose each other's identity or leave half a file.
-//! - Readers never lock: [`IdentityStore::get`] compares the file's stamp (size, mtime, inode)
+//! - Readers never lock: [`IdentityRegistry::get`] compares the file's stamp (size, mtime, inode)
 //!   with the one it loaded and re-reads it when another process replaced it, so a running hub
 //!   accepts an identity added after it started.
 
@@ -26,7 +26,7 @@ use super::id::{IdError, validate_device_id, validate_module_id};
 use super::key::{RandomError, SymmetricKey};
 use super::{ClientIdentity, Hostnames};
 
-/// The store's file name under the data folder.
+/// The registry's file name under the data folder.
 pub const FILE_NAME: &str = "identities.json";
 const LOCK_NAME: &str = "identities.lock";
 
@@ -77,7 +77,7 @@ impl Identity {
     }
 }
 
-/// What can go wrong in the identity store.
+/// What can go wrong in the identity registry.
 #[derive(Debug, Error)]
 pub enum IdentityError {
     /// The id breaks IoT Hub's rules.
@@ -93,8 +93,8 @@ pub enum IdentityError {
         /// The cause.
         source: io::Error,
     },
-    /// The file is not a valid identity store.
-    #[error("{} is not a valid identity store", path.display())]
+    /// The file is not a valid identity registry.
+    #[error("{} is not a valid identity registry", path.display())]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -112,7 +112,7 @@ pub enum IdentityError {
 /// while the in-memory copy is read or replaced. [`get`](Self::get) does one `stat` per call
 /// (and a read when the file changed): call it from `spawn_blocking` if that matters.
 #[derive(Debug)]
-pub struct IdentityStore {
+pub struct IdentityRegistry {
     dir: PathBuf,
     path: PathBuf,
     edge_device_id: String,
@@ -165,7 +165,7 @@ struct Record {
 
 const FORMAT_VERSION: u32 = 1;
 
-impl IdentityStore {
+impl IdentityRegistry {
     /// Opens (or starts) the store under `data_dir` for the edge device `edge_device_id`, whose
     /// modules [`add_module`](Self::add_module) creates. Creates `data_dir` (mode 0700) if it
     /// does not exist.
@@ -309,7 +309,7 @@ impl IdentityStore {
         if changed {
             self.write(&fresh.identities)?;
             fresh.stamp = self.stamp()?;
-            tracing::info!(path = %self.path.display(), "identity store updated");
+            tracing::info!(path = %self.path.display(), "identity registry updated");
         }
         *self.lock_loaded() = fresh;
         Ok(result)
@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn adding_twice_returns_the_same_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let store = IdentityRegistry::open(dir.path(), "edge").unwrap();
         let first = store.add_module("filter").unwrap();
         let second = store.add_module("filter").unwrap();
         assert_eq!(first, second);
@@ -453,18 +453,18 @@ mod tests {
     #[test]
     fn identities_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let module = IdentityStore::open(dir.path(), "edge")
+        let module = IdentityRegistry::open(dir.path(), "edge")
             .unwrap()
             .add_module("filter")
             .unwrap();
-        let reopened = IdentityStore::open(dir.path(), "edge").unwrap();
+        let reopened = IdentityRegistry::open(dir.path(), "edge").unwrap();
         assert_eq!(reopened.get("edge", Some("filter")).unwrap(), Some(module));
     }
 
     #[test]
     fn connection_strings_have_the_documented_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let store = IdentityRegistry::open(dir.path(), "edge").unwrap();
         let module = store.add_module("filter").unwrap();
         let key = module.primary_key.to_base64();
         assert_eq!(
@@ -486,7 +486,7 @@ mod tests {
     #[test]
     fn get_is_exact_and_distinguishes_devices_from_modules() {
         let dir = tempfile::tempdir().unwrap();
-        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let store = IdentityRegistry::open(dir.path(), "edge").unwrap();
         store.add_module("filter").unwrap();
         store.add_device("leaf").unwrap();
         assert!(store.get("edge", Some("filter")).unwrap().is_some());
@@ -499,7 +499,7 @@ mod tests {
     #[test]
     fn invalid_ids_are_refused_and_nothing_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let store = IdentityRegistry::open(dir.path(), "edge").unwrap();
         assert!(matches!(
             store.add_module("a/b"),
             Err(IdentityError::InvalidId(_))
@@ -520,7 +520,7 @@ mod tests {
     fn file_is_owner_only() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let store = IdentityStore::open(&data, "edge").unwrap();
+        let store = IdentityRegistry::open(&data, "edge").unwrap();
         store.add_device("leaf").unwrap();
         assert_eq!(mode(store.path()), 0o600);
         assert_eq!(mode(&data), 0o700);
@@ -530,10 +530,10 @@ mod tests {
     #[test]
     fn an_identity_added_by_another_process_is_seen_without_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = IdentityStore::open(dir.path(), "edge").unwrap();
+        let hub = IdentityRegistry::open(dir.path(), "edge").unwrap();
         assert!(hub.get("edge", Some("late")).unwrap().is_none());
         // A second store on the same folder stands for `edgehub identity add` in another process.
-        let added = IdentityStore::open(dir.path(), "edge")
+        let added = IdentityRegistry::open(dir.path(), "edge")
             .unwrap()
             .add_module("late")
             .unwrap();
@@ -549,7 +549,7 @@ mod tests {
                 let dir = Arc::clone(&dir);
                 std::thread::spawn(move || {
                     // Separate stores, as separate processes would have.
-                    let store = IdentityStore::open(dir.path(), "edge").unwrap();
+                    let store = IdentityRegistry::open(dir.path(), "edge").unwrap();
                     for i in 0..5 {
                         store.add_module(&format!("m{t}-{i}")).unwrap();
                         store.add_module("shared").unwrap();
@@ -560,14 +560,14 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let store = IdentityRegistry::open(dir.path(), "edge").unwrap();
         assert_eq!(store.list().unwrap().len(), 8 * 5 + 1);
     }
 
     #[test]
     fn add_modules_creates_only_the_missing_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let store = IdentityRegistry::open(dir.path(), "edge").unwrap();
         let sensor = store.add_module("sensor").unwrap();
         let all = store.add_modules(["sensor", "filter"]).unwrap();
         assert_eq!(all[0], sensor);
@@ -579,7 +579,7 @@ mod tests {
     fn a_corrupt_file_is_an_error_that_names_it() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FILE_NAME), "{not json").unwrap();
-        let error = IdentityStore::open(dir.path(), "edge").unwrap_err();
+        let error = IdentityRegistry::open(dir.path(), "edge").unwrap_err();
         assert!(matches!(error, IdentityError::Corrupt { .. }));
         assert!(error.to_string().contains(FILE_NAME), "{error}");
     }
@@ -587,7 +587,7 @@ mod tests {
     #[test]
     fn list_is_sorted_and_keys_stay_out_of_debug_output() {
         let dir = tempfile::tempdir().unwrap();
-        let store = IdentityStore::open(dir.path(), "edge").unwrap();
+        let store = IdentityRegistry::open(dir.path(), "edge").unwrap();
         store.add_device("zeta").unwrap();
         let module = store.add_module("filter").unwrap();
         store.add_device("alpha").unwrap();

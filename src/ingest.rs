@@ -1,0 +1,308 @@
+//! Ingest: a message in, its endpoints picked by the routes, encoded once, handed to the store,
+//! a ticket out (it completes when the message is durable in every target queue).
+//!
+//! The routes are installed as [`InstalledRoutes`]: the route table together with the store
+//! endpoint of each of its endpoints, resolved once, when the table is installed. A message
+//! therefore costs no endpoint-id formatting and no lookup by name; the router's dispatch gives
+//! one delivery per endpoint (decision D6: best priority, longest TTL) and that is the only
+//! place D6 is applied.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use router::message::system;
+use router::{Delivery, Message, RouteTable, Ttl as RouteTtl};
+
+use crate::metrics::{DropReason, Metrics};
+use crate::mqtt::topic::{PropertyBag, encode_bag};
+use crate::record;
+
+/// The largest routed message (body plus property keys and values), as IoT Hub (decision D4).
+pub const MAX_MESSAGE: usize = 256 * 1024;
+
+/// The authenticated client a message comes from; its identity is stamped on the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Publisher<'a> {
+    /// Its device id.
+    pub device_id: &'a str,
+    /// Its module id, for a module.
+    pub module_id: Option<&'a str>,
+    /// The model id it announced at CONNECT, stamped as `modelId`.
+    pub model_id: Option<&'a str>,
+}
+
+/// Why a message was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Over the size limit (decision D4).
+    #[error("message of {size} bytes exceeds {MAX_MESSAGE}")]
+    TooLarge {
+        /// Its size: body plus property keys and values.
+        size: usize,
+    },
+    /// The store refused or failed to take it.
+    #[error("store refused the message: {0}")]
+    Store(#[from] store::EnqueueError),
+}
+
+/// A route table with the store endpoint of each of its endpoints.
+#[derive(Debug)]
+pub struct InstalledRoutes {
+    table: RouteTable,
+    /// `queues[i]` is the store endpoint of `table.endpoints()[i]`.
+    queues: Vec<store::EndpointHandle>,
+}
+
+impl InstalledRoutes {
+    /// No routes: every message is accepted and dropped.
+    #[must_use]
+    pub fn empty() -> Self {
+        Self {
+            table: RouteTable::empty(),
+            queues: Vec::new(),
+        }
+    }
+
+    /// Resolves every endpoint of `table` to its store endpoint (`device_id` names this edge
+    /// device's module inputs), adding those the store does not have yet. Blocks for a small
+    /// synchronous write per new endpoint.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot add an endpoint.
+    pub fn resolve(
+        table: RouteTable,
+        device_id: &str,
+        store: &store::Store,
+    ) -> Result<Self, store::StoreError> {
+        let queues = table
+            .endpoints()
+            .iter()
+            .map(|endpoint| store.add_endpoint(&endpoint.id(device_id)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { table, queues })
+    }
+
+    /// The route table.
+    #[must_use]
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// The store endpoints, in the order of [`RouteTable::endpoints`].
+    #[must_use]
+    pub fn queues(&self) -> &[store::EndpointHandle] {
+        &self.queues
+    }
+
+    fn target(&self, delivery: &Delivery<'_>) -> store::Target<'_> {
+        store::Target::new(
+            &self.queues[delivery.endpoint_index],
+            delivery.priority,
+            store_ttl(delivery.ttl),
+        )
+    }
+}
+
+/// The ingest path shared by every connection (and, later, the upstream link).
+#[derive(Debug)]
+pub struct Ingest {
+    device_id: String,
+    routes: ArcSwap<InstalledRoutes>,
+    store: Arc<store::Store>,
+    metrics: Arc<Metrics>,
+}
+
+/// What routing and the first, non-blocking, enqueue attempt gave.
+enum Attempt {
+    Done(Result<Option<store::Ticket>, store::EnqueueError>),
+    /// The writer's inbox was full: the enqueue waits on the blocking pool.
+    Busy {
+        payload: Bytes,
+        targets: Vec<(store::EndpointHandle, u32, store::Ttl)>,
+    },
+}
+
+impl Ingest {
+    /// An ingest path with no routes yet, for this edge device (`device_id`).
+    #[must_use]
+    pub fn new(device_id: String, store: Arc<store::Store>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            device_id,
+            routes: ArcSwap::from_pointee(InstalledRoutes::empty()),
+            store,
+            metrics,
+        }
+    }
+
+    /// This edge device's id.
+    #[must_use]
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// The store behind it.
+    #[must_use]
+    pub fn store(&self) -> &Arc<store::Store> {
+        &self.store
+    }
+
+    /// Swaps in new routes between two messages: a message is routed entirely by the old
+    /// routes or entirely by the new ones.
+    pub fn install(&self, routes: InstalledRoutes) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// Telemetry from `publisher` (a device's events or a module's output): stamped with the
+    /// sender's identity and the system properties edgeHub adds (spec section 3), checked
+    /// against the size limit, routed and stored. `None` when no route wants it.
+    ///
+    /// # Errors
+    ///
+    /// Too large, or refused by the store: the publisher gets no PUBACK.
+    pub async fn telemetry(
+        &self,
+        publisher: &Publisher<'_>,
+        bag: PropertyBag,
+        body: Bytes,
+    ) -> Result<Option<store::Ticket>, IngestError> {
+        let PropertyBag {
+            properties,
+            mut system_properties,
+        } = bag;
+        system_properties.insert(system::CONNECTION_DEVICE_ID, publisher.device_id);
+        if let Some(module) = publisher.module_id {
+            system_properties.insert(system::CONNECTION_MODULE_ID, module);
+        }
+        let origin = if publisher.device_id == self.device_id {
+            "internal"
+        } else {
+            "downstream"
+        };
+        system_properties.insert("edgeHubOriginInterface", origin);
+        if let Some(model_id) = publisher.model_id {
+            system_properties.insert("modelId", model_id);
+        }
+        let message = Message {
+            body,
+            properties,
+            system_properties,
+        };
+        let size = message_size(&message);
+        if size > MAX_MESSAGE {
+            self.metrics.dropped(DropReason::TooLarge);
+            return Err(IngestError::TooLarge { size });
+        }
+        self.metrics.received();
+        self.route_and_store(&message).await
+    }
+
+    /// An accepted reported-properties patch of `publisher`, routed as a twin change
+    /// notification (source `/twinChangeNotifications`) carrying the reporter as its
+    /// connection ids.
+    ///
+    /// # Errors
+    ///
+    /// Refused by the store.
+    pub async fn twin_change(
+        &self,
+        publisher: &Publisher<'_>,
+        patch: Bytes,
+        version: u64,
+    ) -> Result<Option<store::Ticket>, IngestError> {
+        let mut system_properties = router::Properties::new();
+        for (key, value) in [
+            (system::MESSAGE_TYPE, "twinChangeNotification"),
+            ("messageSchema", "twinChangeNotification"),
+            (system::CONTENT_TYPE, "application/json"),
+            (system::CONTENT_ENCODING, "utf-8"),
+            (system::CONNECTION_DEVICE_ID, publisher.device_id),
+        ] {
+            system_properties.insert(key, value);
+        }
+        if let Some(module) = publisher.module_id {
+            system_properties.insert(system::CONNECTION_MODULE_ID, module);
+        }
+        system_properties.insert("version", version.to_string());
+        let message = Message {
+            body: patch,
+            properties: router::Properties::new(),
+            system_properties,
+        };
+        self.route_and_store(&message).await
+    }
+
+    /// Routes `message` and hands it to the store for every endpoint selected; `None` when no
+    /// route wants it (counted as dropped). When the store's inbox is full, the enqueue runs
+    /// on the blocking pool and the caller waits for it (so its messages keep their order):
+    /// the runtime is never blocked.
+    async fn route_and_store(
+        &self,
+        message: &Message,
+    ) -> Result<Option<store::Ticket>, IngestError> {
+        let result = match self.attempt(message) {
+            Attempt::Done(result) => result,
+            Attempt::Busy { payload, targets } => {
+                let store = Arc::clone(&self.store);
+                tokio::task::spawn_blocking(move || {
+                    let targets: Vec<store::Target<'_>> = targets
+                        .iter()
+                        .map(|(queue, priority, ttl)| store::Target::new(queue, *priority, *ttl))
+                        .collect();
+                    store.enqueue(payload, &targets).map(Some)
+                })
+                .await
+                .unwrap_or(Err(store::EnqueueError::Closed))
+            }
+        };
+        result.map_err(|e| {
+            self.metrics.dropped(DropReason::StoreRefused);
+            IngestError::Store(e)
+        })
+    }
+
+    /// Routes, encodes and tries to enqueue without blocking (synchronous: the installed routes
+    /// are borrowed only here).
+    fn attempt(&self, message: &Message) -> Attempt {
+        let routes = self.routes.load();
+        let started = Instant::now();
+        let deliveries = routes.table.dispatch(message);
+        self.metrics.route_evaluated(started.elapsed());
+        if deliveries.is_empty() {
+            self.metrics.dropped(DropReason::NoRoute);
+            return Attempt::Done(Ok(None));
+        }
+        let bag = encode_bag(&message.properties, &message.system_properties);
+        let payload = record::encode(message, &bag);
+        let targets: Vec<store::Target<'_>> = deliveries.iter().map(|d| routes.target(d)).collect();
+        match self.store.try_enqueue(payload.clone(), &targets) {
+            Err(store::EnqueueError::Busy) => Attempt::Busy {
+                payload,
+                targets: targets
+                    .iter()
+                    .map(|t| (t.endpoint.clone(), t.priority, t.ttl))
+                    .collect(),
+            },
+            other => Attempt::Done(other.map(Some)),
+        }
+    }
+}
+
+/// A message's size as IoT Hub counts it: body plus property keys and values.
+fn message_size(message: &Message) -> usize {
+    message.body.len()
+        + [&message.properties, &message.system_properties]
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+fn store_ttl(ttl: RouteTtl) -> store::Ttl {
+    match ttl {
+        RouteTtl::Never => store::Ttl::Never,
+        RouteTtl::Secs(secs) => store::Ttl::After(Duration::from_secs(secs)),
+    }
+}

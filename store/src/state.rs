@@ -1,0 +1,42 @@
+//! The state shared by the store handle, its readers and its threads.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+
+use crate::config::StoreConfig;
+use crate::endpoint::Endpoint;
+use crate::epoch::EpochTable;
+use crate::stats::Counters;
+
+/// What every part of an open store sees: the configuration, the endpoints by id, the epoch
+/// table, the counters and the quota flag.
+///
+/// Shared behind an `Arc` by the [`Store`](crate::Store) handle, every
+/// [`Reader`](crate::Reader), the writer thread (which alone adds and removes endpoints and
+/// sets the quota flag) and its cleaner.
+#[derive(Debug)]
+pub(crate) struct StoreState {
+    pub config: StoreConfig,
+    /// Endpoints by id. Enqueue does not look here: callers hold
+    /// [`EndpointHandle`](crate::EndpointHandle)s.
+    pub endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
+    pub epochs: EpochTable,
+    pub counters: Counters,
+    /// Set by the writer when the quota is exhausted.
+    pub over_quota: AtomicBool,
+}
+
+impl StoreState {
+    /// The endpoint table, for reading.
+    pub fn endpoints(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Endpoint>>> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The endpoint named `id`, if any.
+    pub fn endpoint(&self, id: &str) -> Option<Arc<Endpoint>> {
+        self.endpoints().get(id).cloned()
+    }
+}
