@@ -306,3 +306,203 @@ fn store_ttl(ttl: RouteTtl) -> store::Ttl {
         RouteTtl::Secs(secs) => store::Ttl::After(Duration::from_secs(secs)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use router::RouteSpec;
+
+    use super::*;
+    use crate::mqtt::topic::decode_bag;
+
+    const DEVICE: &str = "edge";
+
+    fn route(name: &str, text: &str, priority: u32, ttl_secs: u32) -> RouteSpec {
+        RouteSpec {
+            name: name.to_owned(),
+            text: text.to_owned(),
+            priority,
+            ttl_secs,
+        }
+    }
+
+    /// An ingest path over a fresh store in `dir` with `routes` installed.
+    fn ingest(dir: &std::path::Path, routes: &[RouteSpec]) -> Ingest {
+        let store = Arc::new(store::Store::open(store::StoreConfig::new(dir)).unwrap());
+        let ingest = Ingest::new(DEVICE.to_owned(), store, Arc::default());
+        let table = RouteTable::new(routes, RouteTtl::Secs(7200)).unwrap();
+        let installed = InstalledRoutes::resolve(table, DEVICE, ingest.store()).unwrap();
+        ingest.install(installed);
+        ingest
+    }
+
+    fn sensor() -> Publisher<'static> {
+        Publisher {
+            device_id: DEVICE,
+            module_id: Some("sensor"),
+            model_id: Some("dtmi:x;1"),
+        }
+    }
+
+    /// Everything waiting in the store endpoint `id`, decoded.
+    fn queued(ingest: &Ingest, id: &str) -> Vec<(store::EntryId, Message)> {
+        let mut reader = ingest.store().reader(id).unwrap();
+        reader
+            .read(100, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|entry| (entry.id, record::decode(&entry.payload).unwrap()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn telemetry_is_stamped_routed_and_durable_when_its_ticket_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = ingest(
+            dir.path(),
+            &[route(
+                "r",
+                "FROM /messages/modules/sensor/* WHERE level = 'high' INTO BrokeredEndpoint(\"/modules/filter/inputs/in\")",
+                0,
+                0,
+            )],
+        );
+        let ticket = ingest
+            .telemetry(
+                &sensor(),
+                decode_bag("level=high&%24.on=out1"),
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .unwrap()
+            .expect("routed");
+        ticket.await.unwrap();
+
+        let queued = queued(&ingest, "edge/filter/in");
+        assert_eq!(queued.len(), 1);
+        let message = &queued[0].1;
+        assert_eq!(message.properties.get("level"), Some("high"));
+        for (key, value) in [
+            (system::CONNECTION_DEVICE_ID, "edge"),
+            (system::CONNECTION_MODULE_ID, "sensor"),
+            ("outputName", "out1"),
+            ("edgeHubOriginInterface", "internal"),
+            ("modelId", "dtmi:x;1"),
+        ] {
+            assert_eq!(message.system_properties.get(key), Some(value), "{key}");
+        }
+        assert_eq!(ingest.metrics.received_total(), 1);
+    }
+
+    #[tokio::test]
+    async fn two_routes_to_one_endpoint_store_one_copy_with_the_best_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = "INTO BrokeredEndpoint(\"/modules/filter/inputs/in\")";
+        let ingest = ingest(
+            dir.path(),
+            &[
+                route("low", &format!("FROM /messages/* {sink}"), 7, 0),
+                route(
+                    "high",
+                    &format!("FROM /messages/modules/sensor/* {sink}"),
+                    1,
+                    0,
+                ),
+            ],
+        );
+        let ticket = ingest
+            .telemetry(&sensor(), PropertyBag::default(), Bytes::from_static(b"x"))
+            .await
+            .unwrap()
+            .expect("routed");
+        ticket.await.unwrap();
+        let queued = queued(&ingest, "edge/filter/in");
+        assert_eq!(queued.len(), 1, "decision D6: one copy per endpoint");
+        assert_eq!(queued[0].0.priority, 1);
+    }
+
+    #[tokio::test]
+    async fn unrouted_messages_are_accepted_and_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = ingest(dir.path(), &[]);
+        let outcome = ingest
+            .telemetry(&sensor(), PropertyBag::default(), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert!(outcome.is_none());
+        assert_eq!(ingest.metrics.dropped_total(DropReason::NoRoute), 1);
+    }
+
+    #[tokio::test]
+    async fn messages_over_the_limit_are_refused_before_routing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = ingest(
+            dir.path(),
+            &[route("all", "FROM /messages/* INTO $upstream", 0, 0)],
+        );
+        let body = Bytes::from(vec![b'x'; MAX_MESSAGE]);
+        let refused = ingest
+            .telemetry(&sensor(), decode_bag("k=v"), body)
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, IngestError::TooLarge { size } if size > MAX_MESSAGE));
+        assert_eq!(ingest.metrics.dropped_total(DropReason::TooLarge), 1);
+        assert_eq!(ingest.metrics.received_total(), 0);
+        assert!(queued(&ingest, "iothub").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reported_patch_is_routed_as_a_twin_change_notification() {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = ingest(
+            dir.path(),
+            &[route(
+                "twins",
+                "FROM /twinChangeNotifications INTO $upstream",
+                0,
+                0,
+            )],
+        );
+        let ticket = ingest
+            .twin_change(&sensor(), Bytes::from_static(b"{\"a\":1}"), 4)
+            .await
+            .unwrap()
+            .expect("routed");
+        ticket.await.unwrap();
+        let queued = queued(&ingest, "iothub");
+        assert_eq!(queued.len(), 1);
+        let message = &queued[0].1;
+        assert_eq!(message.body.as_ref(), b"{\"a\":1}");
+        assert_eq!(message.system_properties.get("version"), Some("4"));
+        assert_eq!(
+            message.system_properties.get(system::CONNECTION_MODULE_ID),
+            Some("sensor")
+        );
+    }
+
+    #[tokio::test]
+    async fn new_routes_apply_to_the_next_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = ingest(dir.path(), &[]);
+        let message = || PropertyBag::default();
+        assert!(
+            ingest
+                .telemetry(&sensor(), message(), Bytes::from_static(b"1"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let table = RouteTable::new(
+            &[route("all", "FROM /messages/* INTO $upstream", 0, 0)],
+            RouteTtl::Never,
+        )
+        .unwrap();
+        ingest.install(InstalledRoutes::resolve(table, DEVICE, ingest.store()).unwrap());
+        let ticket = ingest
+            .telemetry(&sensor(), message(), Bytes::from_static(b"2"))
+            .await
+            .unwrap()
+            .expect("routed by the new table");
+        ticket.await.unwrap();
+        assert_eq!(queued(&ingest, "iothub").len(), 1);
+    }
+}

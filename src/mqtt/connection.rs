@@ -16,15 +16,15 @@ use std::time::Duration;
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use rumqttc::mqttbytes::v4::{
-    Codec, ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
-    UnsubAck,
+    Codec, ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck,
+    SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{Framed, FramedParts};
 
-use super::auth::{Authenticator, Credentials, Identity};
+use super::auth::{Authenticator, Credentials, Grant, Identity};
 use super::session::{Burst, Link, Outbound, Sessions};
 use super::topic::{self, Inbound, decode_bag};
 use crate::ingest::{Ingest, Publisher};
@@ -103,104 +103,28 @@ enum Close {
     Violation(String),
 }
 
-/// Serves one client connection until it closes.
+/// Serves one client connection until it closes: CONNECT, authentication, registration in
+/// the sessions, then packets both ways until it ends.
 pub async fn serve<S>(stream: S, services: Arc<Services>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let codec = Codec {
-        max_incoming_size: MAX_PACKET,
-        max_outgoing_size: MAX_PACKET,
-    };
-    // Small buffers to start with (tokio-util's default is 8 KiB each way): most connections of
-    // a large fleet are idle, and a buffer grows when a bigger packet or burst needs it.
-    let mut parts = FramedParts::new::<Packet>(stream, codec);
-    parts.read_buf = bytes::BytesMut::with_capacity(INITIAL_BUFFER);
-    parts.write_buf = bytes::BytesMut::with_capacity(INITIAL_BUFFER);
-    let mut framed = Framed::from_parts(parts);
-    let connect = match tokio::time::timeout(services.connect_timeout, framed.next()).await {
-        Ok(Some(Ok(Packet::Connect(connect)))) => connect,
-        Ok(Some(Ok(other))) => {
-            tracing::debug!(packet = ?other, "first packet is not CONNECT; closing");
-            return;
-        }
-        Ok(Some(Err(e))) => {
-            tracing::debug!(error = %e, "unreadable first packet; closing");
-            return;
-        }
-        Ok(None) | Err(_) => return,
-    };
-    if connect.protocol != Protocol::V4 {
-        let _ = framed
-            .send(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::RefusedProtocolVersion,
-                false,
-            )))
-            .await;
+    let mut framed = framed(stream);
+    let Some(connect) = read_connect(&mut framed, services.connect_timeout).await else {
         return;
-    }
-    let credentials = Credentials {
-        client_id: &connect.client_id,
-        username: connect.login.as_ref().map(|l| l.username.as_str()),
-        password: connect.login.as_ref().map(|l| l.password.as_str()),
     };
-    let (identity, valid_until, model_id) = match services.auth.authenticate(&credentials) {
-        Ok(grant) => (grant.identity, grant.valid_until, grant.model_id),
-        Err(reason) => {
-            tracing::warn!(client_id = %connect.client_id, %reason, "connection refused");
-            services.metrics.connection_refused();
-            let _ = framed
-                .send(Packet::ConnAck(ConnAck::new(
-                    ConnectReturnCode::NotAuthorized,
-                    false,
-                )))
-                .await;
-            return;
-        }
-    };
-    let client_id = identity.client_id();
-    let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
-    let (close, close_rx) = watch::channel(false);
-    let link = Link {
-        id: services.sessions.next_link_id(),
-        outbox,
-        close,
-    };
-    let link_id = link.id;
-    let connected = services
-        .sessions
-        .connect(&client_id, connect.clean_session, link);
-    if connected.replaced.is_some() {
-        tracing::info!(%client_id, "a new connection took over the client's previous one");
-    }
-    let ack = ConnAck::new(ConnectReturnCode::Success, connected.session_present);
-    if framed.send(Packet::ConnAck(ack)).await.is_err() {
-        services.sessions.disconnect(&client_id, link_id);
+    let Some(grant) = authenticate(&mut framed, &services, &connect).await else {
         return;
-    }
+    };
+    let client_id = grant.identity.client_id();
+    let Some((link_id, outbox, close)) =
+        register(&mut framed, &services, &client_id, connect.clean_session).await
+    else {
+        return;
+    };
     tracing::info!(%client_id, clean_session = connect.clean_session, "client connected");
-    let keep_alive = match connect.keep_alive {
-        0 => Duration::from_secs(600),
-        secs => Duration::from_millis(u64::from(secs) * 1500).min(Duration::from_secs(600)),
-    };
-    let mut connection = Connection {
-        framed,
-        services: Arc::clone(&services),
-        identity,
-        keep_alive,
-        pending_acks: VecDeque::with_capacity(INBOUND_WINDOW),
-        in_flight: HashMap::new(),
-        next_pkid: 1,
-        expires: valid_until.map(|until| {
-            let left = until
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            tokio::time::Instant::now() + left
-        }),
-        last_unknown_topic_warning: None,
-        model_id,
-    };
-    let close = connection.run(outbox_rx, close_rx).await;
+    let mut connection = Connection::new(framed, Arc::clone(&services), grant, connect.keep_alive);
+    let close = connection.run(outbox, close).await;
     services.sessions.disconnect(&client_id, link_id);
     // Spec 1.1: a connection that ends without DISCONNECT publishes its will, routed like
     // telemetry (not after a takeover: the client is still there).
@@ -216,6 +140,105 @@ where
         Close::TakenOver => tracing::info!(%client_id, "connection replaced by a newer one"),
         Close::Violation(reason) => tracing::warn!(%client_id, %reason, "connection closed"),
     }
+}
+
+/// The MQTT codec over `stream`, with small buffers to start with (tokio-util's default is
+/// 8 KiB each way): most connections of a large fleet are idle, and a buffer grows when a
+/// bigger packet or burst needs it.
+fn framed<S: AsyncRead + AsyncWrite>(stream: S) -> Framed<S, Codec> {
+    let codec = Codec {
+        max_incoming_size: MAX_PACKET,
+        max_outgoing_size: MAX_PACKET,
+    };
+    let mut parts = FramedParts::new::<Packet>(stream, codec);
+    parts.read_buf = bytes::BytesMut::with_capacity(INITIAL_BUFFER);
+    parts.write_buf = bytes::BytesMut::with_capacity(INITIAL_BUFFER);
+    Framed::from_parts(parts)
+}
+
+/// Waits up to `timeout` for the first packet, which must be an MQTT 3.1.1 CONNECT; anything
+/// else closes the connection (`None`), with CONNACK 1 for another protocol version.
+async fn read_connect<S>(framed: &mut Framed<S, Codec>, timeout: Duration) -> Option<Connect>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let connect = match tokio::time::timeout(timeout, framed.next()).await {
+        Ok(Some(Ok(Packet::Connect(connect)))) => connect,
+        Ok(Some(Ok(other))) => {
+            tracing::debug!(packet = ?other, "first packet is not CONNECT; closing");
+            return None;
+        }
+        Ok(Some(Err(e))) => {
+            tracing::debug!(error = %e, "unreadable first packet; closing");
+            return None;
+        }
+        Ok(None) | Err(_) => return None,
+    };
+    if connect.protocol != Protocol::V4 {
+        let refused = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
+        let _ = framed.send(Packet::ConnAck(refused)).await;
+        return None;
+    }
+    Some(connect)
+}
+
+/// Checks the CONNECT's credentials; a refusal is answered with CONNACK 5 (decision D1),
+/// counted and logged, and closes the connection (`None`).
+async fn authenticate<S>(
+    framed: &mut Framed<S, Codec>,
+    services: &Services,
+    connect: &Connect,
+) -> Option<Grant>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let credentials = Credentials {
+        client_id: &connect.client_id,
+        username: connect.login.as_ref().map(|l| l.username.as_str()),
+        password: connect.login.as_ref().map(|l| l.password.as_str()),
+    };
+    match services.auth.authenticate(&credentials) {
+        Ok(grant) => Some(grant),
+        Err(reason) => {
+            tracing::warn!(client_id = %connect.client_id, %reason, "connection refused");
+            services.metrics.connection_refused();
+            let refused = ConnAck::new(ConnectReturnCode::NotAuthorized, false);
+            let _ = framed.send(Packet::ConnAck(refused)).await;
+            None
+        }
+    }
+}
+
+/// Registers the connection in the sessions (taking over an older one of the same client)
+/// and answers CONNACK; gives the link's id, its outbox and its close signal, or `None` when
+/// the CONNACK could not be written.
+async fn register<S>(
+    framed: &mut Framed<S, Codec>,
+    services: &Services,
+    client_id: &str,
+    clean_session: bool,
+) -> Option<(u64, mpsc::Receiver<Burst>, watch::Receiver<bool>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+    let (close, close_rx) = watch::channel(false);
+    let link = Link {
+        id: services.sessions.next_link_id(),
+        outbox,
+        close,
+    };
+    let link_id = link.id;
+    let connected = services.sessions.connect(client_id, clean_session, link);
+    if connected.replaced.is_some() {
+        tracing::info!(%client_id, "a new connection took over the client's previous one");
+    }
+    let ack = ConnAck::new(ConnectReturnCode::Success, connected.session_present);
+    if framed.send(Packet::ConnAck(ack)).await.is_err() {
+        services.sessions.disconnect(client_id, link_id);
+        return None;
+    }
+    Some((link_id, outbox_rx, close_rx))
 }
 
 struct Connection<S> {
@@ -237,6 +260,38 @@ struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    /// The state of an accepted connection; `keep_alive` is the CONNECT's, in seconds.
+    fn new(
+        framed: Framed<S, Codec>,
+        services: Arc<Services>,
+        grant: Grant,
+        keep_alive: u16,
+    ) -> Self {
+        // MQTT 3.1.1: the server allows one and a half times the keep-alive; 0 (none) and very
+        // long ones are bounded by 10 minutes.
+        let keep_alive = match keep_alive {
+            0 => Duration::from_secs(600),
+            secs => Duration::from_millis(u64::from(secs) * 1500).min(Duration::from_secs(600)),
+        };
+        Self {
+            framed,
+            services,
+            identity: grant.identity,
+            keep_alive,
+            pending_acks: VecDeque::with_capacity(INBOUND_WINDOW),
+            in_flight: HashMap::new(),
+            next_pkid: 1,
+            expires: grant.valid_until.map(|until| {
+                let left = until
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::Instant::now() + left
+            }),
+            last_unknown_topic_warning: None,
+            model_id: grant.model_id,
+        }
+    }
+
     async fn run(
         &mut self,
         mut outbox: mpsc::Receiver<Burst>,
