@@ -1,17 +1,27 @@
 //! edgehub: an IoT Edge hub. The route engine (`router`) and the store (`store`) are libraries;
 //! this crate is the hub around them and its command line.
 //!
-//! Layout:
-//! - [`certs`]: the TLS server configuration, generated certificates;
-//! - [`cli`]: the `edgehub` command line (`route check`, `route test`, ...);
-//! - [`config`]: the configuration file and the embedded default;
-//! - [`manifest`]: reading IoT Edge deployment manifests;
-//! - [`hub`]: the running hub (route table, store, sessions, listeners);
-//! - [`mqtt`]: connections, sessions, topics and property bags;
+//! Layout, roughly from the wiring down (no two files import each other, directly or around a
+//! loop: `../shared/tools/import-loops` checks it):
+//! - [`cli`]: the `edgehub` command line (`run`, `identity`, `route`, `twin`, `deploy`,
+//!   `method`); [`run`]: from a configuration to a running hub, until SIGTERM;
+//! - [`admin`]: the operator's endpoint on `<data_dir>/admin.sock` (socket, server, manifest
+//!   watcher, and the command line's client);
+//! - [`hub`]: the wiring: creates the shared pieces, installs routes, binds the listeners;
+//! - [`listener`]: the one accept loop of every listener (tracked tasks, drain deadline);
+//!   [`stop`]: the stop signal of the hub's tasks;
+//! - [`http`]: the HTTP endpoints, [`http::metrics`] and [`http::methods`] (direct methods);
+//! - [`mqtt`]: a client connection ([`mqtt::connection`]), the sessions, topics both ways and
+//!   property bags, authentication of a CONNECT;
+//! - [`ingest`]: a message in, routed, encoded, enqueued, a ticket out;
 //! - [`delivery`]: pumps from the store to module inputs;
-//! - [`stored`]: the stored form of a message; [`metrics`]: counters.
-//! - [`identity`]: identities, their keys and store, the CONNECT username;
-//! - [`sas`]: SAS tokens and the authentication of a CONNECT.
+//! - [`record`]: the byte format of a message in the store;
+//! - [`twin`]: module and device twins; [`edgehub_twin`]: the `$edgeHub` twin's reported
+//!   properties; [`methods`]: direct method requests and their responses;
+//! - [`metrics`]: counters; [`config`]: the configuration file and the embedded default;
+//!   [`manifest`]: deployment manifests; [`certs`]: TLS configuration and generated
+//!   certificates; [`identity`]: identities, their keys and registry, the CONNECT username;
+//!   [`sas`]: SAS tokens; [`fs`]: atomic file writes.
 
 pub mod admin;
 pub mod certs;
