@@ -42,16 +42,37 @@ struct Entry {
     hash: u32,
 }
 
+/// How many entries a map holds before [`Properties::insert`] keeps an index of its keys.
+/// Below it, a scan by hash is the cheapest; above it, the index keeps inserting `n` keys
+/// linear (a 64 KiB topic can carry thousands of them).
+const INDEX_FROM: usize = 32;
+
 /// A property map with case-insensitive keys and string values, in insertion order.
 ///
 /// Property bags are small (a handful of entries), so a vector scanned by case-folded hash
-/// beats a hash map; no lookup allocates, and a mismatch costs one integer comparison.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// beats a hash map; no lookup allocates, and a mismatch costs one integer comparison. A map
+/// that grows past [`INDEX_FROM`] entries also keeps an index from case-folded key to entry,
+/// so that neither inserting nor looking up costs a scan of the whole map.
+#[derive(Debug, Clone, Default)]
 pub struct Properties {
     entries: Vec<Entry>,
     /// Whether some key starts with `$`: lets `$name` lookups skip the application properties.
     has_dollar_key: bool,
+    /// Case-folded key -> position in `entries`, once the map is large. Keyed by the folded
+    /// text (not by the 32-bit hash, whose collisions a sender can craft) with std's randomly
+    /// seeded hasher.
+    index: Option<std::collections::HashMap<String, usize>>,
 }
+
+/// Two maps are equal when they hold the same entries in the same order (the index is
+/// derived from them).
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for Properties {}
 
 impl Properties {
     /// An empty map.
@@ -59,25 +80,63 @@ impl Properties {
         Self::default()
     }
 
-    /// Sets `key` to `value`, replacing an entry whose key differs only in case.
+    /// Sets `key` to `value`, replacing an entry whose key differs only in case (the entry
+    /// keeps its position; the last value and spelling win).
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
         let key = key.into();
         let value = value.into();
         let hash = folded_hash(&key);
         self.has_dollar_key |= key.starts_with('$');
-        match self.find_mut(&key, hash) {
-            Some(entry) => *entry = Entry { key, value, hash },
-            None => self.entries.push(Entry { key, value, hash }),
+        if let Some(index) = &mut self.index {
+            match index.entry(fold(&key)) {
+                std::collections::hash_map::Entry::Occupied(slot) => {
+                    self.entries[*slot.get()] = Entry { key, value, hash };
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(self.entries.len());
+                    self.entries.push(Entry { key, value, hash });
+                }
+            }
+            return;
+        }
+        match self.position(&key, hash) {
+            Some(at) => self.entries[at] = Entry { key, value, hash },
+            None => {
+                self.entries.push(Entry { key, value, hash });
+                if self.entries.len() >= INDEX_FROM {
+                    self.build_index();
+                }
+            }
         }
     }
 
-    fn find_mut(&mut self, key: &str, hash: u32) -> Option<&mut Entry> {
-        self.entries
-            .iter_mut()
-            .find(|e| e.hash == hash && keys_equal(&e.key, key))
+    fn build_index(&mut self) {
+        let index = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(at, e)| (fold(&e.key), at))
+            .collect();
+        self.index = Some(index);
+    }
+
+    /// The position of the entry of `key` in a map without an index.
+    fn position(&self, key: &str, hash: u32) -> Option<usize> {
+        let found = self
+            .entries
+            .iter()
+            .position(|e| e.hash == hash && keys_equal(&e.key, key));
+        #[cfg(test)]
+        tests::SCANNED.with(|s| s.set(s.get() + found.map_or(self.entries.len(), |at| at + 1)));
+        found
     }
 
     fn find(&self, key: &str, hash: u32) -> Option<&str> {
+        if let Some(index) = &self.index {
+            return index
+                .get(&fold(key))
+                .map(|&at| self.entries[at].value.as_str());
+        }
         self.entries
             .iter()
             .find(|e| e.hash == hash && keys_equal(&e.key, key))
@@ -163,6 +222,16 @@ const fn folded_hash_ascii(bytes: &[u8]) -> u32 {
         i += 1;
     }
     hash
+}
+
+/// A key with every character folded by [`simple_upper`]: two keys are [`keys_equal`] exactly
+/// when their folds are equal.
+fn fold(key: &str) -> String {
+    if key.is_ascii() {
+        key.to_ascii_uppercase()
+    } else {
+        key.chars().map(simple_upper).collect()
+    }
 }
 
 /// Ordinal ignore-case equality of two keys: every character folded by [`simple_upper`].
@@ -375,6 +444,11 @@ impl MessageSource<'_> {
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// How many entries [`Properties::insert`] compared a key with, on this thread.
+        pub(super) static SCANNED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     fn message(sys: &[(&str, &str)]) -> Message {
         Message {
             system_properties: sys.iter().copied().collect(),
@@ -396,6 +470,72 @@ mod tests {
         props.insert("A", "2");
         assert_eq!(props.len(), 1);
         assert_eq!(props.get("a"), Some("2"));
+    }
+
+    #[test]
+    fn many_distinct_keys_insert_in_linear_time() {
+        let started = std::time::Instant::now();
+        let n = 20_000;
+        let mut props = Properties::new();
+        SCANNED.with(|s| s.set(0));
+        for i in 0..n {
+            props.insert(format!("k{i}"), i.to_string());
+        }
+        assert_eq!(props.len(), n);
+        // A scan of the whole map per key compares ~n²/2 = 2·10⁸ times.
+        let scanned = SCANNED.with(std::cell::Cell::get);
+        assert!(scanned < 100_000, "{scanned} comparisons");
+        // A sanity bound against a pathological slowdown (the quadratic scan took ~1 s here).
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        for i in [0, 1, n / 2, n - 1] {
+            assert_eq!(props.get(&format!("K{i}")), Some(i.to_string().as_str()));
+        }
+        assert_eq!(props.get("k20000"), None);
+        let keys: Vec<&str> = props.iter().map(|(k, _)| k).take(3).collect();
+        assert_eq!(keys, ["k0", "k1", "k2"], "insertion order is kept");
+    }
+
+    #[test]
+    fn the_last_duplicate_wins_in_small_and_large_maps() {
+        for size in [3, INDEX_FROM - 1, INDEX_FROM, 3 * INDEX_FROM] {
+            let mut props = Properties::new();
+            for i in 0..size {
+                props.insert(format!("key{i}"), "first");
+            }
+            props.insert("KEY1", "second");
+            props.insert("Key1", "third");
+            props.insert("zürich", "a");
+            props.insert("ZÜRICH", "b");
+            assert_eq!(props.len(), size + 1, "{size}");
+            assert_eq!(props.get("key1"), Some("third"), "{size}");
+            assert_eq!(props.get_key(&PropKey::new("ZüRICH")), Some("b"), "{size}");
+            let second: Vec<(&str, &str)> = props.iter().skip(1).take(1).collect();
+            assert_eq!(second, [("Key1", "third")], "the entry keeps its place");
+            let rebuilt: Properties = props.iter().collect();
+            assert_eq!(rebuilt, props);
+        }
+    }
+
+    #[test]
+    fn folding_agrees_with_keys_equal() {
+        for (a, b) in [
+            ("abc", "ABC"),
+            ("zürich", "ZÜRICH"),
+            ("zürich", "zurich"),
+            ("ı", "I"),
+            ("ſ", "S"),
+            ("straße", "STRASSE"),
+            ("$.CDID", "$.cdid"),
+        ] {
+            assert_eq!(keys_equal(a, b), fold(a) == fold(b), "{a} {b}");
+            if keys_equal(a, b) {
+                assert_eq!(folded_hash(a), folded_hash(b), "{a} {b}");
+            }
+        }
     }
 
     #[test]
