@@ -220,3 +220,33 @@ fn every_public_vector_through_the_command_line() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn values_that_start_with_a_minus_sign_are_conditions_and_routes_not_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = write_message(dir.path(), &serde_json::json!({}));
+    let out = edgehub(&[
+        "route",
+        "test",
+        "--condition",
+        "-5 = -5",
+        "--message",
+        &message,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout_json(&out),
+        serde_json::json!({"result": "true", "routed": true})
+    );
+    // A route that starts with '-' reaches the route parser, which names the problem.
+    let out = edgehub(&["route", "test", "--route", "-5", "--message", &message]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("syntax error"), "{stderr}");
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
+}

@@ -42,10 +42,10 @@ pub(super) struct CheckArgs {
 #[command(group = clap::ArgGroup::new("what").required(true).args(["route", "condition"]))]
 pub(super) struct TestArgs {
     /// The route to test.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     route: Option<String>,
-    /// A condition to test on its own.
-    #[arg(long)]
+    /// A condition to test on its own (it may start with '-', e.g. "-5 = -5").
+    #[arg(long, allow_hyphen_values = true)]
     condition: Option<String>,
     /// A JSON file with the message: body, bodyEncodedAs, contentType, contentEncoding,
     /// systemProperties, properties.
