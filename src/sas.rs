@@ -32,6 +32,11 @@ use crate::identity::{
 /// How far a token's expiry may lie in the past (clients' clocks drift).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
+/// The latest expiry a token may have: 9999-12-31T23:59:59Z, in seconds since the Unix epoch.
+/// Later ones (up to `u64::MAX`) would overflow the clock arithmetic that follows; they are
+/// refused when the token is parsed, before the signature is checked.
+pub const MAX_EXPIRY: u64 = 253_402_300_799;
+
 const PREFIX: &str = "SharedAccessSignature ";
 
 /// What `sign` percent-encodes: everything but the unreserved characters of RFC 3986.
@@ -74,6 +79,9 @@ pub enum TokenError {
     /// `se` is not a whole number of seconds.
     #[error("the token's expiry (se) is not a whole number of seconds")]
     BadExpiry,
+    /// `se` lies after [`MAX_EXPIRY`] (the year 9999).
+    #[error("the token's expiry (se) {0} is after the year 9999")]
+    ExpiryOutOfRange(u64),
     /// `sig` is not base64.
     #[error("the token's signature (sig) is not base64")]
     BadSignatureEncoding,
@@ -182,9 +190,12 @@ impl SasToken {
         let raw_resource_uri = sr.ok_or(TokenError::MissingField("sr"))?;
         let raw_signature = sig.ok_or(TokenError::MissingField("sig"))?;
         let raw_expiry = se.ok_or(TokenError::MissingField("se"))?;
-        let expiry = decode(raw_expiry)
+        let expiry: u64 = decode(raw_expiry)
             .parse()
             .map_err(|_| TokenError::BadExpiry)?;
+        if expiry > MAX_EXPIRY {
+            return Err(TokenError::ExpiryOutOfRange(expiry));
+        }
         let signature = STANDARD
             .decode(decode(raw_signature))
             .map_err(|_| TokenError::BadSignatureEncoding)?;
@@ -214,7 +225,8 @@ impl SasToken {
         self.valid_until() < now
     }
 
-    /// The last instant at which the token is accepted.
+    /// The last instant at which the token is accepted (no overflow: a parsed token's expiry
+    /// is at most [`MAX_EXPIRY`]).
     #[must_use]
     pub fn valid_until(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(self.expiry) + CLOCK_SKEW
@@ -679,6 +691,41 @@ mod tests {
     }
 
     #[test]
+    fn expiries_near_the_integer_limits_are_refused_without_overflow() {
+        let f = fixture();
+        let key = &f.leaf.primary_key;
+        let sr = "myhub.azure-devices.net/devices/leaf";
+        for expiry in [
+            MAX_EXPIRY + 1,
+            i64::MAX as u64 - 300,
+            i64::MAX as u64,
+            i64::MAX as u64 + 1,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            // Well signed with the right key: only the expiry is wrong.
+            assert!(
+                matches!(
+                    auth(&f, "leaf", LEAF_USER, &sign(sr, key, expiry)),
+                    Err(AuthError::Token(TokenError::ExpiryOutOfRange(e))) if e == expiry
+                ),
+                "{expiry}"
+            );
+        }
+        let past_u64 = sign(sr, key, 1).replace("se=1", "se=18446744073709551616");
+        assert!(matches!(
+            auth(&f, "leaf", LEAF_USER, &past_u64),
+            Err(AuthError::Token(TokenError::BadExpiry))
+        ));
+        // The latest accepted expiry works, and its end of validity is representable.
+        let latest = auth(&f, "leaf", LEAF_USER, &sign(sr, key, MAX_EXPIRY)).unwrap();
+        assert_eq!(
+            latest.valid_until,
+            UNIX_EPOCH + Duration::from_secs(MAX_EXPIRY) + CLOCK_SKEW
+        );
+    }
+
+    #[test]
     fn errors_never_show_the_token() {
         let f = fixture();
         let token = valid_token(
@@ -736,7 +783,7 @@ mod tests {
         fn every_signed_token_verifies_with_its_key_only(
             uri in "\\PC{1,64}",
             key in proptest::collection::vec(any::<u8>(), 1..64),
-            expiry: u64,
+            expiry in 0..=MAX_EXPIRY,
         ) {
             let key = SymmetricKey::from_bytes(key);
             let token = SasToken::parse(&sign(&uri, &key, expiry)).unwrap();
