@@ -25,8 +25,8 @@ use sha2::Sha256;
 use thiserror::Error;
 
 use crate::identity::{
-    ClientIdentity, Hostnames, Identity, IdentityError, IdentityRegistry, SymmetricKey, Username,
-    UsernameError, check_client_id, parse_username,
+    ClientIdentity, Hostnames, Identity, IdentityError, IdentityRegistry, KeyFingerprint, KeySlot,
+    SymmetricKey, Username, UsernameError, check_client_id, parse_username,
 };
 
 /// How far a token's expiry may lie in the past (clients' clocks drift).
@@ -161,6 +161,11 @@ pub struct Authenticated {
     /// When the token stops being valid (its `se` plus [`CLOCK_SKEW`]): the client must be
     /// disconnected after that.
     pub valid_until: SystemTime,
+    /// Which of the identity's keys signed the token.
+    pub key: KeySlot,
+    /// That key's fingerprint: the connection stays only while it is a current key of the
+    /// identity (see [`IdentityRegistry::key_status`]).
+    pub fingerprint: KeyFingerprint,
 }
 
 impl SasToken {
@@ -327,14 +332,15 @@ pub fn authenticate(
     let identity: Identity = store
         .get(&client.device_id, client.module_id.as_deref())?
         .ok_or_else(|| AuthError::UnknownIdentity(client.clone()))?;
-    if !token.is_signed_with(&identity.primary_key)
-        && !token.is_signed_with(&identity.secondary_key)
-    {
-        return Err(AuthError::BadSignature(client.clone()));
-    }
+    let key = [KeySlot::Primary, KeySlot::Secondary]
+        .into_iter()
+        .find(|&slot| token.is_signed_with(identity.key(slot)))
+        .ok_or_else(|| AuthError::BadSignature(client.clone()))?;
     Ok(Authenticated {
         identity: client.clone(),
         valid_until: token.valid_until(),
+        key,
+        fingerprint: identity.key(key).fingerprint(),
         username,
     })
 }
@@ -447,6 +453,8 @@ mod tests {
         );
         let ok = auth(&f, "edge/filter", MODULE_USER, &token).unwrap();
         assert_eq!(ok.identity, ClientIdentity::module("edge", "filter"));
+        assert_eq!(ok.key, KeySlot::Primary);
+        assert_eq!(ok.fingerprint, f.module.primary_key.fingerprint());
         assert_eq!(ok.username.api_version, "2021-04-12");
         assert_eq!(
             ok.valid_until,
@@ -458,7 +466,9 @@ mod tests {
     fn secondary_key_is_accepted_too() {
         let f = fixture();
         let token = valid_token("gateway.local/devices/leaf", &f.leaf.secondary_key);
-        auth(&f, "leaf", LEAF_USER, &token).unwrap();
+        let ok = auth(&f, "leaf", LEAF_USER, &token).unwrap();
+        assert_eq!(ok.key, KeySlot::Secondary);
+        assert_eq!(ok.fingerprint, f.leaf.secondary_key.fingerprint());
     }
 
     #[test]

@@ -242,3 +242,120 @@ fn concurrent_processes_lose_no_identity() {
     let list = stdout(&setup.identity(&["list"]));
     assert_eq!(list.lines().count(), 8, "{list}");
 }
+
+#[test]
+fn rotate_prints_the_connection_string_with_the_new_key() {
+    let setup = Setup::new();
+    let added = stdout(&setup.identity(&["add", "filter"]));
+    let rotated = stdout(&setup.identity(&["rotate", "filter"]));
+    assert_eq!(rotated.lines().count(), 1, "{rotated}");
+    let line = rotated.trim_end();
+    assert_ne!(key(line), key(added.trim_end()));
+    assert_eq!(key(line).len(), 44);
+    assert_eq!(
+        line,
+        format!(
+            "HostName=plant.azure-devices.net;DeviceId=plant-edge;ModuleId=filter;SharedAccessKey={};GatewayHostName=gw.plant.local",
+            key(line)
+        )
+    );
+    // `add` of an existing identity prints its (new) primary key.
+    assert_eq!(stdout(&setup.identity(&["add", "filter"])), rotated);
+}
+
+#[test]
+fn rotate_secondary_keeps_the_primary_key() {
+    let setup = Setup::new();
+    let added = stdout(&setup.identity(&["add", "--device", "leaf-1"]));
+    let first = stdout(&setup.identity(&["rotate", "--device", "leaf-1", "--key", "secondary"]));
+    let second = stdout(&setup.identity(&["rotate", "--key", "secondary", "--device", "leaf-1"]));
+    let line = first.trim_end();
+    assert_eq!(
+        line,
+        format!(
+            "HostName=plant.azure-devices.net;DeviceId=leaf-1;SharedAccessKey={};GatewayHostName=gw.plant.local",
+            key(line)
+        )
+    );
+    assert_ne!(key(line), key(added.trim_end()));
+    assert_ne!(key(line), key(second.trim_end()));
+    assert_eq!(
+        stdout(&setup.identity(&["add", "--device", "leaf-1"])),
+        added
+    );
+    let out = setup.identity(&["rotate", "--device", "leaf-1", "--key", "tertiary"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("tertiary"), "{}", stderr(&out));
+}
+
+#[test]
+fn remove_takes_an_identity_out_of_the_list() {
+    let setup = Setup::new();
+    stdout(&setup.identity(&["add", "filter"]));
+    stdout(&setup.identity(&["add", "--device", "leaf-1"]));
+    assert_eq!(stdout(&setup.identity(&["remove", "filter"])), "");
+    assert_eq!(stdout(&setup.identity(&["list"])), "leaf-1  device\n");
+    assert_eq!(
+        stdout(&setup.identity(&["remove", "--device", "leaf-1"])),
+        ""
+    );
+    assert_eq!(stdout(&setup.identity(&["list"])), "");
+    let mode = std::fs::metadata(setup.data_dir().join("identities.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn remove_and_rotate_of_an_unknown_or_runtime_identity_exit_with_2() {
+    let setup = Setup::new();
+    stdout(&setup.identity(&["add", "filter"]));
+    for args in [
+        &["remove", "nobody"][..],
+        &["remove", "--device", "nobody"],
+        &["rotate", "nobody"],
+        &["rotate", "--device", "plant-edge"],
+        &["remove", "$edgeHub"],
+        &["rotate", "$edgeAgent"],
+        &["remove"],
+        &["rotate", "filter", "--device", "leaf-1"],
+    ] {
+        let out = setup.identity(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert!(stderr(&setup.identity(&["remove", "nobody"])).contains("plant-edge/nobody"));
+    assert_eq!(
+        stdout(&setup.identity(&["list"])),
+        "plant-edge/filter  module\n"
+    );
+}
+
+#[test]
+fn a_registry_open_elsewhere_sees_remove_and_rotate() {
+    // The registry a running hub holds open, in this process; the commands run as processes.
+    let setup = Setup::new();
+    let module = stdout(&setup.identity(&["add", "filter"]));
+    let hub = edgehub::identity::IdentityRegistry::open(&setup.data_dir(), "plant-edge").unwrap();
+    let before = hub.get("plant-edge", Some("filter")).unwrap().unwrap();
+    assert_eq!(before.primary_key.to_base64(), key(module.trim_end()));
+    let rotated = stdout(&setup.identity(&["rotate", "filter"]));
+    let after = hub.get("plant-edge", Some("filter")).unwrap().unwrap();
+    assert_eq!(after.primary_key.to_base64(), key(rotated.trim_end()));
+    assert_eq!(after.secondary_key, before.secondary_key);
+    stdout(&setup.identity(&["remove", "filter"]));
+    assert!(hub.get("plant-edge", Some("filter")).unwrap().is_none());
+}
+
+#[test]
+fn ids_longer_than_128_characters_are_refused() {
+    let setup = Setup::new();
+    let long = "m".repeat(129);
+    let out = setup.identity(&["add", &long]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("longer than 128"), "{}", stderr(&out));
+    let out = setup.identity(&["add", "--device", &"d".repeat(129)]);
+    assert_eq!(out.status.code(), Some(2));
+    stdout(&setup.identity(&["add", &"m".repeat(128)]));
+}

@@ -1,18 +1,19 @@
-//! `edgehub identity add` and `edgehub identity list`.
+//! `edgehub identity add`, `list`, `remove` and `rotate`.
 //!
-//! Both work whether or not a hub runs on the same data folder: the identity registry is shared
-//! through its file, and a running hub sees new identities at their first connection.
+//! They work whether or not a hub runs on the same data folder: the identity registry is shared
+//! through its file, and a running hub sees new identities at their first connection, and
+//! closes within seconds the connections of a removed identity or of a rotated key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use super::INVALID;
 use crate::config::{Config, ConfigError};
-use crate::identity::IdentityError;
 use crate::identity::id::is_system_module;
+use crate::identity::{ClientIdentity, IdentityError, IdentityRegistry, KeySlot};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum IdentityCommand {
@@ -21,6 +22,14 @@ pub(super) enum IdentityCommand {
     Add(AddArgs),
     /// List the identities: one line each, `<id>  module|device`; keys are not shown.
     List(ListArgs),
+    /// Remove the identity of a module (or of a leaf device with --device); a running hub
+    /// closes its connections within seconds. A module of the deployment gets a new identity
+    /// when the hub starts again.
+    Remove(RemoveArgs),
+    /// Replace the primary (or --key secondary) key of an identity with a new one and print
+    /// the connection string with the new key; a running hub closes within seconds the
+    /// connections authenticated with the old key.
+    Rotate(RotateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -37,6 +46,51 @@ pub(super) struct AddArgs {
 }
 
 #[derive(Debug, Args)]
+pub(super) struct RemoveArgs {
+    /// The hub's configuration; without it, the embedded default (data folder ./data).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The module id.
+    #[arg(required_unless_present = "device", conflicts_with = "device")]
+    module_id: Option<String>,
+    /// A leaf device id, instead of a module.
+    #[arg(long, value_name = "ID")]
+    device: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RotateArgs {
+    /// The hub's configuration; without it, the embedded default (data folder ./data).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The module id.
+    #[arg(required_unless_present = "device", conflicts_with = "device")]
+    module_id: Option<String>,
+    /// A leaf device id, instead of a module.
+    #[arg(long, value_name = "ID")]
+    device: Option<String>,
+    /// Which key to replace.
+    #[arg(long, value_enum, default_value_t = KeyArg::Primary)]
+    key: KeyArg,
+}
+
+/// `--key primary|secondary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KeyArg {
+    Primary,
+    Secondary,
+}
+
+impl From<KeyArg> for KeySlot {
+    fn from(key: KeyArg) -> Self {
+        match key {
+            KeyArg::Primary => Self::Primary,
+            KeyArg::Secondary => Self::Secondary,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub(super) struct ListArgs {
     /// The hub's configuration; without it, the embedded default (data folder ./data).
     #[arg(long, value_name = "FILE")]
@@ -47,6 +101,8 @@ pub(super) fn run(command: IdentityCommand) -> Result<ExitCode> {
     let outcome = match command {
         IdentityCommand::Add(args) => add(&args),
         IdentityCommand::List(args) => list(&args),
+        IdentityCommand::Remove(args) => remove(&args),
+        IdentityCommand::Rotate(args) => rotate(&args),
     };
     match outcome {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -88,6 +144,53 @@ fn list(args: &ListArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn remove(args: &RemoveArgs) -> Result<(), Failure> {
+    let (_, store, id) = target(
+        args.config.as_deref(),
+        args.module_id.as_deref(),
+        args.device.as_deref(),
+    )?;
+    store.remove(&id)?;
+    eprintln!("removed {id}");
+    Ok(())
+}
+
+fn rotate(args: &RotateArgs) -> Result<(), Failure> {
+    let (config, store, id) = target(
+        args.config.as_deref(),
+        args.module_id.as_deref(),
+        args.device.as_deref(),
+    )?;
+    let slot = KeySlot::from(args.key);
+    let identity = store.rotate(&id, slot)?;
+    println!(
+        "{}",
+        identity.connection_string_with(&config.hostnames(), slot)
+    );
+    Ok(())
+}
+
+/// The configuration, its registry and the identity a `remove` or `rotate` names.
+fn target(
+    config: Option<&std::path::Path>,
+    module_id: Option<&str>,
+    device_id: Option<&str>,
+) -> Result<(Config, IdentityRegistry, ClientIdentity), Failure> {
+    if let Some(module_id) = module_id.filter(|m| is_system_module(m)) {
+        return Err(Failure::Invalid(format!(
+            "{module_id} is the runtime's own module; its identity is not managed here"
+        )));
+    }
+    let config = Config::load_or_default(config)?;
+    let store = config.identity_registry()?;
+    let id = match (module_id, device_id) {
+        (Some(module_id), _) => store.module_identity(module_id),
+        (None, Some(device_id)) => ClientIdentity::device(device_id),
+        (None, None) => unreachable!("clap requires a module id or --device"),
+    };
+    Ok((config, store, id))
+}
+
 /// How a command fails: input it rejects (exit code 2, the message names the culprit) or an
 /// I/O failure (exit code 1).
 enum Failure {
@@ -107,7 +210,7 @@ impl From<ConfigError> for Failure {
 impl From<IdentityError> for Failure {
     fn from(error: IdentityError) -> Self {
         match error {
-            IdentityError::InvalidId(_) => Self::Invalid(chain(error)),
+            IdentityError::InvalidId(_) | IdentityError::Unknown(_) => Self::Invalid(chain(error)),
             _ => Self::Io(error.into()),
         }
     }

@@ -5,6 +5,7 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 /// How many random bytes a generated key has (what IoT Hub generates).
@@ -68,6 +69,57 @@ impl SymmetricKey {
     }
 }
 
+/// Which of an identity's two keys (IoT Hub's model: either signs a valid token, and each can
+/// be regenerated on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeySlot {
+    /// The primary key: the one connection strings carry.
+    Primary,
+    /// The secondary key.
+    Secondary,
+}
+
+impl fmt::Display for KeySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+        })
+    }
+}
+
+/// What identifies a key without revealing it: the SHA-256 of its bytes. Remembered by a
+/// connection to tell later whether the key that authenticated it is still current; its
+/// `Debug` output shows only the first 4 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyFingerprint([u8; 32]);
+
+impl KeyFingerprint {
+    /// The fingerprint of `key`.
+    #[must_use]
+    pub fn of(key: &SymmetricKey) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for KeyFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyFingerprint(")?;
+        for byte in &self.0[..4] {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+impl SymmetricKey {
+    /// This key's [`KeyFingerprint`].
+    #[must_use]
+    pub fn fingerprint(&self) -> KeyFingerprint {
+        KeyFingerprint::of(self)
+    }
+}
+
 impl fmt::Debug for SymmetricKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SymmetricKey(<redacted>)")
@@ -106,6 +158,18 @@ mod tests {
         let key = SymmetricKey::generate().unwrap();
         assert_eq!(SymmetricKey::from_base64(&key.to_base64()).unwrap(), key);
         assert!(SymmetricKey::from_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn fingerprints_tell_keys_apart_and_show_little() {
+        let a = SymmetricKey::generate().unwrap();
+        let b = SymmetricKey::generate().unwrap();
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let shown = format!("{:?}", a.fingerprint());
+        assert_eq!(shown.len(), "KeyFingerprint(01234567..)".len(), "{shown}");
+        assert!(!shown.contains(&a.to_base64()));
+        assert_eq!(KeySlot::Secondary.to_string(), "secondary");
     }
 
     #[test]

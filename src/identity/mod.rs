@@ -13,8 +13,8 @@ pub mod registry;
 pub mod username;
 
 pub use id::{IdError, validate_device_id, validate_module_id};
-pub use key::SymmetricKey;
-pub use registry::{Identity, IdentityError, IdentityRegistry};
+pub use key::{KeyFingerprint, KeySlot, SymmetricKey};
+pub use registry::{Identity, IdentityError, IdentityRegistry, KeyStatus};
 pub use username::{ClientIdentity, Username, UsernameError, check_client_id, parse_username};
 
 /// The names clients use to reach the hub, as the configuration gives them.

@@ -23,7 +23,7 @@ use thiserror::Error;
 use crate::fs::write_atomically;
 
 use super::id::{IdError, validate_device_id, validate_module_id};
-use super::key::{RandomError, SymmetricKey};
+use super::key::{KeyFingerprint, KeySlot, RandomError, SymmetricKey};
 use super::{ClientIdentity, Hostnames};
 
 /// The registry's file name under the data folder.
@@ -47,6 +47,13 @@ impl Identity {
     /// `ModuleId` for a device).
     #[must_use]
     pub fn connection_string(&self, hostnames: &Hostnames) -> String {
+        self.connection_string_with(hostnames, KeySlot::Primary)
+    }
+
+    /// The connection string with the key in `slot` (the same layout as
+    /// [`connection_string`](Self::connection_string)).
+    #[must_use]
+    pub fn connection_string_with(&self, hostnames: &Hostnames, slot: KeySlot) -> String {
         let module = self
             .id
             .module_id
@@ -57,9 +64,26 @@ impl Identity {
             "HostName={};DeviceId={};{module}SharedAccessKey={};GatewayHostName={}",
             hostnames.iothub,
             self.id.device_id,
-            self.primary_key.to_base64(),
+            self.key(slot).to_base64(),
             hostnames.gateway,
         )
+    }
+
+    /// The key in `slot`.
+    #[must_use]
+    pub fn key(&self, slot: KeySlot) -> &SymmetricKey {
+        match slot {
+            KeySlot::Primary => &self.primary_key,
+            KeySlot::Secondary => &self.secondary_key,
+        }
+    }
+
+    /// The slot of the current key whose fingerprint is `fingerprint`, if any.
+    #[must_use]
+    pub fn slot_of(&self, fingerprint: &KeyFingerprint) -> Option<KeySlot> {
+        [KeySlot::Primary, KeySlot::Secondary]
+            .into_iter()
+            .find(|&slot| self.key(slot).fingerprint() == *fingerprint)
     }
 
     /// Whether it is a module (rather than a device).
@@ -104,6 +128,21 @@ pub enum IdentityError {
     /// No random bytes for a new key.
     #[error(transparent)]
     Random(#[from] RandomError),
+    /// The registry has no such identity (remove, rotate).
+    #[error("there is no identity {0}")]
+    Unknown(ClientIdentity),
+}
+
+/// Whether a key that authenticated a connection still does, as
+/// [`IdentityRegistry::key_status`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// The identity exists and the key is one of its two current keys (in this slot).
+    Current(KeySlot),
+    /// The identity exists, but neither of its keys is that one any more (rotated).
+    Retired,
+    /// The identity is no longer in the registry.
+    Removed,
 }
 
 /// The identities the hub accepts, kept in `<data_dir>/identities.json`.
@@ -273,6 +312,76 @@ impl IdentityRegistry {
         Ok(self.lock_loaded().identities.values().cloned().collect())
     }
 
+    /// The identity of module `module_id` of the edge device (ids are not checked: an identity
+    /// is looked up by exactly the id it was stored with).
+    #[must_use]
+    pub fn module_identity(&self, module_id: &str) -> ClientIdentity {
+        ClientIdentity::module(&self.edge_device_id, module_id)
+    }
+
+    /// Removes the identity `id` (its twin file, if any, is kept). A running hub closes the
+    /// connections of a removed identity at its next recheck.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::Unknown`] when there is no such identity (nothing is written), or a
+    /// failure to read or write the file.
+    pub fn remove(&self, id: &ClientIdentity) -> Result<Identity, IdentityError> {
+        self.change(id, |identities| {
+            identities
+                .remove(id)
+                .ok_or_else(|| IdentityError::Unknown(id.clone()))
+        })
+    }
+
+    /// Replaces the key in `slot` of identity `id` with a new random key and returns the
+    /// identity with its new keys; the other key is kept. Connections authenticated with the
+    /// old key are closed by a running hub at their next recheck.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::Unknown`] when there is no such identity (nothing is written), no
+    /// random bytes, or a failure to read or write the file.
+    pub fn rotate(&self, id: &ClientIdentity, slot: KeySlot) -> Result<Identity, IdentityError> {
+        let key = SymmetricKey::generate()?;
+        self.change(id, |identities| {
+            let identity = identities
+                .get_mut(id)
+                .ok_or_else(|| IdentityError::Unknown(id.clone()))?;
+            match slot {
+                KeySlot::Primary => identity.primary_key = key,
+                KeySlot::Secondary => identity.secondary_key = key,
+            }
+            Ok(identity.clone())
+        })
+    }
+
+    /// Whether the key whose fingerprint is `key` is still a current key of identity
+    /// `device_id[/module_id]`, re-reading the file first if another process changed it (one
+    /// `stat`, one map lookup and two hashes of 32 bytes when nothing changed).
+    ///
+    /// # Errors
+    ///
+    /// When the file changed and cannot be read or parsed.
+    pub fn key_status(
+        &self,
+        device_id: &str,
+        module_id: Option<&str>,
+        key: &KeyFingerprint,
+    ) -> Result<KeyStatus, IdentityError> {
+        self.reload_if_changed()?;
+        let id = ClientIdentity {
+            device_id: device_id.to_owned(),
+            module_id: module_id.map(str::to_owned),
+        };
+        Ok(match self.lock_loaded().identities.get(&id) {
+            None => KeyStatus::Removed,
+            Some(identity) => identity
+                .slot_of(key)
+                .map_or(KeyStatus::Retired, KeyStatus::Current),
+        })
+    }
+
     /// Re-reads the file if it is not the one last loaded (one `stat` when it is).
     ///
     /// # Errors
@@ -311,6 +420,23 @@ impl IdentityRegistry {
             fresh.stamp = self.stamp()?;
             tracing::info!(path = %self.path.display(), "identity registry updated");
         }
+        *self.lock_loaded() = fresh;
+        Ok(result)
+    }
+
+    /// Applies `edit` to a fresh copy of the file under the writers' lock and writes the
+    /// result; an error from `edit` writes nothing.
+    fn change<T>(
+        &self,
+        id: &ClientIdentity,
+        edit: impl FnOnce(&mut BTreeMap<ClientIdentity, Identity>) -> Result<T, IdentityError>,
+    ) -> Result<T, IdentityError> {
+        let _lock = self.lock_writers()?;
+        let mut fresh = self.read()?;
+        let result = edit(&mut fresh.identities)?;
+        self.write(&fresh.identities)?;
+        fresh.stamp = self.stamp()?;
+        tracing::info!(path = %self.path.display(), identity = %id, "identity registry updated");
         *self.lock_loaded() = fresh;
         Ok(result)
     }
@@ -582,6 +708,93 @@ mod tests {
         let error = IdentityRegistry::open(dir.path(), "edge").unwrap_err();
         assert!(matches!(error, IdentityError::Corrupt { .. }));
         assert!(error.to_string().contains(FILE_NAME), "{error}");
+    }
+
+    #[test]
+    fn remove_takes_the_identity_out_and_a_running_hub_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = IdentityRegistry::open(dir.path(), "edge").unwrap();
+        let module = hub.add_module("filter").unwrap();
+        hub.add_device("leaf").unwrap();
+        let key = module.primary_key.fingerprint();
+        assert_eq!(
+            hub.key_status("edge", Some("filter"), &key).unwrap(),
+            KeyStatus::Current(KeySlot::Primary)
+        );
+        // Another process (`edgehub identity remove`) removes it.
+        let cli = IdentityRegistry::open(dir.path(), "edge").unwrap();
+        let removed = cli.remove(&cli.module_identity("filter")).unwrap();
+        assert_eq!(removed, module);
+        assert_eq!(
+            hub.key_status("edge", Some("filter"), &key).unwrap(),
+            KeyStatus::Removed
+        );
+        assert!(hub.get("edge", Some("filter")).unwrap().is_none());
+        assert_eq!(hub.list().unwrap().len(), 1, "the device stays");
+        assert!(matches!(
+            cli.remove(&ClientIdentity::module("edge", "filter")),
+            Err(IdentityError::Unknown(id)) if id == ClientIdentity::module("edge", "filter")
+        ));
+        assert!(matches!(
+            cli.remove(&ClientIdentity::device("stranger")),
+            Err(IdentityError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn rotate_replaces_one_key_and_retires_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = IdentityRegistry::open(dir.path(), "edge").unwrap();
+        let before = hub.add_device("leaf").unwrap();
+        let (primary, secondary) = (
+            before.primary_key.fingerprint(),
+            before.secondary_key.fingerprint(),
+        );
+        let cli = IdentityRegistry::open(dir.path(), "edge").unwrap();
+        let after = cli
+            .rotate(&ClientIdentity::device("leaf"), KeySlot::Secondary)
+            .unwrap();
+        assert_eq!(after.primary_key, before.primary_key);
+        assert_ne!(after.secondary_key, before.secondary_key);
+        assert_eq!(hub.get("leaf", None).unwrap(), Some(after.clone()));
+        assert_eq!(
+            hub.key_status("leaf", None, &primary).unwrap(),
+            KeyStatus::Current(KeySlot::Primary)
+        );
+        assert_eq!(
+            hub.key_status("leaf", None, &secondary).unwrap(),
+            KeyStatus::Retired
+        );
+        assert_eq!(
+            hub.key_status("leaf", None, &after.secondary_key.fingerprint())
+                .unwrap(),
+            KeyStatus::Current(KeySlot::Secondary)
+        );
+        let again = cli
+            .rotate(&ClientIdentity::device("leaf"), KeySlot::Primary)
+            .unwrap();
+        assert_ne!(again.primary_key, before.primary_key);
+        assert_eq!(again.secondary_key, after.secondary_key);
+        assert_eq!(
+            hub.key_status("leaf", None, &primary).unwrap(),
+            KeyStatus::Retired
+        );
+        let key = again.primary_key.to_base64();
+        assert!(
+            again
+                .connection_string_with(&hostnames(), KeySlot::Primary)
+                .contains(&format!("SharedAccessKey={key};"))
+        );
+        let key = again.secondary_key.to_base64();
+        assert!(
+            again
+                .connection_string_with(&hostnames(), KeySlot::Secondary)
+                .contains(&format!("SharedAccessKey={key};"))
+        );
+        assert!(matches!(
+            cli.rotate(&ClientIdentity::device("nobody"), KeySlot::Primary),
+            Err(IdentityError::Unknown(_))
+        ));
     }
 
     #[test]
