@@ -11,12 +11,15 @@
 //!
 //! The host segment is ignored; values are percent-decoded (`+` stays `+`); the first occurrence
 //! of a property wins and unknown properties are ignored; `api-version` is mandatory but its
-//! value is not checked.
+//! value is not checked. The ids (trimmed) must follow IoT Hub's rules ([`super::id`]): at most
+//! 128 characters of its set, as `edgehub identity add` requires.
 
 use std::fmt;
 
 use percent_encoding::percent_decode_str;
 use thiserror::Error;
+
+use super::id::{IdError, validate_device_id, validate_module_id};
 
 /// Who a client says it is: a device (a leaf device, or the edge device itself) or a module of
 /// a device.
@@ -82,6 +85,9 @@ pub enum UsernameError {
     /// The device or module segment is empty.
     #[error("the username has an empty {0} id")]
     EmptyId(&'static str),
+    /// A device or module id breaks IoT Hub's rules (length, characters).
+    #[error("the username's {0}")]
+    InvalidId(IdError),
     /// No `api-version` property.
     #[error("the username has no api-version property")]
     MissingApiVersion,
@@ -158,14 +164,47 @@ fn identity(device: &str, module: Option<&str>) -> Result<ClientIdentity, Userna
     if device_id.is_empty() {
         return Err(UsernameError::EmptyId("device"));
     }
+    validate_device_id(device_id).map_err(|e| UsernameError::InvalidId(shorten(e)))?;
     let module_id = match module.map(str::trim) {
         Some("") => return Err(UsernameError::EmptyId("module")),
-        other => other.map(str::to_owned),
+        Some(module_id) => {
+            validate_module_id(module_id).map_err(|e| UsernameError::InvalidId(shorten(e)))?;
+            Some(module_id.to_owned())
+        }
+        None => None,
     };
     Ok(ClientIdentity {
         device_id: device_id.to_owned(),
         module_id,
     })
+}
+
+/// An id error whose id is cut to 128 characters and a marker: a client may send 64 KiB of id,
+/// and the error ends up in the log.
+fn shorten(error: IdError) -> IdError {
+    let cut = |id: String| -> String {
+        if id.chars().count() <= super::id::MAX_ID_LEN {
+            id
+        } else {
+            let mut short: String = id.chars().take(super::id::MAX_ID_LEN).collect();
+            short.push_str("...");
+            short
+        }
+    };
+    match error {
+        IdError::TooLong { kind, id } => IdError::TooLong { kind, id: cut(id) },
+        IdError::BadCharacter {
+            kind,
+            id,
+            character,
+        } => IdError::BadCharacter {
+            kind,
+            id: cut(id),
+            character,
+        },
+        IdError::Reserved { id } => IdError::Reserved { id: cut(id) },
+        IdError::Empty { kind } => IdError::Empty { kind },
+    }
 }
 
 /// The recognised properties of a username.
@@ -312,6 +351,40 @@ mod tests {
             parse_username("h/d//?api-version=1"),
             Err(UsernameError::EmptyId("module"))
         );
+    }
+
+    #[test]
+    fn ids_iot_hub_would_refuse_are_refused_with_the_reason() {
+        let long = "d".repeat(129);
+        for (username, kind) in [
+            (format!("h/{long}/?api-version=1"), "device"),
+            (format!("h/d/{long}/?api-version=1"), "module"),
+            ("h/a b/?api-version=1".to_owned(), "device"),
+            ("h/d/caf\u{e9}/?api-version=1".to_owned(), "module"),
+            ("h/d/m\"x/?api-version=1".to_owned(), "module"),
+            ("h/d\0/?api-version=1".to_owned(), "device"),
+        ] {
+            let error = parse_username(&username).unwrap_err();
+            assert!(
+                matches!(&error, UsernameError::InvalidId(e) if e.to_string().starts_with(kind)),
+                "{username}: {error}"
+            );
+        }
+        assert!(matches!(
+            parse_username("h/d/$custom/?api-version=1"),
+            Err(UsernameError::InvalidId(IdError::Reserved { .. }))
+        ));
+        // The log line stays short even when the id is huge.
+        let huge = "x".repeat(65_000);
+        let error = parse_username(&format!("h/{huge}/?api-version=1")).unwrap_err();
+        assert!(error.to_string().len() < 300, "{}", error.to_string().len());
+        // The limits themselves are accepted.
+        let longest = "d".repeat(128);
+        assert_eq!(
+            parse(&format!("h/{longest}/$edgeHub/?api-version=1")).identity,
+            ClientIdentity::module(longest.clone(), "$edgeHub")
+        );
+        parse("h/aZ09-:.+%_#*?!(),=@$'/?api-version=1");
     }
 
     #[test]
