@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::identity::{KeyFingerprint, KeySlot, KeyStatus};
+
 /// The identity a connection acts as, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
@@ -59,6 +61,19 @@ pub struct Grant {
     /// The IoT Plug and Play model id the client announced (`model-id` in its username); the
     /// hub stamps it on the client's messages as the system property `modelId`.
     pub model_id: Option<String>,
+    /// The key that signed the credentials, for [`Authenticator::recheck`]; `None` when the
+    /// credentials are not tied to a key of the identity registry.
+    pub key: Option<GrantKey>,
+}
+
+/// Which key of its identity authenticated a connection: enough to tell later whether that key
+/// was rotated, nothing that reveals it (safe to log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantKey {
+    /// The key's slot when it authenticated the connection.
+    pub slot: KeySlot,
+    /// The key's fingerprint (SHA-256 of the key).
+    pub fingerprint: KeyFingerprint,
 }
 
 /// Decides who a connection is. Every refusal is answered with CONNACK 5 (decision D1); the
@@ -70,6 +85,20 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
     ///
     /// A reason for the log when the credentials are refused.
     fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Grant, String>;
+
+    /// Whether a connection authenticated earlier with `grant` may stay: `Ok` while its
+    /// identity exists and the key that authenticated it is still one of the identity's
+    /// current keys. Cheap when nothing changed; meant to be called every few seconds per
+    /// connection. The default accepts every grant (authenticators without a registry).
+    ///
+    /// # Errors
+    ///
+    /// Why the connection must be closed (for the log: names the identity and the key's
+    /// slot, never a key).
+    fn recheck(&self, grant: &Grant) -> Result<(), String> {
+        let _ = grant;
+        Ok(())
+    }
 }
 
 /// The hub's authenticator: SAS tokens checked against the identity registry (protocol spec 1.2
@@ -111,6 +140,196 @@ impl Authenticator for SasAuthenticator {
             },
             valid_until: Some(authenticated.valid_until),
             model_id: authenticated.username.model_id,
+            key: Some(GrantKey {
+                slot: authenticated.key,
+                fingerprint: authenticated.fingerprint,
+            }),
         })
+    }
+
+    fn recheck(&self, grant: &Grant) -> Result<(), String> {
+        let identity = &grant.identity;
+        let Some(key) = &grant.key else {
+            // Not tied to a key: only the identity's existence is checked.
+            return match self
+                .identities
+                .get(&identity.device_id, identity.module_id.as_deref())
+            {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(format!("identity {identity} was removed")),
+                Err(error) => keep_on_registry_error(identity, &error),
+            };
+        };
+        let status = self.identities.key_status(
+            &identity.device_id,
+            identity.module_id.as_deref(),
+            &key.fingerprint,
+        );
+        match status {
+            Ok(KeyStatus::Current(_)) => Ok(()),
+            Ok(KeyStatus::Retired) => Err(format!(
+                "the {} key that authenticated {identity} was rotated",
+                key.slot
+            )),
+            Ok(KeyStatus::Removed) => Err(format!("identity {identity} was removed")),
+            Err(error) => keep_on_registry_error(identity, &error),
+        }
+    }
+}
+
+/// A registry that cannot be re-read (replaced by a bad file) does not close live connections:
+/// they are judged on the last copy read, and new CONNECTs report the error.
+fn keep_on_registry_error(
+    identity: &Identity,
+    error: &crate::identity::IdentityError,
+) -> Result<(), String> {
+    tracing::debug!(%identity, error = %error, "identity registry unreadable; connection kept");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+    use crate::identity::{ClientIdentity, Hostnames, IdentityRegistry};
+
+    const HUB: &str = "hub.example.net";
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        auth: SasAuthenticator,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = IdentityRegistry::open(dir.path(), "edge").unwrap();
+        registry.add_module("filter").unwrap();
+        registry.add_device("leaf").unwrap();
+        let hostnames = Hostnames {
+            iothub: HUB.to_owned(),
+            gateway: "gw.local".to_owned(),
+        };
+        Fixture {
+            dir,
+            auth: SasAuthenticator::new(registry, hostnames),
+        }
+    }
+
+    impl Fixture {
+        /// `edgehub identity ...` in another process.
+        fn cli(&self) -> IdentityRegistry {
+            IdentityRegistry::open(self.dir.path(), "edge").unwrap()
+        }
+
+        fn connect(&self, id: &ClientIdentity, slot: KeySlot) -> Grant {
+            let identity = self
+                .cli()
+                .get(&id.device_id, id.module_id.as_deref())
+                .unwrap()
+                .unwrap();
+            let audience = match &id.module_id {
+                Some(m) => format!("{HUB}/devices/{}/modules/{m}", id.device_id),
+                None => format!("{HUB}/devices/{}", id.device_id),
+            };
+            let expiry = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 3600;
+            let token = crate::sas::sign(&audience, identity.key(slot), expiry);
+            let client_id = id.to_string();
+            let username = format!("{HUB}/{client_id}/?api-version=2021-04-12");
+            self.auth
+                .authenticate(&Credentials {
+                    client_id: &client_id,
+                    username: Some(&username),
+                    password: Some(&token),
+                })
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn a_grant_remembers_which_key_signed_without_showing_it() {
+        let f = fixture();
+        let leaf = ClientIdentity::device("leaf");
+        let grant = f.connect(&leaf, KeySlot::Secondary);
+        let key = grant.key.unwrap();
+        assert_eq!(key.slot, KeySlot::Secondary);
+        let secret = f.cli().get("leaf", None).unwrap().unwrap().secondary_key;
+        assert_eq!(key.fingerprint, secret.fingerprint());
+        assert!(!format!("{grant:?}").contains(&secret.to_base64()));
+        f.auth.recheck(&grant).unwrap();
+    }
+
+    #[test]
+    fn recheck_fails_once_the_identity_is_removed() {
+        let f = fixture();
+        let module = ClientIdentity::module("edge", "filter");
+        let grant = f.connect(&module, KeySlot::Primary);
+        f.auth.recheck(&grant).unwrap();
+        f.cli().remove(&module).unwrap();
+        let reason = f.auth.recheck(&grant).unwrap_err();
+        assert_eq!(reason, "identity edge/filter was removed");
+        // Added again, with new keys: the old grant's key is not one of them.
+        f.cli().add_module("filter").unwrap();
+        assert!(f.auth.recheck(&grant).unwrap_err().contains("rotated"));
+    }
+
+    #[test]
+    fn recheck_fails_only_for_the_key_that_was_rotated() {
+        let f = fixture();
+        let leaf = ClientIdentity::device("leaf");
+        let on_primary = f.connect(&leaf, KeySlot::Primary);
+        let on_secondary = f.connect(&leaf, KeySlot::Secondary);
+        f.cli().rotate(&leaf, KeySlot::Primary).unwrap();
+        assert_eq!(
+            f.auth.recheck(&on_primary).unwrap_err(),
+            "the primary key that authenticated leaf was rotated"
+        );
+        f.auth.recheck(&on_secondary).unwrap();
+        // A new connection with the new primary key is fine again.
+        f.auth.recheck(&f.connect(&leaf, KeySlot::Primary)).unwrap();
+        f.cli().rotate(&leaf, KeySlot::Secondary).unwrap();
+        assert!(f.auth.recheck(&on_secondary).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_registry_keeps_live_connections() {
+        let f = fixture();
+        let leaf = ClientIdentity::device("leaf");
+        let grant = f.connect(&leaf, KeySlot::Primary);
+        std::fs::write(f.dir.path().join("identities.json"), "{not json").unwrap();
+        f.auth.recheck(&grant).unwrap();
+    }
+
+    #[test]
+    fn recheck_is_cheap_when_nothing_changed() {
+        let f = fixture();
+        let grant = f.connect(&ClientIdentity::device("leaf"), KeySlot::Primary);
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            f.auth.recheck(&grant).unwrap();
+        }
+        // One stat, one lookup, two hashes each: far below a millisecond (debug build).
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_grant_without_a_key_is_rechecked_on_its_identity_only() {
+        let f = fixture();
+        let mut grant = f.connect(&ClientIdentity::device("leaf"), KeySlot::Primary);
+        grant.key = None;
+        f.cli()
+            .rotate(&ClientIdentity::device("leaf"), KeySlot::Primary)
+            .unwrap();
+        f.auth.recheck(&grant).unwrap();
+        f.cli().remove(&ClientIdentity::device("leaf")).unwrap();
+        assert!(f.auth.recheck(&grant).is_err());
     }
 }
