@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::metrics::{DropReason, Metrics};
+use crate::mqtt::limits::check_publish;
 use crate::mqtt::session::{Outbound, Sessions};
 use crate::mqtt::topic::{encode_bag, module_input_prefix};
 use crate::record;
@@ -125,9 +126,14 @@ pub async fn pump(
                     acks.push((entry.id, ack));
                 }
                 // A closed outbox drops the acks' senders: they are missed and the reader
-                // rewinds.
+                // rewinds. So does a session change while the outbox is full (a takeover: the
+                // old connection may never read it again).
                 if !burst.is_empty() {
-                    let _ = link.outbox.send(burst).await;
+                    tokio::select! {
+                        _ = link.outbox.send(burst) => {}
+                        _ = changes.changed() => stale = true,
+                        () = stop.stopped() => return,
+                    }
                 }
                 // The module's time to acknowledge starts once the burst is handed over.
                 let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
@@ -184,6 +190,13 @@ fn outbound(
             return None;
         }
     };
+    // Ingest refuses such messages; one stored by an older build, or before a limit changed,
+    // must not hold the queue behind it either.
+    if let Err(e) = check_publish(topic_prefix.len() + message.bag.len(), message.body.len()) {
+        tracing::error!(endpoint = %target.endpoint, error = %e, "stored message undeliverable; dropped");
+        metrics.dropped(DropReason::Undeliverable);
+        return None;
+    }
     let mut topic = String::with_capacity(topic_prefix.len() + message.bag.len());
     topic.push_str(topic_prefix);
     topic.push_str(&message.bag);

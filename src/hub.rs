@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use router::{ConfigErrors, EdgeHubRoutes, Endpoint, RouteTable};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::delivery::{self, ModuleInput};
@@ -64,11 +65,18 @@ pub struct HubSettings {
     pub desired_version: u64,
     /// Close connections that publish to unknown topics (decision D2) instead of dropping.
     pub strict_topics: bool,
+    /// The most connections open at once over MQTT, MQTTS and HTTPS together; more are
+    /// closed as soon as they are accepted (clients already connected are not affected).
+    pub max_connections: usize,
 }
 
 impl HubSettings {
-    /// The default time a connection has to send its CONNECT.
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default time a new connection has to finish its TLS handshake and send its
+    /// CONNECT (both within it).
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The default most connections open at once (a fleet of 10,000 modules fits).
+    pub const MAX_CONNECTIONS: usize = 16_384;
 }
 
 /// Why a deployment was not applied.
@@ -109,6 +117,8 @@ pub struct Hub {
     /// Endpoints whose delivery pump runs.
     pumps: Mutex<HashSet<String>>,
     bound: Bound,
+    /// Permits for connections, shared by the MQTT, MQTTS and HTTPS listeners.
+    connection_limit: Arc<Semaphore>,
 }
 
 impl Hub {
@@ -137,6 +147,7 @@ impl Hub {
             tasks: Mutex::new(JoinSet::new()),
             pumps: Mutex::default(),
             bound: Bound::default(),
+            connection_limit: Arc::new(Semaphore::new(settings.max_connections)),
         };
         hub.install(table).context("installing the routes")?;
         hub.edge_hub.desired_processed(DesiredStatus {
@@ -197,20 +208,25 @@ impl Hub {
         self.spawn(listener::serve(
             "mqtt",
             listener,
+            Some(Arc::clone(&self.connection_limit)),
             self.stop.subscribe(),
             DRAIN,
             move |stream, peer, _stop| {
                 let (services, tls) = (Arc::clone(&services), tls.clone());
-                // The serving future and the TLS handshake are boxed: a task is as large as the
-                // largest future it may hold, and the TLS ones would make every plain
-                // connection's task 10 KiB (memory per connection counts with 10,000).
+                // The TLS handshake and the CONNECT share one deadline. The serving future and
+                // the handshake are boxed: a task is as large as the largest future it may
+                // hold, and the TLS ones would make every plain connection's task 10 KiB
+                // (memory per connection counts with 10,000).
+                let deadline = tokio::time::Instant::now() + services.connect_timeout;
                 async move {
                     let Some(acceptor) = tls else {
-                        return Box::pin(connection::serve(stream, services)).await;
+                        return Box::pin(connection::serve(stream, services, deadline)).await;
                     };
                     let handshake = Box::pin(acceptor.accept(stream));
-                    match tokio::time::timeout(services.connect_timeout, handshake).await {
-                        Ok(Ok(stream)) => Box::pin(connection::serve(stream, services)).await,
+                    match tokio::time::timeout_at(deadline, handshake).await {
+                        Ok(Ok(stream)) => {
+                            Box::pin(connection::serve(stream, services, deadline)).await;
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -255,6 +271,7 @@ impl Hub {
         self.spawn(listener::serve(
             "https",
             listener,
+            Some(Arc::clone(&self.connection_limit)),
             self.stop.subscribe(),
             DRAIN,
             move |stream, _peer, stop| {
@@ -282,6 +299,7 @@ impl Hub {
         self.spawn(listener::serve(
             "metrics",
             listener,
+            None,
             self.stop.subscribe(),
             DRAIN,
             move |stream, _peer, stop| {

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use router::message::system;
-use router::{Delivery, Message, RouteTable, Ttl as RouteTtl};
+use router::{Delivery, Endpoint, Message, RouteTable, Ttl as RouteTtl};
 
 use crate::metrics::{DropReason, Metrics};
-use crate::mqtt::topic::{PropertyBag, encode_bag};
+use crate::mqtt::limits::{Undeliverable, check_publish};
+use crate::mqtt::topic::{PropertyBag, encode_bag, module_input_prefix};
 use crate::record;
 
 /// The largest routed message (body plus property keys and values), as IoT Hub (decision D4).
@@ -42,6 +43,10 @@ pub enum IngestError {
         /// Its size: body plus property keys and values.
         size: usize,
     },
+    /// Its property bag, as a receiver would get it in its topic, makes it undeliverable
+    /// (decision D4: refused when it comes in, never left to block a queue).
+    #[error("message cannot be delivered: {0}")]
+    Undeliverable(#[from] Undeliverable),
     /// The store refused or failed to take it.
     #[error("store refused the message: {0}")]
     Store(#[from] store::EnqueueError),
@@ -53,6 +58,9 @@ pub struct InstalledRoutes {
     table: RouteTable,
     /// `queues[i]` is the store endpoint of `table.endpoints()[i]`.
     queues: Vec<store::EndpointHandle>,
+    /// `topic_prefixes[i]`: the length of the topic a message for `table.endpoints()[i]` is
+    /// delivered on, without its bag; `None` for upstream, where it depends on the sender.
+    topic_prefixes: Vec<Option<usize>>,
 }
 
 impl InstalledRoutes {
@@ -62,6 +70,7 @@ impl InstalledRoutes {
         Self {
             table: RouteTable::empty(),
             queues: Vec::new(),
+            topic_prefixes: Vec::new(),
         }
     }
 
@@ -82,7 +91,21 @@ impl InstalledRoutes {
             .iter()
             .map(|endpoint| store.add_endpoint(&endpoint.id(device_id)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { table, queues })
+        let topic_prefixes = table
+            .endpoints()
+            .iter()
+            .map(|endpoint| match endpoint {
+                Endpoint::Upstream => None,
+                Endpoint::ModuleInput { module, input } => {
+                    Some(module_input_prefix(device_id, module, input).len())
+                }
+            })
+            .collect();
+        Ok(Self {
+            table,
+            queues,
+            topic_prefixes,
+        })
     }
 
     /// The route table.
@@ -95,6 +118,29 @@ impl InstalledRoutes {
     #[must_use]
     pub fn queues(&self) -> &[store::EndpointHandle] {
         &self.queues
+    }
+
+    /// Checks that `message`, with its encoded `bag`, can be published to every endpoint it is
+    /// delivered to: the longest topic within MQTT's limit, the packet within the hub's.
+    fn check_deliverable(
+        &self,
+        deliveries: &[Delivery<'_>],
+        message: &Message,
+        bag: &str,
+    ) -> Result<(), Undeliverable> {
+        let upstream_prefix = || {
+            let id = |key| message.system_properties.get(key).map_or(0, str::len);
+            // `devices/{d}/modules/{m}/messages/events/`
+            "devices//modules//messages/events/".len()
+                + id(system::CONNECTION_DEVICE_ID)
+                + id(system::CONNECTION_MODULE_ID)
+        };
+        let longest_prefix = deliveries
+            .iter()
+            .map(|d| self.topic_prefixes[d.endpoint_index].unwrap_or_else(upstream_prefix))
+            .max()
+            .unwrap_or(0);
+        check_publish(longest_prefix + bag.len(), message.body.len())
     }
 
     fn target(&self, delivery: &Delivery<'_>) -> store::Target<'_> {
@@ -117,7 +163,7 @@ pub struct Ingest {
 
 /// What routing and the first, non-blocking, enqueue attempt gave.
 enum Attempt {
-    Done(Result<Option<store::Ticket>, store::EnqueueError>),
+    Done(Result<Option<store::Ticket>, IngestError>),
     /// The writer's inbox was full: the enqueue waits on the blocking pool.
     Busy {
         payload: Bytes,
@@ -243,6 +289,10 @@ impl Ingest {
         message: &Message,
     ) -> Result<Option<store::Ticket>, IngestError> {
         let result = match self.attempt(message) {
+            Attempt::Done(Err(IngestError::Undeliverable(e))) => {
+                self.metrics.dropped(DropReason::TooLarge);
+                return Err(IngestError::Undeliverable(e));
+            }
             Attempt::Done(result) => result,
             Attempt::Busy { payload, targets } => {
                 let store = Arc::clone(&self.store);
@@ -255,12 +305,10 @@ impl Ingest {
                 })
                 .await
                 .unwrap_or(Err(store::EnqueueError::Closed))
+                .map_err(IngestError::Store)
             }
         };
-        result.map_err(|e| {
-            self.metrics.dropped(DropReason::StoreRefused);
-            IngestError::Store(e)
-        })
+        result.inspect_err(|_| self.metrics.dropped(DropReason::StoreRefused))
     }
 
     /// Routes, encodes and tries to enqueue without blocking (synchronous: the installed routes
@@ -275,6 +323,9 @@ impl Ingest {
             return Attempt::Done(Ok(None));
         }
         let bag = encode_bag(&message.properties, &message.system_properties);
+        if let Err(e) = routes.check_deliverable(&deliveries, message, &bag) {
+            return Attempt::Done(Err(e.into()));
+        }
         let payload = record::encode(message, &bag);
         let targets: Vec<store::Target<'_>> = deliveries.iter().map(|d| routes.target(d)).collect();
         match self.store.try_enqueue(payload.clone(), &targets) {
@@ -285,7 +336,7 @@ impl Ingest {
                     .map(|t| (t.endpoint.clone(), t.priority, t.ttl))
                     .collect(),
             },
-            other => Attempt::Done(other.map(Some)),
+            other => Attempt::Done(other.map(Some).map_err(IngestError::Store)),
         }
     }
 }
@@ -369,7 +420,7 @@ mod tests {
         let ticket = ingest
             .telemetry(
                 &sensor(),
-                decode_bag("level=high&%24.on=out1"),
+                decode_bag("level=high&%24.on=out1").unwrap(),
                 Bytes::from_static(b"{}"),
             )
             .await
@@ -441,7 +492,7 @@ mod tests {
         );
         let body = Bytes::from(vec![b'x'; MAX_MESSAGE]);
         let refused = ingest
-            .telemetry(&sensor(), decode_bag("k=v"), body)
+            .telemetry(&sensor(), decode_bag("k=v").unwrap(), body)
             .await
             .unwrap_err();
         assert!(matches!(refused, IngestError::TooLarge { size } if size > MAX_MESSAGE));

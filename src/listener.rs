@@ -9,9 +9,11 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::stop::Stop;
@@ -48,12 +50,20 @@ impl Accept for UnixListener {
     }
 }
 
+/// How often a listener says that it refused connections over the limit.
+const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Serves `listener` until `stop`, each connection in a tracked task running
 /// `handle(stream, peer, stop)`; then closes the listener and waits up to `drain` for the
 /// connections to finish before aborting them. `name` labels the log lines.
+///
+/// With a `limit`, a connection runs only while it holds one of its permits (shared by the
+/// listeners given the same semaphore); one accepted without a free permit is closed at once,
+/// which costs the connections already open nothing.
 pub async fn serve<L, H, F>(
     name: &'static str,
     listener: L,
+    limit: Option<Arc<Semaphore>>,
     mut stop: Stop,
     drain: Duration,
     handle: H,
@@ -63,11 +73,33 @@ pub async fn serve<L, H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let mut connections = JoinSet::new();
+    let mut refused: u64 = 0;
+    let mut last_refusal_log: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(handle(stream, peer, stop.clone()));
+                    let permit = match &limit {
+                        None => None,
+                        Some(limit) => match Arc::clone(limit).try_acquire_owned() {
+                            Ok(permit) => Some(permit),
+                            Err(_) => {
+                                drop(stream);
+                                refused += 1;
+                                let now = tokio::time::Instant::now();
+                                if last_refusal_log.is_none_or(|at| now - at >= LIMIT_LOG_INTERVAL) {
+                                    last_refusal_log = Some(now);
+                                    tracing::warn!(listener = name, refused, "connection limit reached; new connections are closed at once");
+                                }
+                                continue;
+                            }
+                        },
+                    };
+                    let serving = handle(stream, peer, stop.clone());
+                    connections.spawn(async move {
+                        let _permit = permit;
+                        serving.await;
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(listener = name, error = %e, "accept failed");
@@ -96,7 +128,6 @@ pub async fn serve<L, H, F>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -137,6 +168,7 @@ mod tests {
         let server = tokio::spawn(serve(
             "test",
             listener,
+            None,
             signal.subscribe(),
             Duration::from_secs(10),
             move |mut stream: TcpStream, _peer, mut stop: Stop| {
@@ -176,6 +208,7 @@ mod tests {
         let server = tokio::spawn(serve(
             "test",
             listener,
+            None,
             signal.subscribe(),
             Duration::from_millis(50),
             move |stream: TcpStream, _peer, _stop| {
@@ -208,10 +241,70 @@ mod tests {
         serve(
             "test",
             listener,
+            None,
             signal.subscribe(),
             Duration::from_secs(10),
             |_stream: TcpStream, _peer, _stop| async {},
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed_and_the_others_served() {
+        let (listener, addr) = bound().await;
+        let signal = StopSignal::new();
+        let limit = Arc::new(Semaphore::new(2));
+        let server = tokio::spawn(serve(
+            "test",
+            listener,
+            Some(Arc::clone(&limit)),
+            signal.subscribe(),
+            Duration::from_secs(10),
+            |mut stream: TcpStream, _peer, mut stop: Stop| async move {
+                // Echo bytes until the client closes or the stop.
+                let mut byte = [0];
+                loop {
+                    tokio::select! {
+                        read = stream.read(&mut byte) => match read {
+                            Ok(1) => stream.write_all(&byte).await.unwrap(),
+                            _ => return,
+                        },
+                        () = stop.stopped() => return,
+                    }
+                }
+            },
+        ));
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        for client in [&mut first, &mut second] {
+            client.write_all(b"a").await.unwrap();
+            let mut echoed = [0];
+            client.read_exact(&mut echoed).await.unwrap();
+        }
+        assert_eq!(limit.available_permits(), 0);
+
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0];
+        assert_eq!(third.read(&mut buf).await.unwrap(), 0, "closed at once");
+
+        first.write_all(b"b").await.unwrap();
+        first.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"b", "the connections already open are served");
+
+        drop(second);
+        let mut fourth = loop {
+            // The second's permit comes back once its task has seen the close.
+            let mut candidate = TcpStream::connect(addr).await.unwrap();
+            candidate.write_all(b"c").await.unwrap();
+            if candidate.read(&mut buf).await.unwrap_or(0) == 1 {
+                break candidate;
+            }
+            tokio::task::yield_now().await;
+        };
+        fourth.write_all(b"d").await.unwrap();
+        fourth.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"d");
+        signal.fire();
+        server.await.unwrap();
     }
 }

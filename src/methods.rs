@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -31,15 +30,73 @@ impl MethodResult {
     }
 }
 
-/// Direct method requests awaiting their responses.
+/// The longest a caller may wait for a method's target to connect, or for its answer
+/// (IoT Hub's bound).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The most bytes of a method name (it becomes an MQTT topic level).
+const MAX_NAME: usize = 100;
+
+/// A method name that cannot be a topic level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid method name {0:?}: 1 to {MAX_NAME} bytes without '/', '+', '#', '?', '$' at the start, or control characters"
+)]
+pub struct InvalidMethodName(pub String);
+
+/// Checks a method name: it becomes an MQTT topic level of the request, so no `/`, `+`, `#`,
+/// `?`, no leading `$`, no control characters (NUL included), and at most 100 bytes.
+///
+/// # Errors
+///
+/// When the name is not one a client could be called by.
+pub fn validate_method_name(name: &str) -> Result<(), InvalidMethodName> {
+    let bad = name.is_empty()
+        || name.len() > MAX_NAME
+        || name.starts_with('$')
+        || name
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#' | '?') || c.is_control());
+    if bad {
+        return Err(InvalidMethodName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// A request sent and not answered yet: who must answer it, and where the answer goes.
+#[derive(Debug)]
+struct Pending {
+    /// The client id the request went to: the only one whose answer is accepted.
+    target: String,
+    respond: oneshot::Sender<(String, bytes::Bytes)>,
+}
+
+/// Direct method requests awaiting their responses, by request id. Request ids are 128
+/// random bits: nobody can guess the id of another's request, and an answer is accepted only
+/// from the client the request went to.
 #[derive(Debug, Default)]
 pub struct Methods {
-    pending: Mutex<HashMap<String, oneshot::Sender<(String, bytes::Bytes)>>>,
-    next_rid: AtomicU64,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+/// Removes a request's entry when its caller stops waiting, however it stops (answer,
+/// timeout, or the caller's future dropped because its HTTP client went away).
+struct Waiting<'m> {
+    methods: &'m Methods,
+    rid: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.methods.lock().remove(&self.rid);
+    }
 }
 
 impl Methods {
-    /// Invokes `method` on `client_id` (`device/module` or `device`).
+    /// Invokes `method` on `client_id` (`device/module` or `device`): waits up to
+    /// `connect_timeout` for it to be connected and subscribed to methods (else 404), then up
+    /// to `response_timeout` for its answer (else 504). Both are capped at [`MAX_TIMEOUT`];
+    /// callers validate `method` with [`validate_method_name`].
     pub async fn invoke(
         &self,
         sessions: &Sessions,
@@ -49,22 +106,35 @@ impl Methods {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> MethodResult {
-        let rid = format!("{:x}", self.next_rid.fetch_add(1, Ordering::Relaxed) + 1);
+        let Ok(rid) = request_id() else {
+            tracing::error!("the system's random number generator failed; method not invoked");
+            return MethodResult::error(500);
+        };
         let topic = crate::mqtt::topic::method_request(method, &rid);
-        let Some((link, qos)) =
-            wait_for_subscriber(sessions, client_id, &topic, connect_timeout).await
+        let Some((link, qos)) = wait_for_subscriber(
+            sessions,
+            client_id,
+            &topic,
+            connect_timeout.min(MAX_TIMEOUT),
+        )
+        .await
         else {
             return MethodResult::error(404);
         };
         let (respond, response) = oneshot::channel();
-        self.lock().insert(rid.clone(), respond);
+        self.lock().insert(
+            rid.clone(),
+            Pending {
+                target: client_id.to_owned(),
+                respond,
+            },
+        );
+        let _waiting = Waiting { methods: self, rid };
         let outbound = Outbound::unacknowledged(topic, payload.to_string().into(), qos);
         if link.outbox.send(vec![outbound]).await.is_err() {
-            self.lock().remove(&rid);
             return MethodResult::error(404);
         }
-        let answer = tokio::time::timeout(response_timeout, response).await;
-        self.lock().remove(&rid);
+        let answer = tokio::time::timeout(response_timeout.min(MAX_TIMEOUT), response).await;
         match answer {
             Ok(Ok((status, body))) => match status.parse::<u32>() {
                 Ok(status) => MethodResult {
@@ -77,21 +147,42 @@ impl Methods {
         }
     }
 
-    /// A client's response; responses with an unknown `$rid` are ignored.
-    pub fn respond(&self, rid: &str, status: &str, body: bytes::Bytes) {
-        let waiting = self.lock().remove(&rid.to_ascii_lowercase());
-        if let Some(waiting) = waiting {
-            let _ = waiting.send((status.to_owned(), body));
+    /// The answer of `responder` (its client id) to request `rid`. Accepted only when `rid`
+    /// is pending and was sent to `responder`; anything else is ignored (`false`).
+    pub fn respond(&self, responder: &str, rid: &str, status: &str, body: bytes::Bytes) -> bool {
+        let mut pending = self.lock();
+        let rid = rid.to_ascii_lowercase();
+        if pending.get(&rid).is_none_or(|p| p.target != responder) {
+            return false;
         }
+        let Some(waiting) = pending.remove(&rid) else {
+            return false;
+        };
+        drop(pending);
+        let _ = waiting.respond.send((status.to_owned(), body));
+        true
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<(String, bytes::Bytes)>>> {
+    /// Requests waiting for their answers.
+    pub fn pending(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// A fresh request id: 128 bits from the system's secure generator, in lower-case hex.
+fn request_id() -> Result<String, ()> {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| ())?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The client's link once it is connected and subscribed to `topic`, waiting up to `timeout`.
@@ -101,7 +192,9 @@ async fn wait_for_subscriber(
     topic: &str,
     timeout: Duration,
 ) -> Option<(crate::mqtt::session::Link, rumqttc::QoS)> {
-    let mut changes = sessions.watch(client_id);
+    // The registry's changes, not the client's own: watching a client would create a session
+    // entry for any id a caller names.
+    let mut changes = sessions.changes();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(found) = sessions.route(client_id, topic) {

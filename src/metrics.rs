@@ -18,16 +18,20 @@ pub enum DropReason {
     StoreRefused,
     /// Its stored record could not be read back.
     Unreadable,
+    /// Stored, but too large to publish to its receiver (topic or packet over the limits):
+    /// dropped so that it does not hold the queue behind it.
+    Undeliverable,
 }
 
 impl DropReason {
     /// Every reason, in declaration order: `reason as usize` indexes the counters.
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::NoRoute,
         Self::UnknownTopic,
         Self::TooLarge,
         Self::StoreRefused,
         Self::Unreadable,
+        Self::Undeliverable,
     ];
 
     fn label(self) -> &'static str {
@@ -37,6 +41,7 @@ impl DropReason {
             Self::TooLarge => "too_large",
             Self::StoreRefused => "store_refused",
             Self::Unreadable => "unreadable",
+            Self::Undeliverable => "undeliverable",
         }
     }
 }
@@ -59,7 +64,7 @@ pub struct Metrics {
     received: AtomicU64,
     sent: AtomicU64,
     refused: AtomicU64,
-    dropped: [AtomicU64; 5],
+    dropped: [AtomicU64; 6],
     route_nanos: AtomicU64,
     routed: AtomicU64,
 }

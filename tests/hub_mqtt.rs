@@ -33,6 +33,7 @@ impl Authenticator for TestKeys {
             valid_until: (module == "brief")
                 .then(|| std::time::SystemTime::now() + Duration::from_secs(1)),
             model_id: None,
+            key: None,
         })
     }
 }
@@ -59,6 +60,7 @@ fn settings(data: &std::path::Path, routes: &serde_json::Value) -> HubSettings {
         }))
         .unwrap(),
         connect_timeout: Duration::from_secs(2),
+        max_connections: HubSettings::MAX_CONNECTIONS,
         desired_version: 1,
         strict_topics: false,
     }

@@ -47,6 +47,7 @@ async fn start_hub_with(
         store: store::StoreConfig::new(dir.join("store")),
         routes: router::EdgeHubRoutes::from_desired(&desired).expect("the routes are valid"),
         connect_timeout: Duration::from_secs(5),
+        max_connections: HubSettings::MAX_CONNECTIONS,
         desired_version: 1,
         strict_topics: false,
     };

@@ -71,6 +71,7 @@ impl Admin {
         let serving = crate::listener::serve(
             "admin",
             listener,
+            None,
             stop.subscribe(),
             DRAIN,
             move |stream, _peer, stop| {

@@ -165,19 +165,9 @@ fn client_id(id: &str) -> Result<String, ApiError> {
     Ok(id.to_owned())
 }
 
-/// Checks a method name: it becomes an MQTT topic level, so no `/`, `+`, `#`, `?` or control
-/// characters, and at most 100 bytes.
+/// Checks a method name ([`crate::methods::validate_method_name`]).
 fn method_name(name: &str) -> Result<String, ApiError> {
-    let bad = name.is_empty()
-        || name.len() > 100
-        || name
-            .chars()
-            .any(|c| matches!(c, '/' | '+' | '#' | '?') || c.is_control());
-    if bad {
-        return Err(ApiError::bad_request(format!(
-            "invalid method name {name:?}: 1 to 100 bytes without '/', '+', '#', '?' or control characters"
-        )));
-    }
+    crate::methods::validate_method_name(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(name.to_owned())
 }
 

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -13,7 +14,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::json_response;
-use crate::methods::{MethodResult, Methods};
+use crate::identity::{validate_device_id, validate_module_id};
+use crate::methods::{MethodResult, Methods, validate_method_name};
 use crate::mqtt::auth::{Authenticator, Credentials};
 use crate::mqtt::session::Sessions;
 use crate::stop::Stop;
@@ -49,18 +51,94 @@ where
 /// The body of a method call, as the SDKs send it.
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MethodCall {
+struct MethodCallBody {
     method_name: String,
     #[serde(default)]
     payload: serde_json::Value,
-    #[serde(default = "default_response_timeout")]
-    response_timeout_in_seconds: u64,
-    #[serde(default)]
-    connect_timeout_in_seconds: u64,
+    response_timeout_in_seconds: Option<u64>,
+    connect_timeout_in_seconds: Option<u64>,
 }
 
-fn default_response_timeout() -> u64 {
-    30
+/// IoT Hub's bounds of a direct method's response timeout, in seconds.
+const RESPONSE_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 5..=300;
+/// IoT Hub's bounds of a direct method's connect timeout, in seconds.
+const CONNECT_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 0..=300;
+/// The response timeout of a call that names none.
+const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 30;
+
+/// A direct method call, checked: its target, method, payload and timeouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodCall {
+    /// The target client id: `device/module` or `device`, valid ids.
+    pub target: String,
+    /// The method's name, valid as a topic level.
+    pub method: String,
+    /// The JSON payload.
+    pub payload: serde_json::Value,
+    /// How long to wait for the target to connect (0 to 300 s).
+    pub connect_timeout: Duration,
+    /// How long to wait for its answer (5 to 300 s).
+    pub response_timeout: Duration,
+}
+
+/// Reads a method call from its path (`/twins/{device}[/modules/{module}]/methods`) and JSON
+/// body, with IoT Hub's bounds: ids valid, method name valid as a topic level, response
+/// timeout 5 to 300 s (default 30), connect timeout 0 to 300 s (default 0). The body's size
+/// is bounded by the caller.
+///
+/// # Errors
+///
+/// The status to answer (404 for an unknown path, 400 otherwise) and why.
+pub fn parse_call(path: &str, body: &[u8]) -> Result<MethodCall, (StatusCode, String)> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
+    let target =
+        method_target(path).ok_or((StatusCode::NOT_FOUND, "no such resource".to_owned()))?;
+    validate_target(&target).map_err(bad)?;
+    let call: MethodCallBody =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid method call: {e}")))?;
+    validate_method_name(&call.method_name).map_err(|e| bad(e.to_string()))?;
+    let seconds =
+        |value: Option<u64>, default: u64, bounds: std::ops::RangeInclusive<u64>, name: &str| {
+            let secs = value.unwrap_or(default);
+            if bounds.contains(&secs) {
+                Ok(Duration::from_secs(secs))
+            } else {
+                Err(bad(format!(
+                    "{name} must be from {} to {} seconds",
+                    bounds.start(),
+                    bounds.end()
+                )))
+            }
+        };
+    Ok(MethodCall {
+        target,
+        method: call.method_name,
+        payload: call.payload,
+        connect_timeout: seconds(
+            call.connect_timeout_in_seconds,
+            0,
+            CONNECT_TIMEOUT_SECS,
+            "connectTimeoutInSeconds",
+        )?,
+        response_timeout: seconds(
+            call.response_timeout_in_seconds,
+            DEFAULT_RESPONSE_TIMEOUT_SECS,
+            RESPONSE_TIMEOUT_SECS,
+            "responseTimeoutInSeconds",
+        )?,
+    })
+}
+
+/// Checks a target client id: `device/module` or `device`, each a valid IoT Hub id.
+fn validate_target(target: &str) -> Result<(), String> {
+    let invalid = |e: crate::identity::IdError| format!("invalid target {target:?}: {e}");
+    match target.split_once('/') {
+        Some((device, module)) => {
+            validate_device_id(device).map_err(invalid)?;
+            validate_module_id(module).map_err(invalid)
+        }
+        None => validate_device_id(target).map_err(invalid),
+    }
 }
 
 async fn method_call(
@@ -87,8 +165,7 @@ async fn authorize_and_invoke(
             "only POST is served".to_owned(),
         ));
     }
-    let target = method_target(request.uri().path())
-        .ok_or((StatusCode::NOT_FOUND, "no such resource".to_owned()))?;
+    let path = request.uri().path().to_owned();
     let header = |name: &str| {
         request
             .headers()
@@ -135,19 +212,19 @@ async fn authorize_and_invoke(
             )
         })?
         .to_bytes();
-    let call: MethodCall = serde_json::from_slice(&body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid method call: {e}")))?;
+    let call = parse_call(&path, &body)?;
     let result = endpoint
         .methods
         .invoke(
             &endpoint.sessions,
-            &target,
-            &call.method_name,
+            &call.target,
+            &call.method,
             &call.payload,
-            std::time::Duration::from_secs(call.connect_timeout_in_seconds),
-            std::time::Duration::from_secs(call.response_timeout_in_seconds),
+            call.connect_timeout,
+            call.response_timeout,
         )
         .await;
+    let target = call.target;
     match result.status {
         404 => Err((
             StatusCode::NOT_FOUND,
@@ -200,5 +277,56 @@ mod tests {
         );
         assert_eq!(method_target("/twins/dev/modules/m"), None);
         assert_eq!(method_target("/metrics"), None);
+    }
+
+    #[test]
+    fn calls_are_checked_against_iot_hubs_bounds() {
+        let path = "/twins/dev/modules/filter/methods";
+        let call = parse_call(path, br#"{"methodName": "reset", "payload": {"a": 1}}"#).unwrap();
+        assert_eq!(call.target, "dev/filter");
+        assert_eq!(call.method, "reset");
+        assert_eq!(call.response_timeout, Duration::from_secs(30));
+        assert_eq!(call.connect_timeout, Duration::ZERO);
+        for (body, why) in [
+            (
+                r#"{"methodName": "m", "connectTimeoutInSeconds": 18446744073709551615}"#,
+                "connect timeout beyond u64 seconds",
+            ),
+            (
+                r#"{"methodName": "m", "connectTimeoutInSeconds": 301}"#,
+                "connect timeout over 300 s",
+            ),
+            (
+                r#"{"methodName": "m", "responseTimeoutInSeconds": 4}"#,
+                "response timeout under 5 s",
+            ),
+            (
+                r#"{"methodName": "m", "responseTimeoutInSeconds": 301}"#,
+                "response timeout over 300 s",
+            ),
+            (
+                r#"{"methodName": "m", "responseTimeoutInSeconds": -1}"#,
+                "negative timeout",
+            ),
+            (
+                r#"{"methodName": "/?$rid=5"}"#,
+                "a name that forges a topic",
+            ),
+            (r##"{"methodName": "#"}"##, "a wildcard"),
+            ("{\"methodName\": \"a\\u0000b\"}", "NUL"),
+            (r#"{"methodName": ""}"#, "empty"),
+            (r#"{"payload": 1}"#, "no name"),
+            ("not json", "not JSON"),
+        ] {
+            let (status, message) = parse_call(path, body.as_bytes()).expect_err(why);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{why}: {message}");
+        }
+        let long = format!(r#"{{"methodName": "{}"}}"#, "m".repeat(65536));
+        assert!(parse_call(path, long.as_bytes()).is_err());
+        let (status, _) =
+            parse_call("/twins/a%00b/methods", br#"{"methodName": "m"}"#).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "NUL in the target");
+        let (status, _) = parse_call("/twins/x", br#"{"methodName": "m"}"#).unwrap_err();
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }

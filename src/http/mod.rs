@@ -21,8 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::stop::Stop;
 
-/// How long a client has to send a request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client has to send a request's headers, the first one or, on a kept-alive
+/// connection, the next one (hyper starts it when the connection turns idle): also the idle
+/// timeout of HTTP connections.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP/1.1 requests on one connection with `service` until the client closes it or
 /// `stop` fires (then the request in progress finishes and the connection closes). A client

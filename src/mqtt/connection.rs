@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use rumqttc::mqttbytes::v4::{
-    Codec, ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck,
+    Codec, ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe,
     SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Protocol, QoS};
@@ -24,16 +24,25 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{Framed, FramedParts};
 
-use super::auth::{Authenticator, Credentials, Grant, Identity};
+use super::auth::{Authenticator, Credentials, Grant};
 use super::session::{Burst, Link, Outbound, Sessions};
-use super::topic::{self, Inbound, decode_bag};
+use super::topic::{self, Inbound, SubscriptionKind, decode_bag};
 use crate::ingest::{Ingest, Publisher};
 use crate::methods::Methods;
 use crate::metrics::{DropReason, Metrics};
 use crate::twin::Twins;
 
-/// The largest packet accepted: IoT Hub's 256 KiB message plus room for the topic.
-pub const MAX_PACKET: usize = 256 * 1024 + 16 * 1024;
+use super::limits::MAX_CONNECT_PACKET;
+pub use super::limits::MAX_PACKET;
+/// How long one write to the client may take: a client that stops reading is closed after
+/// it, so that keep-alive, takeover and token expiry are never held up for longer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refused CONNECTs are logged at most this often (process-wide); all are counted in the
+/// metrics.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a connection checks that its identity still exists and that the key it
+/// authenticated with was not rotated (`edgehub identity remove|rotate`).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Initial capacity of a connection's read and write buffers.
 const INITIAL_BUFFER: usize = 1024;
 /// Inbound QoS 1 messages awaiting durability before the socket stops being read.
@@ -84,7 +93,7 @@ pub struct Services {
     pub methods: Arc<Methods>,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Time a new connection has to send its CONNECT (and finish its TLS handshake).
+    /// Time a new connection has to finish its TLS handshake and send its CONNECT.
     pub connect_timeout: Duration,
     /// Close connections that publish to unknown topics (decision D2) instead of dropping.
     pub strict_topics: bool,
@@ -103,14 +112,15 @@ enum Close {
     Violation(String),
 }
 
-/// Serves one client connection until it closes: CONNECT, authentication, registration in
-/// the sessions, then packets both ways until it ends.
-pub async fn serve<S>(stream: S, services: Arc<Services>)
+/// Serves one client connection until it closes: CONNECT (which must arrive before
+/// `connect_deadline`), authentication, registration in the sessions, then packets both ways
+/// until it ends.
+pub async fn serve<S>(stream: S, services: Arc<Services>, connect_deadline: tokio::time::Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut framed = framed(stream);
-    let Some(connect) = read_connect(&mut framed, services.connect_timeout).await else {
+    let Some(connect) = read_connect(&mut framed, connect_deadline).await else {
         return;
     };
     let Some(grant) = authenticate(&mut framed, &services, &connect).await else {
@@ -123,8 +133,15 @@ where
         return;
     };
     tracing::info!(%client_id, clean_session = connect.clean_session, "client connected");
-    let mut connection = Connection::new(framed, Arc::clone(&services), grant, connect.keep_alive);
-    let close = connection.run(outbox, close).await;
+    framed.codec_mut().max_incoming_size = MAX_PACKET;
+    let mut connection = Connection::new(
+        framed,
+        Arc::clone(&services),
+        grant,
+        connect.keep_alive,
+        close,
+    );
+    let close = connection.run(outbox).await;
     services.sessions.disconnect(&client_id, link_id);
     // Spec 1.1: a connection that ends without DISCONNECT publishes its will, routed like
     // telemetry (not after a takeover: the client is still there).
@@ -146,8 +163,10 @@ where
 /// 8 KiB each way): most connections of a large fleet are idle, and a buffer grows when a
 /// bigger packet or burst needs it.
 fn framed<S: AsyncRead + AsyncWrite>(stream: S) -> Framed<S, Codec> {
+    // No large buffer for a client that has not authenticated: until its CONNECT is read, a
+    // packet may be at most MAX_CONNECT_PACKET (the codec reserves what a header announces).
     let codec = Codec {
-        max_incoming_size: MAX_PACKET,
+        max_incoming_size: MAX_CONNECT_PACKET,
         max_outgoing_size: MAX_PACKET,
     };
     let mut parts = FramedParts::new::<Packet>(stream, codec);
@@ -156,13 +175,16 @@ fn framed<S: AsyncRead + AsyncWrite>(stream: S) -> Framed<S, Codec> {
     Framed::from_parts(parts)
 }
 
-/// Waits up to `timeout` for the first packet, which must be an MQTT 3.1.1 CONNECT; anything
+/// Waits until `deadline` for the first packet, which must be an MQTT 3.1.1 CONNECT; anything
 /// else closes the connection (`None`), with CONNACK 1 for another protocol version.
-async fn read_connect<S>(framed: &mut Framed<S, Codec>, timeout: Duration) -> Option<Connect>
+async fn read_connect<S>(
+    framed: &mut Framed<S, Codec>,
+    deadline: tokio::time::Instant,
+) -> Option<Connect>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let connect = match tokio::time::timeout(timeout, framed.next()).await {
+    let connect = match tokio::time::timeout_at(deadline, framed.next()).await {
         Ok(Some(Ok(Packet::Connect(connect)))) => connect,
         Ok(Some(Ok(other))) => {
             tracing::debug!(packet = ?other, "first packet is not CONNECT; closing");
@@ -176,14 +198,14 @@ where
     };
     if connect.protocol != Protocol::V4 {
         let refused = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
-        let _ = framed.send(Packet::ConnAck(refused)).await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.send(Packet::ConnAck(refused))).await;
         return None;
     }
     Some(connect)
 }
 
 /// Checks the CONNECT's credentials; a refusal is answered with CONNACK 5 (decision D1),
-/// counted and logged, and closes the connection (`None`).
+/// counted, logged (throttled, the client id cut short) and closes the connection (`None`).
 async fn authenticate<S>(
     framed: &mut Framed<S, Codec>,
     services: &Services,
@@ -197,13 +219,22 @@ where
         username: connect.login.as_ref().map(|l| l.username.as_str()),
         password: connect.login.as_ref().map(|l| l.password.as_str()),
     };
+    static REFUSAL_LOG: Throttle = Throttle::new(REFUSAL_LOG_INTERVAL);
+    let refusal_log = &REFUSAL_LOG;
     match services.auth.authenticate(&credentials) {
         Ok(grant) => Some(grant),
         Err(reason) => {
-            tracing::warn!(client_id = %connect.client_id, %reason, "connection refused");
             services.metrics.connection_refused();
+            if refusal_log.allow() {
+                tracing::warn!(
+                    client_id = %truncated(&connect.client_id),
+                    %reason,
+                    "connection refused (refusals are logged at most every 10 s; all are counted)"
+                );
+            }
             let refused = ConnAck::new(ConnectReturnCode::NotAuthorized, false);
-            let _ = framed.send(Packet::ConnAck(refused)).await;
+            let _ =
+                tokio::time::timeout(WRITE_TIMEOUT, framed.send(Packet::ConnAck(refused))).await;
             None
         }
     }
@@ -234,7 +265,8 @@ where
         tracing::info!(%client_id, "a new connection took over the client's previous one");
     }
     let ack = ConnAck::new(ConnectReturnCode::Success, connected.session_present);
-    if framed.send(Packet::ConnAck(ack)).await.is_err() {
+    let acked = tokio::time::timeout(WRITE_TIMEOUT, framed.send(Packet::ConnAck(ack))).await;
+    if !matches!(acked, Ok(Ok(()))) {
         services.sessions.disconnect(client_id, link_id);
         return None;
     }
@@ -243,8 +275,12 @@ where
 
 struct Connection<S> {
     framed: Framed<S, Codec>,
+    /// Turns true when another connection of the same client takes over (or the hub stops).
+    close: watch::Receiver<bool>,
     services: Arc<Services>,
-    identity: Identity,
+    /// Who the client is, how it proved it (rechecked every [`RECHECK_INTERVAL`]) and the
+    /// model id it announced (stamped on its messages as `modelId`).
+    grant: Grant,
     keep_alive: Duration,
     /// Inbound QoS 1 publishes awaiting durability, in arrival order.
     pending_acks: VecDeque<PendingAck>,
@@ -255,8 +291,6 @@ struct Connection<S> {
     expires: Option<tokio::time::Instant>,
     /// Publishes to unknown topics are warned about at most once a minute per connection.
     last_unknown_topic_warning: Option<tokio::time::Instant>,
-    /// Stamped on the client's messages as `modelId`.
-    model_id: Option<String>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -266,6 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         services: Arc<Services>,
         grant: Grant,
         keep_alive: u16,
+        close: watch::Receiver<bool>,
     ) -> Self {
         // MQTT 3.1.1: the server allows one and a half times the keep-alive; 0 (none) and very
         // long ones are bounded by 10 minutes.
@@ -273,30 +308,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             0 => Duration::from_secs(600),
             secs => Duration::from_millis(u64::from(secs) * 1500).min(Duration::from_secs(600)),
         };
+        let expires = grant.valid_until.map(|until| {
+            let left = until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
         Self {
             framed,
+            close,
             services,
-            identity: grant.identity,
+            grant,
             keep_alive,
             pending_acks: VecDeque::with_capacity(INBOUND_WINDOW),
             in_flight: HashMap::new(),
             next_pkid: 1,
-            expires: grant.valid_until.map(|until| {
-                let left = until
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default();
-                tokio::time::Instant::now() + left
-            }),
+            expires,
             last_unknown_topic_warning: None,
-            model_id: grant.model_id,
         }
     }
 
-    async fn run(
-        &mut self,
-        mut outbox: mpsc::Receiver<Burst>,
-        mut close: watch::Receiver<bool>,
-    ) -> Close {
+    async fn run(&mut self, mut outbox: mpsc::Receiver<Burst>) -> Close {
         // One timer for the keep-alive, moved only when it fires: re-arming a timer for every
         // packet would cost more than the packet.
         let mut last_heard = tokio::time::Instant::now();
@@ -305,6 +337,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // Likewise one future for the token's expiry, not a new timer at every turn.
         let expiry = sleep_until(self.expires);
         tokio::pin!(expiry);
+        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.reset();
         loop {
             let reading = self.pending_acks.len() < INBOUND_WINDOW;
             let sending = self.in_flight.len() < MAX_IN_FLIGHT;
@@ -352,9 +387,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     }
                     keep_alive.as_mut().reset(deadline);
                 }
-                _ = close.changed() => return Close::TakenOver,
+                _ = self.close.changed() => return Close::TakenOver,
                 () = &mut expiry => {
                     return Close::Violation("the SAS token expired".to_owned());
+                }
+                _ = recheck.tick() => {
+                    if let Err(reason) = self.services.auth.recheck(&self.grant) {
+                        return Close::Violation(reason);
+                    }
                 }
             }
         }
@@ -371,18 +411,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         while let Some((pkid, durable)) = next {
             if let Err(e) = durable {
                 // Flush what was acknowledged before it; the connection closes anyway.
-                let _ = self.framed.flush().await;
+                let _ = guarded(&mut self.close, self.framed.flush()).await;
                 return Err(Close::Violation(format!(
                     "message not stored ({e}); closing without PUBACK"
                 )));
             }
-            self.framed
-                .feed(Packet::PubAck(PubAck::new(pkid)))
-                .await
-                .map_err(|_| Close::Client)?;
+            guarded(
+                &mut self.close,
+                self.framed.feed(Packet::PubAck(PubAck::new(pkid))),
+            )
+            .await?;
             next = oldest_settled(&mut self.pending_acks).now_or_never();
         }
-        self.framed.flush().await.map_err(|_| Close::Client)
+        guarded(&mut self.close, self.framed.flush()).await
     }
 
     /// Handles what reading the socket gave: a packet, an unreadable one, or its end.
@@ -406,37 +447,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => {
-                if let Some(foreign) = subscribe
-                    .filters
-                    .iter()
-                    .find(|f| !topic::may_subscribe(&self.identity, &f.path))
-                {
-                    return Err(Close::Violation(format!(
-                        "subscribed to another identity's topic {:?}",
-                        foreign.path
-                    )));
-                }
-                let filters: Vec<(String, QoS)> = subscribe
-                    .filters
-                    .into_iter()
-                    .map(|f| (f.path, f.qos))
-                    .collect();
-                let granted = self
-                    .services
-                    .sessions
-                    .subscribe(&self.identity.client_id(), &filters);
-                let codes = granted
-                    .into_iter()
-                    .map(SubscribeReasonCode::Success)
-                    .collect();
-                self.send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
-                    .await
-            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
                 self.services
                     .sessions
-                    .unsubscribe(&self.identity.client_id(), &unsubscribe.topics);
+                    .unsubscribe(&self.grant.identity.client_id(), &unsubscribe.topics);
                 self.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
                     .await
             }
@@ -447,8 +462,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
+    /// Grants the documented filters (spec 2.1) within the cap; refuses the others with
+    /// SUBACK 0x80 (never stored); closes the connection on another identity's topic (D3).
+    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
+        if let Some(foreign) = subscribe
+            .filters
+            .iter()
+            .find(|f| !topic::may_subscribe(&self.grant.identity, &f.path))
+        {
+            return Err(Close::Violation(format!(
+                "subscribed to another identity's topic {:?}",
+                truncated(&foreign.path)
+            )));
+        }
+        // Filters outside the documented set (spec 2.1) are refused (SUBACK 0x80) and
+        // never stored; the others are granted at QoS 1 at most, within the cap.
+        let mut codes = vec![SubscribeReasonCode::Failure; subscribe.filters.len()];
+        let mut known = Vec::with_capacity(subscribe.filters.len());
+        for (i, filter) in subscribe.filters.into_iter().enumerate() {
+            if SubscriptionKind::of(&filter.path) == SubscriptionKind::Unknown {
+                tracing::info!(client_id = %self.grant.identity, filter = %truncated(&filter.path), "subscription outside the documented topics refused");
+            } else {
+                known.push((i, (filter.path, filter.qos)));
+            }
+        }
+        let filters: Vec<(String, QoS)> = known.iter().map(|(_, f)| f.clone()).collect();
+        let granted = self
+            .services
+            .sessions
+            .subscribe(&self.grant.identity.client_id(), &filters);
+        for ((i, _), granted) in known.iter().zip(granted) {
+            match granted {
+                Ok(qos) => codes[*i] = SubscribeReasonCode::Success(qos),
+                Err(e) => {
+                    tracing::warn!(client_id = %self.grant.identity, reason = %e, "subscription refused");
+                }
+            }
+        }
+        self.send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+            .await
+    }
+
     async fn send(&mut self, packet: Packet) -> Result<(), Close> {
-        self.framed.send(packet).await.map_err(|_| Close::Client)
+        guarded(&mut self.close, self.framed.send(packet)).await
     }
 
     async fn on_publish(&mut self, publish: Publish) -> Result<(), Close> {
@@ -461,7 +517,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 module,
                 bag,
             } => {
-                if device != self.identity.device_id || module != self.identity.module_id.as_deref()
+                if device != self.grant.identity.device_id
+                    || module != self.grant.identity.module_id.as_deref()
                 {
                     return Err(Close::Violation(format!(
                         "published as {device}{} on topic {:?}",
@@ -469,7 +526,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         publish.topic
                     )));
                 }
-                let bag = decode_bag(bag);
+                let bag = decode_bag(bag).map_err(|e| Close::Violation(e.to_string()))?;
                 let publisher = self.publisher();
                 self.services
                     .ingest
@@ -491,7 +548,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     .is_none_or(|last| now - last >= Duration::from_secs(60))
                 {
                     self.last_unknown_topic_warning = Some(now);
-                    tracing::warn!(client_id = %self.identity, topic = %publish.topic, "publish to an unknown topic dropped (counted; warned once a minute)");
+                    tracing::warn!(client_id = %self.grant.identity, topic = %publish.topic, "publish to an unknown topic dropped (counted; warned once a minute)");
                 }
                 None
             }
@@ -499,10 +556,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let Some(rid) = rid.filter(|r| !r.is_empty()) else {
                     return Err(Close::Violation("twin GET without $rid".to_owned()));
                 };
-                let (status, body) = match self.services.twins.get(&self.identity.client_id()) {
+                let (status, body) = match self.services.twins.get(&self.grant.identity.client_id())
+                {
                     Ok(twin) => (200, twin.to_string().into_bytes()),
                     Err(e) => {
-                        tracing::error!(client_id = %self.identity, error = %e, "twin unreadable");
+                        tracing::error!(client_id = %self.grant.identity, error = %e, "twin unreadable");
                         (500, Vec::new())
                     }
                 };
@@ -513,7 +571,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let result = self
                     .services
                     .twins
-                    .patch_reported(&self.identity.client_id(), &publish.payload);
+                    .patch_reported(&self.grant.identity.client_id(), &publish.payload);
                 let (status, version) = match result {
                     Ok(Ok(version)) => {
                         self.notify_twin_change(publish.payload.clone(), version)
@@ -521,11 +579,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         (204, Some(version))
                     }
                     Ok(Err(refused)) => {
-                        tracing::info!(client_id = %self.identity, reason = %refused, "reported properties refused");
+                        tracing::info!(client_id = %self.grant.identity, reason = %refused, "reported properties refused");
                         (400, None)
                     }
                     Err(e) => {
-                        tracing::error!(client_id = %self.identity, error = %e, "twin not stored");
+                        tracing::error!(client_id = %self.grant.identity, error = %e, "twin not stored");
                         (500, None)
                     }
                 };
@@ -537,9 +595,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             Inbound::MethodResponse { status, rid } => {
                 if let Some(rid) = rid {
-                    self.services
-                        .methods
-                        .respond(&rid, status, publish.payload.clone());
+                    let responder = self.grant.identity.client_id();
+                    let accepted = self.services.methods.respond(
+                        &responder,
+                        &rid,
+                        status,
+                        publish.payload.clone(),
+                    );
+                    if !accepted {
+                        tracing::warn!(client_id = %self.grant.identity, rid = %truncated(&rid), "method response to no request of this client ignored");
+                    }
                 }
                 None
             }
@@ -553,9 +618,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// The identity stamped on what this client publishes.
     fn publisher(&self) -> Publisher<'_> {
         Publisher {
-            device_id: &self.identity.device_id,
-            module_id: self.identity.module_id.as_deref(),
-            model_id: self.model_id.as_deref(),
+            device_id: &self.grant.identity.device_id,
+            module_id: self.grant.identity.module_id.as_deref(),
+            model_id: self.grant.model_id.as_deref(),
         }
     }
 
@@ -568,14 +633,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             bag,
         } = Inbound::parse(&will.topic)
         else {
-            tracing::warn!(client_id = %self.identity, topic = %will.topic, "will on a topic that is not telemetry; dropped");
+            tracing::warn!(client_id = %self.grant.identity, topic = %will.topic, "will on a topic that is not telemetry; dropped");
             return;
         };
-        if device != self.identity.device_id || module != self.identity.module_id.as_deref() {
-            tracing::warn!(client_id = %self.identity, topic = %will.topic, "will on another identity's topic; dropped");
+        if device != self.grant.identity.device_id
+            || module != self.grant.identity.module_id.as_deref()
+        {
+            tracing::warn!(client_id = %self.grant.identity, topic = %will.topic, "will on another identity's topic; dropped");
             return;
         }
-        let bag = decode_bag(bag);
+        let bag = match decode_bag(bag) {
+            Ok(bag) => bag,
+            Err(e) => {
+                tracing::warn!(client_id = %self.grant.identity, error = %e, "will dropped");
+                return;
+            }
+        };
         let publisher = self.publisher();
         match self
             .services
@@ -583,8 +656,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .telemetry(&publisher, bag, will.message)
             .await
         {
-            Ok(_) => tracing::info!(client_id = %self.identity, "will published"),
-            Err(e) => tracing::warn!(client_id = %self.identity, error = %e, "will not stored"),
+            Ok(_) => tracing::info!(client_id = %self.grant.identity, "will published"),
+            Err(e) => {
+                tracing::warn!(client_id = %self.grant.identity, error = %e, "will not stored");
+            }
         }
     }
 
@@ -599,7 +674,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .twin_change(&publisher, patch, version)
             .await
         {
-            tracing::warn!(client_id = %self.identity, error = %e, "twin change notification not stored");
+            tracing::warn!(client_id = %self.grant.identity, error = %e, "twin change notification not stored");
         }
     }
 
@@ -630,13 +705,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 publish.pkid = self.next_free_pkid();
                 self.in_flight.insert(publish.pkid, outbound.acked);
             }
-            self.framed
-                .feed(Packet::Publish(publish))
-                .await
-                .map_err(|_| Close::Client)?;
+            guarded(&mut self.close, self.framed.feed(Packet::Publish(publish))).await?;
             self.services.metrics.sent();
         }
-        self.framed.flush().await.map_err(|_| Close::Client)?;
+        guarded(&mut self.close, self.framed.flush()).await?;
         // QoS 0 is complete once written.
         for acked in written {
             let _ = acked.send(());
@@ -652,6 +724,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 return pkid;
             }
         }
+    }
+}
+
+/// One write to the client, within [`WRITE_TIMEOUT`]; a takeover (or the hub's stop) ends it
+/// at once: a client that stops reading can always be replaced or closed.
+async fn guarded<E>(
+    close: &mut watch::Receiver<bool>,
+    write: impl Future<Output = Result<(), E>>,
+) -> Result<(), Close> {
+    tokio::select! {
+        written = tokio::time::timeout(WRITE_TIMEOUT, write) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Close::Client),
+            Err(_) => Err(Close::Violation(format!(
+                "a write did not complete within {WRITE_TIMEOUT:?}: the client does not read"
+            ))),
+        },
+        _ = close.changed() => Err(Close::TakenOver),
+    }
+}
+
+/// Lets an event through at most once per interval (process-wide), for log lines an attacker
+/// could otherwise repeat at will.
+struct Throttle {
+    interval: Duration,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Throttle {
+    const fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn allow(&self) -> bool {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.interval) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+/// A client-supplied text cut for a log line: at most 128 characters.
+fn truncated(text: &str) -> &str {
+    match text.char_indices().nth(128) {
+        Some((end, _)) => &text[..end],
+        None => text,
     }
 }
 

@@ -8,5 +8,7 @@
 
 pub mod auth;
 pub mod connection;
+pub mod limits;
 pub mod session;
+pub mod session_file;
 pub mod topic;

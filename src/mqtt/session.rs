@@ -1,20 +1,25 @@
 //! Sessions: the subscriptions of each client and its live connection, if any.
 //!
 //! One registry owns this state behind a short mutex (never held across an `.await`). The
-//! subscriptions of `clean_session = 0` clients are persisted to a JSON file and restored at
-//! start (decision D9: the Python SDK never subscribes again after a reconnect). Delivery
-//! pumps watch a session to learn when its client connects or subscribes.
+//! subscriptions of `clean_session = 0` clients are persisted by the sessions file's writer
+//! ([`super::session_file`]) and restored at start (decision D9: the Python SDK never
+//! subscribes again after a reconnect). Delivery pumps watch a session to learn when its
+//! client connects or subscribes; [`Sessions::changes`] tells of any change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::session_file::{self, Saved, SessionFile};
 use super::topic::filter_matches;
+
+/// The most subscriptions one client may hold (the SDKs use five at most).
+pub const MAX_SUBSCRIPTIONS: usize = 32;
 
 /// A message for a client, handed to its connection: the connection picks the packet id and
 /// completes `acked` when the client acknowledges it (QoS 1) or when it is written (QoS 0).
@@ -101,12 +106,25 @@ impl Session {
     }
 }
 
+type Registry = Arc<Mutex<HashMap<String, Session>>>;
+
 /// The registry of sessions.
 #[derive(Debug)]
 pub struct Sessions {
-    sessions: Mutex<HashMap<String, Session>>,
-    file: Option<PathBuf>,
+    sessions: Registry,
+    /// The writer of the sessions file, when subscriptions are persisted.
+    file: Option<SessionFile>,
     next_link: AtomicU64,
+    /// Bumped at every change of any session.
+    changes: watch::Sender<u64>,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The client holds [`MAX_SUBSCRIPTIONS`] already.
+    #[error("more than {MAX_SUBSCRIPTIONS} subscriptions")]
+    TooMany,
 }
 
 /// What [`Sessions::connect`] returns.
@@ -121,39 +139,37 @@ pub struct Connected {
 impl Sessions {
     /// A registry that persists subscriptions to `file` (if given) and restores them from it.
     pub fn new(file: Option<PathBuf>) -> Self {
-        let mut sessions = HashMap::new();
-        if let Some(path) = &file
-            && let Ok(text) = std::fs::read_to_string(path)
-        {
-            match serde_json::from_str::<BTreeMap<String, BTreeMap<String, u8>>>(&text) {
-                Ok(saved) => {
-                    for (client, filters) in saved {
-                        let mut session = Session::new(true);
-                        session.subscriptions = filters
-                            .into_iter()
-                            .map(|(f, q)| {
-                                (
-                                    f,
-                                    if q == 0 {
-                                        QoS::AtMostOnce
-                                    } else {
-                                        QoS::AtLeastOnce
-                                    },
-                                )
-                            })
-                            .collect();
-                        sessions.insert(client, session);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "sessions file unreadable; starting without saved subscriptions");
-                }
-            }
-        }
+        let saved = file.as_deref().map(session_file::load).unwrap_or_default();
+        let sessions: HashMap<String, Session> = saved
+            .into_iter()
+            .map(|(client, filters)| {
+                let mut session = Session::new(true);
+                session.subscriptions = filters
+                    .into_iter()
+                    .map(|(filter, qos)| {
+                        (
+                            filter,
+                            if qos == 0 {
+                                QoS::AtMostOnce
+                            } else {
+                                QoS::AtLeastOnce
+                            },
+                        )
+                    })
+                    .collect();
+                (client, session)
+            })
+            .collect();
+        let sessions: Registry = Arc::new(Mutex::new(sessions));
+        let file = file.map(|path| {
+            let registry = Arc::clone(&sessions);
+            SessionFile::start(path, move || snapshot(&registry))
+        });
         Self {
-            sessions: Mutex::new(sessions),
+            sessions,
             file,
             next_link: AtomicU64::new(1),
+            changes: watch::Sender::new(0),
         }
     }
 
@@ -184,6 +200,7 @@ impl Sessions {
         session.changed();
         let session_present = existed && !clean_session;
         drop(sessions);
+        self.changed();
         self.save();
         Connected {
             session_present,
@@ -206,12 +223,20 @@ impl Sessions {
                 session.subscriptions.clear();
             }
             session.changed();
+            drop(sessions);
+            self.changed();
         }
     }
 
-    /// Adds subscriptions; returns the granted QoS of each (never above 1).
-    pub fn subscribe(&self, client_id: &str, filters: &[(String, QoS)]) -> Vec<QoS> {
-        let granted = {
+    /// Adds subscriptions; returns the granted QoS of each (never above 1), or the refusal of
+    /// a filter that would take the client over [`MAX_SUBSCRIPTIONS`]. Persistent sessions
+    /// are saved by the file's writer, coalesced.
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        filters: &[(String, QoS)],
+    ) -> Vec<Result<QoS, SubscribeError>> {
+        let (granted, persistent) = {
             let mut sessions = self.lock();
             let session = sessions
                 .entry(client_id.to_owned())
@@ -219,34 +244,46 @@ impl Sessions {
             let granted = filters
                 .iter()
                 .map(|(filter, qos)| {
+                    let known = session.subscriptions.contains_key(filter);
+                    if !known && session.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                        return Err(SubscribeError::TooMany);
+                    }
                     let qos = if *qos == QoS::AtMostOnce {
                         QoS::AtMostOnce
                     } else {
                         QoS::AtLeastOnce
                     };
                     session.subscriptions.insert(filter.clone(), qos);
-                    qos
+                    Ok(qos)
                 })
                 .collect();
             session.changed();
-            granted
+            (granted, session.persistent)
         };
-        self.save();
+        self.changed();
+        if persistent {
+            self.save();
+        }
         granted
     }
 
     /// Removes subscriptions.
     pub fn unsubscribe(&self, client_id: &str, filters: &[String]) {
-        {
+        let persistent = {
             let mut sessions = self.lock();
-            if let Some(session) = sessions.get_mut(client_id) {
-                for filter in filters {
-                    session.subscriptions.remove(filter);
-                }
-                session.changed();
+            let Some(session) = sessions.get_mut(client_id) else {
+                return;
+            };
+            for filter in filters {
+                session.subscriptions.remove(filter);
             }
+            session.changed();
+            session.persistent
+        };
+        self.changed();
+        if persistent {
+            self.save();
         }
-        self.save();
     }
 
     /// The connection to deliver `topic` to, and the QoS, if `client_id` is connected and
@@ -262,6 +299,12 @@ impl Sessions {
             .map(|(_, qos)| *qos)
             .max_by_key(|q| *q as u8)?;
         Some((link, qos))
+    }
+
+    /// A receiver that changes whenever any client connects, disconnects or (un)subscribes
+    /// (for a waiter that must not create a session entry, e.g. a method call to any id).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// A receiver that changes whenever `client_id` connects, disconnects or (un)subscribes.
@@ -305,35 +348,37 @@ impl Sessions {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes the subscriptions of persistent sessions (temp file, fsync, rename).
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Asks the file's writer to save the persistent sessions.
     fn save(&self) {
-        let Some(path) = &self.file else {
-            return;
-        };
-        let saved: BTreeMap<String, BTreeMap<String, u8>> = self
-            .lock()
-            .iter()
-            .filter(|(_, s)| s.persistent && !s.subscriptions.is_empty())
-            .map(|(client, s)| {
-                let filters = s
-                    .subscriptions
-                    .iter()
-                    .map(|(f, q)| (f.clone(), *q as u8))
-                    .collect();
-                (client.clone(), filters)
-            })
-            .collect();
-        let text = serde_json::to_vec(&saved).expect("subscriptions serialise");
-        let result = crate::fs::write_atomically(path, &text, 0o600);
-        if let Err(e) = result {
-            tracing::error!(path = %path.display(), error = %e, "could not save subscriptions");
+        if let Some(file) = &self.file {
+            file.request_save();
         }
     }
+}
+
+/// The subscriptions of persistent sessions, as the file keeps them.
+fn snapshot(sessions: &Mutex<HashMap<String, Session>>) -> Saved {
+    sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter(|(_, s)| s.persistent && !s.subscriptions.is_empty())
+        .map(|(client, s)| {
+            let filters = s
+                .subscriptions
+                .iter()
+                .map(|(f, q)| (f.clone(), *q as u8))
+                .collect();
+            (client.clone(), filters)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -409,5 +454,60 @@ mod tests {
                 .route("d/clean", "devices/d/modules/clean/inputs/x/")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn two_hundred_clients_subscribing_at_once_are_all_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sessions.json");
+        {
+            let sessions = Arc::new(Sessions::new(Some(file.clone())));
+            let threads: Vec<_> = (0..200)
+                .map(|i| {
+                    let sessions = Arc::clone(&sessions);
+                    std::thread::spawn(move || {
+                        let client = format!("d/m{i}");
+                        let (l, _r, _c) = link(&sessions);
+                        sessions.connect(&client, false, l);
+                        sessions.subscribe(
+                            &client,
+                            &[(format!("devices/d/modules/m{i}/#"), QoS::AtLeastOnce)],
+                        );
+                    })
+                })
+                .collect();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+        }
+        let sessions = Sessions::new(Some(file));
+        for i in 0..200 {
+            let client = format!("d/m{i}");
+            let (l, _r, _c) = link(&sessions);
+            assert!(
+                sessions.connect(&client, false, l).session_present,
+                "{client}"
+            );
+            assert!(
+                sessions
+                    .route(&client, &format!("devices/d/modules/m{i}/inputs/x/"))
+                    .is_some(),
+                "{client}"
+            );
+        }
+    }
+
+    #[test]
+    fn subscriptions_are_capped_per_client() {
+        let sessions = Sessions::new(None);
+        let filters: Vec<(String, QoS)> = (0..=MAX_SUBSCRIPTIONS)
+            .map(|i| (format!("$iothub/methods/POST/{i}"), QoS::AtLeastOnce))
+            .collect();
+        let granted = sessions.subscribe("d/m", &filters);
+        assert!(granted[..MAX_SUBSCRIPTIONS].iter().all(Result::is_ok));
+        assert_eq!(granted[MAX_SUBSCRIPTIONS], Err(SubscribeError::TooMany));
+        // A filter already held is renewed, not counted again.
+        let again = sessions.subscribe("d/m", &filters[..1]);
+        assert!(again[0].is_ok());
     }
 }

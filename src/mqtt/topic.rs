@@ -263,8 +263,31 @@ static SYSTEM_PROPERTIES: [(&str, PropKey, Direction); 16] = [
     ("ack", PropKey::from_static("ack"), Direction::Both),
 ];
 
-/// Application properties a sender may not set: the hub writes them from the sender's identity.
-const SENDER_KEYS: [&str; 2] = ["$.cdid", "$.cmid"];
+/// Application properties a sender may not set: the hub writes the sender's identity.
+/// Compared without regard to letter case; dropped when a message comes in and never sent.
+const SENDER_KEYS: [&str; 4] = [
+    "$.cdid",
+    "$.cmid",
+    "$connectionDeviceId",
+    "$connectionModuleId",
+];
+
+/// Whether `key` names the sender's identity (an application property nobody may set).
+fn is_sender_key(key: &str) -> bool {
+    SENDER_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key))
+}
+
+/// The most properties (application and system) one message may carry. Checked before
+/// anything is decoded; IoT Hub's 256 KiB message limit applies as well.
+pub const MAX_PROPERTIES: usize = 1024;
+
+/// A property bag that is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BagError {
+    /// More than [`MAX_PROPERTIES`] properties.
+    #[error("more than {MAX_PROPERTIES} properties in the topic")]
+    TooManyProperties,
+}
 
 /// A property bag split into application and system properties.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -277,12 +300,22 @@ pub struct PropertyBag {
 
 /// Decodes a property bag segment: `key=value&...`, percent-decoded (`+` is a plus), a key
 /// without `=` has an empty value, a `?` in a key is removed, the last duplicate wins.
-pub fn decode_bag(bag: &str) -> PropertyBag {
+/// Properties that name the sender (`$.cdid`, `$connectionModuleId`, ... in any letter case)
+/// are dropped: only the hub says who sent a message.
+///
+/// # Errors
+///
+/// More than [`MAX_PROPERTIES`] properties (counted before decoding).
+pub fn decode_bag(bag: &str) -> Result<PropertyBag, BagError> {
+    let pairs = || bag.split('&').filter(|p| !p.is_empty());
+    if pairs().nth(MAX_PROPERTIES).is_some() {
+        return Err(BagError::TooManyProperties);
+    }
     let mut out = PropertyBag::default();
-    for pair in bag.split('&').filter(|p| !p.is_empty()) {
+    for pair in pairs() {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = decode(&key.replace('?', ""));
-        if key.is_empty() {
+        if key.is_empty() || is_sender_key(&key) {
             continue;
         }
         let value = decode(value);
@@ -294,7 +327,7 @@ pub fn decode_bag(bag: &str) -> PropertyBag {
             None => out.properties.insert(key, value),
         }
     }
-    out
+    Ok(out)
 }
 
 /// Encodes the bag a receiver sees: application properties, then the outbound system
@@ -310,7 +343,7 @@ pub fn encode_bag(properties: &Properties, system_properties: &Properties) -> St
         out.extend(utf8_percent_encode(value, BAG));
     };
     for (key, value) in properties.iter() {
-        if !SENDER_KEYS.contains(&key) {
+        if !is_sender_key(key) {
             push(key, value);
         }
     }
@@ -361,11 +394,11 @@ mod tests {
         ) {
             let properties: Properties = pairs
                 .iter()
-                .filter(|(k, _)| !k.contains('?') && !SENDER_KEYS.contains(&k.as_str()))
+                .filter(|(k, _)| !k.contains('?') && !is_sender_key(k))
                 .filter(|(k, _)| !SYSTEM_PROPERTIES.iter().any(|(wire, _, _)| wire.eq_ignore_ascii_case(k)))
                 .cloned()
                 .collect();
-            let decoded = decode_bag(&encode_bag(&properties, &Properties::new()));
+            let decoded = decode_bag(&encode_bag(&properties, &Properties::new())).unwrap();
             prop_assert_eq!(decoded.properties, properties);
         }
     }
@@ -500,7 +533,8 @@ mod tests {
     fn bags_decode_keys_and_values_and_map_system_properties() {
         let bag = decode_bag(
             "%24.on=out1&%24.mid=mid-1&%24.cid=cid-1&%24.ct=application%2Fjson&%24.ce=utf-8&color=red%2Fblue%20%26x%3D1&n=5&plus=a+b&?q&dup=1&dup=2",
-        );
+        )
+        .unwrap();
         let sys = &bag.system_properties;
         assert_eq!(sys.get("outputName"), Some("out1"));
         assert_eq!(sys.get("messageId"), Some("mid-1"));
@@ -534,8 +568,36 @@ mod tests {
             bag,
             "color=red%2Fblue%20%26x%3D1&%24.mid=mid-1&%24.ct=application%2Fjson&%24.cdid=dev1&%24.cmid=modA"
         );
-        let back = decode_bag(&bag);
+        let back = decode_bag(&bag).unwrap();
         assert_eq!(back.properties.get("color"), Some("red/blue &x=1"));
-        assert_eq!(back.properties.get("$.cdid"), Some("dev1"));
+        // Read back as a sender's bag, the sender's identity is not the sender's to say.
+        assert_eq!(back.properties.get("$.cdid"), None);
+    }
+
+    #[test]
+    fn a_sender_cannot_name_itself_in_any_letter_case() {
+        let bag = decode_bag(
+            "%24connectionDeviceId=other&%24ConnectionModuleId=m&%24.CDID=x&%24.cMid=y&%24.cdid=z&ok=1",
+        )
+        .unwrap();
+        assert_eq!(bag.properties.len(), 1, "{:?}", bag.properties);
+        assert_eq!(bag.properties.get("ok"), Some("1"));
+        let outbound = encode_bag(
+            &[("$.CDID", "x"), ("$connectionModuleId", "m"), ("ok", "1")]
+                .into_iter()
+                .collect(),
+            &Properties::new(),
+        );
+        assert_eq!(outbound, "ok=1");
+    }
+
+    #[test]
+    fn the_number_of_properties_is_capped_before_decoding() {
+        let at_cap = vec!["k=v"; MAX_PROPERTIES].join("&");
+        assert!(decode_bag(&at_cap).is_ok());
+        let over = vec!["k=v"; MAX_PROPERTIES + 1].join("&");
+        assert_eq!(decode_bag(&over), Err(BagError::TooManyProperties));
+        // Empty pairs are not properties.
+        assert!(decode_bag(&format!("{at_cap}&&&")).is_ok());
     }
 }
