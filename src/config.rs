@@ -275,6 +275,28 @@ impl Config {
         }
     }
 
+    /// What the operator should be warned about at start: plain MQTT (`listen.mqtt`) or
+    /// metrics (`listen.metrics`) on an address other than loopback, where anyone on the
+    /// network can reach them without TLS. One sentence each, naming the key and the address.
+    #[must_use]
+    pub fn exposure_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(address) = self.listen.mqtt.filter(|a| !is_loopback(*a)) {
+            warnings.push(format!(
+                "listen.mqtt = {address}: plain MQTT (no TLS: tokens and messages travel in \
+                 clear text) is reachable from other machines; use 127.0.0.1 or turn it off"
+            ));
+        }
+        if let Some(address) = self.listen.metrics.filter(|a| !is_loopback(*a)) {
+            warnings.push(format!(
+                "listen.metrics = {address}: the metrics endpoint (no TLS, no authentication: \
+                 client ids and traffic figures) is reachable from other machines; use \
+                 127.0.0.1 or turn it off"
+            ));
+        }
+        warnings
+    }
+
     /// Opens the identity registry of this configuration (`data_dir`, `device_id`).
     ///
     /// # Errors
@@ -509,6 +531,17 @@ impl RawStore {
     }
 }
 
+/// Whether only this machine can reach `address`: a loopback address (`127.0.0.0/8`, `::1`,
+/// or `::ffff:127.x.y.z`). The unspecified address (`0.0.0.0`, `::`) is every interface.
+fn is_loopback(address: SocketAddr) -> bool {
+    match address.ip() {
+        IpAddr::V4(ip) => ip.is_loopback(),
+        IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 /// A DNS name (labels of letters, digits, `-` and `_`, at most 253 characters) or an IP
 /// address.
 fn is_hostname(text: &str) -> bool {
@@ -684,6 +717,39 @@ quota_policy = "drop_oldest"
         ] {
             assert!(!is_hostname(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn plain_mqtt_and_metrics_beyond_loopback_are_warned_about() {
+        let warnings = |listen: &str| parse(listen).unwrap().exposure_warnings();
+        assert!(warnings("").is_empty(), "both off by default");
+        for quiet in [
+            "[listen]\nmqtt = \"127.0.0.1:1883\"\nmetrics = \"127.0.0.2:9600\"\n",
+            "[listen]\nmqtt = \"[::1]:1883\"\nmetrics = \"[::ffff:127.0.0.1]:9600\"\n",
+            "[listen]\nmqtts = \"0.0.0.0:8883\"\nhttps = \"0.0.0.0:443\"\n",
+        ] {
+            assert!(warnings(quiet).is_empty(), "{quiet}");
+        }
+        let both = warnings("[listen]\nmqtt = \"0.0.0.0:1883\"\nmetrics = \"[::]:9600\"\n");
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(
+            both[0].starts_with("listen.mqtt = 0.0.0.0:1883"),
+            "{}",
+            both[0]
+        );
+        assert!(
+            both[1].starts_with("listen.metrics = [::]:9600"),
+            "{}",
+            both[1]
+        );
+        let lan = warnings("[listen]\nmqtt = \"192.168.1.10:1883\"\n");
+        assert_eq!(lan.len(), 1);
+        assert!(lan[0].contains("listen.mqtt"), "{lan:?}");
+        assert!(
+            Config::embedded_default(Path::new("/w"))
+                .exposure_warnings()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -17,6 +17,25 @@ use crate::mqtt::auth::SasAuthenticator;
 /// When the deployment, the identities, the certificates, the store or a listener cannot be
 /// set up, or the store fails to close.
 pub async fn run(config: Config) -> Result<()> {
+    // Keys, certificates, twins and the store are the owner's only, whatever the umask the hub
+    // was started with; so is the data folder.
+    let umask = crate::fs::restrict_umask();
+    tracing::debug!(
+        previous = format_args!("{umask:03o}"),
+        "file-creation mask set to 077"
+    );
+    crate::fs::create_private_dir(&config.data_dir).with_context(|| {
+        format!(
+            "making the data folder {} private",
+            config.data_dir.display()
+        )
+    })?;
+    if let Err(e) = crate::fs::remove_leftovers(&config.data_dir) {
+        tracing::warn!(error = %e, "cannot look for leftover temporary files");
+    }
+    for warning in config.exposure_warnings() {
+        tracing::warn!("{warning}");
+    }
     let manifest_stamp = crate::admin::ManifestStamp::of(&config);
     let deployment = config
         .load_deployment()
@@ -41,7 +60,6 @@ pub async fn run(config: Config) -> Result<()> {
         store: store_config(&config),
         routes,
         connect_timeout: HubSettings::CONNECT_TIMEOUT,
-        max_connections: HubSettings::MAX_CONNECTIONS,
         desired_version: deployment
             .edge_hub
             .get("$version")
