@@ -60,6 +60,7 @@ pub async fn run(config: Config) -> Result<()> {
         store: store_config(&config),
         routes,
         connect_timeout: HubSettings::CONNECT_TIMEOUT,
+        max_connections: HubSettings::MAX_CONNECTIONS,
         desired_version: deployment
             .edge_hub
             .get("$version")
