@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod inproc;
+
 /// The route most tests deploy: module `sender`'s output `out1` to module `receiver`'s input `in1`.
 pub const SENDER_TO_RECEIVER: &str = "FROM /messages/modules/sender/outputs/out1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/in1\")";
 
