@@ -3,11 +3,16 @@
 //! A twin is `{"desired": {..., "$version": n}, "reported": {..., "$version": m}}`, one JSON
 //! file per identity under `<data_dir>/twins/`, replaced atomically. A reported patch is
 //! validated with IoT Hub's limits, merged (`null` deletes a key) and bumps the reported
-//! version.
+//! version; a patch that would make its section larger than [`MAX_SECTION_BYTES`] is refused.
+//!
+//! Locking: a hub-wide map hands out one slot per identity (held for a lookup only); a patch
+//! holds its identity's writer lock while it merges and writes the file, so two patches of one
+//! identity apply in order, and patches of different identities never wait for each other's
+//! `fsync`. Reading a twin never waits for a write either: it sees the last twin stored.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::{Map, Value};
 
@@ -20,6 +25,16 @@ pub enum PatchError {
     /// The patch is larger than 32 KiB.
     #[error("the patch is {0} bytes; at most 32768 are allowed")]
     TooLarge(usize),
+    /// With the patch applied, the section would be larger than [`MAX_SECTION_BYTES`].
+    #[error(
+        "with this patch the {section} properties would be {size} bytes; at most 32768 are allowed"
+    )]
+    SectionTooLarge {
+        /// `"desired"` or `"reported"`.
+        section: &'static str,
+        /// The section's size, as stored, with the patch applied.
+        size: usize,
+    },
     /// Objects and arrays nest more than 10 levels.
     #[error("the patch nests more than 10 levels")]
     TooDeep,
@@ -39,12 +54,32 @@ pub enum PatchError {
 #[error("twin storage failed: {0}")]
 pub struct StorageError(#[from] std::io::Error);
 
+/// The most bytes the desired or the reported properties of a twin may take, each, as stored
+/// (serialized JSON, `$version` included): IoT Hub's 32 KB.
+pub const MAX_SECTION_BYTES: usize = 32 * 1024;
+
 /// The twins of this hub's identities.
 #[derive(Debug)]
 pub struct Twins {
     dir: PathBuf,
-    /// One writer at a time per hub; twins are small and patches rare.
-    lock: Mutex<HashMap<String, Value>>,
+    /// One slot per identity; the map's lock is held only to find or add a slot.
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// One identity's twin.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Held by a patch from before it reads the twin until the new twin is stored: patches of
+    /// one identity apply one after the other.
+    writer: Mutex<()>,
+    /// The twin as last stored; `None` until read from its file. Held only to read or replace
+    /// it (and to read the file, once).
+    twin: Mutex<Option<Value>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every guarded value is replaced whole, never left half-updated: a poisoned lock is fine.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Twins {
@@ -52,7 +87,7 @@ impl Twins {
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
-            lock: Mutex::default(),
+            slots: Mutex::default(),
         }
     }
 
@@ -63,8 +98,7 @@ impl Twins {
     ///
     /// When the stored twin cannot be read.
     pub fn get(&self, client_id: &str) -> Result<Value, StorageError> {
-        let mut cache = self.cache();
-        self.load(&mut cache, client_id).cloned()
+        self.current(&self.slot(client_id), client_id)
     }
 
     /// Validates and merges a reported patch; returns the new reported version.
@@ -114,12 +148,13 @@ impl Twins {
             Ok(patch) => patch,
             Err(e) => return Ok(Err(e)),
         };
-        let mut cache = self.cache();
-        let mut twin = self.load(&mut cache, client_id)?.clone();
+        let slot = self.slot(client_id);
+        let _writer = lock(&slot.writer);
+        let mut twin = self.current(&slot, client_id)?;
         let properties = twin
             .get_mut(section.key())
             .and_then(Value::as_object_mut)
-            .expect("twins always hold desired and reported objects");
+            .expect("a loaded twin always holds desired and reported objects");
         merge(properties, patch.clone());
         let version = properties
             .get("$version")
@@ -127,31 +162,50 @@ impl Twins {
             .unwrap_or(1)
             + 1;
         properties.insert("$version".to_owned(), Value::from(version));
+        let size = serde_json::to_vec(properties)
+            .expect("JSON values serialise")
+            .len();
+        if size > MAX_SECTION_BYTES {
+            return Ok(Err(PatchError::SectionTooLarge {
+                section: section.key(),
+                size,
+            }));
+        }
+        // Only this identity's writer lock is held across the write.
         self.save(client_id, &twin)?;
-        cache.insert(client_id.to_owned(), twin);
+        *lock(&slot.twin) = Some(twin);
         Ok(Ok((patch, version)))
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
-        self.lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The slot of `client_id`, added if missing (the map's lock is held for this only).
+    fn slot(&self, client_id: &str) -> Arc<Slot> {
+        let mut slots = lock(&self.slots);
+        match slots.get(client_id) {
+            Some(slot) => Arc::clone(slot),
+            None => {
+                let slot = Arc::new(Slot::default());
+                slots.insert(client_id.to_owned(), Arc::clone(&slot));
+                slot
+            }
+        }
     }
 
-    fn load<'c>(
-        &self,
-        cache: &'c mut HashMap<String, Value>,
-        client_id: &str,
-    ) -> Result<&'c Value, StorageError> {
-        if !cache.contains_key(client_id) {
-            let twin = match std::fs::read(self.path(client_id)) {
-                Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::from)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => empty_twin(),
-                Err(e) => return Err(e.into()),
-            };
-            cache.insert(client_id.to_owned(), twin);
+    /// The twin of a slot as last stored, read from its file the first time.
+    fn current(&self, slot: &Slot, client_id: &str) -> Result<Value, StorageError> {
+        let mut twin = lock(&slot.twin);
+        if let Some(twin) = &*twin {
+            return Ok(twin.clone());
         }
-        Ok(&cache[client_id])
+        let loaded = match std::fs::read(self.path(client_id)) {
+            Ok(bytes) => {
+                let stored: Value = serde_json::from_slice(&bytes).map_err(std::io::Error::from)?;
+                well_formed(stored, client_id)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => empty_twin(),
+            Err(e) => return Err(e.into()),
+        };
+        *twin = Some(loaded.clone());
+        Ok(loaded)
     }
 
     fn save(&self, client_id: &str, twin: &Value) -> Result<(), StorageError> {
@@ -191,6 +245,24 @@ impl Section {
 
 fn empty_twin() -> Value {
     serde_json::json!({"desired": {"$version": 1}, "reported": {"$version": 1}})
+}
+
+/// A stored twin with both sections as objects: a file that is not an object, or lacks a
+/// section, or has one that is not an object, gets empty sections in their place (logged once,
+/// when the file is read; the file is rewritten at the next patch).
+fn well_formed(stored: Value, client_id: &str) -> Value {
+    let Value::Object(mut twin) = stored else {
+        tracing::warn!(%client_id, "stored twin is not a JSON object; read as an empty twin");
+        return empty_twin();
+    };
+    for section in [Section::Desired, Section::Reported] {
+        let key = section.key();
+        if !twin.get(key).is_some_and(Value::is_object) {
+            tracing::warn!(%client_id, section = key, "stored twin has no valid section; read as empty");
+            twin.insert(key.to_owned(), serde_json::json!({"$version": 1}));
+        }
+    }
+    Value::Object(twin)
 }
 
 /// Merges `patch` into `target`: objects merge recursively, `null` deletes, anything else
@@ -307,6 +379,158 @@ mod tests {
             twins.get("d/m").unwrap()["desired"],
             serde_json::json!({"interval": 5, "$version": 2})
         );
+    }
+
+    /// A patch of `n` properties of 1 KiB each, named `{prefix}{i}`.
+    fn kilobytes(prefix: &str, n: usize) -> Vec<u8> {
+        let value = "x".repeat(1000);
+        let map: Map<String, Value> = (0..n)
+            .map(|i| (format!("{prefix}{i}"), Value::from(value.clone())))
+            .collect();
+        serde_json::to_vec(&map).unwrap()
+    }
+
+    #[test]
+    fn a_section_stops_growing_at_32_kilobytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let twins = Twins::new(dir.path().to_owned());
+        // Each patch is under the 32 KiB patch limit; together they would pass the section's.
+        for (i, prefix) in ["a", "b", "c"].into_iter().enumerate() {
+            assert_eq!(
+                twins.patch_reported("d/m", &kilobytes(prefix, 10)).unwrap(),
+                Ok(i as u64 + 2)
+            );
+        }
+        let refused = twins.patch_reported("d/m", &kilobytes("e", 10)).unwrap();
+        assert!(
+            matches!(refused, Err(PatchError::SectionTooLarge { section: "reported", size }) if size > MAX_SECTION_BYTES),
+            "{refused:?}"
+        );
+        // Nothing of the refused patch is kept, in memory or on disk.
+        let twin = twins.get("d/m").unwrap();
+        assert_eq!(twin["reported"]["$version"], 4);
+        assert!(twin["reported"].get("e0").is_none());
+        let reopened = Twins::new(dir.path().to_owned());
+        assert_eq!(reopened.get("d/m").unwrap(), twin);
+        // Deleting makes room again; the desired section has its own 32 KB.
+        let deletes = br#"{"a0": null, "a1": null, "a2": null}"#;
+        assert_eq!(twins.patch_reported("d/m", deletes).unwrap(), Ok(5));
+        for prefix in ["a", "b", "c"] {
+            twins
+                .patch_desired("d/m", &kilobytes(prefix, 10))
+                .unwrap()
+                .unwrap();
+        }
+        assert!(matches!(
+            twins.patch_desired("d/m", &kilobytes("e", 10)).unwrap(),
+            Err(PatchError::SectionTooLarge {
+                section: "desired",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_stored_twin_without_its_sections_reads_as_empty_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let twins = Twins::new(dir.path().to_owned());
+        for (client, stored) in [
+            ("d/no-desired", r#"{"reported": {"$version": 3, "a": 1}}"#),
+            ("d/no-reported", r#"{"desired": {"$version": 2}}"#),
+            ("d/not-objects", r#"{"desired": [1], "reported": "x"}"#),
+            ("d/array", "[1, 2]"),
+            ("d/null", "null"),
+        ] {
+            std::fs::write(twins.path(client), stored).unwrap();
+            let twin = twins.get(client).unwrap();
+            assert!(twin["desired"].is_object(), "{client}: {twin}");
+            assert!(twin["reported"].is_object(), "{client}: {twin}");
+            twins
+                .patch_reported(client, br#"{"ok": true}"#)
+                .unwrap()
+                .unwrap();
+            twins
+                .patch_desired(client, br#"{"ok": true}"#)
+                .unwrap()
+                .unwrap();
+        }
+        let kept = twins.get("d/no-desired").unwrap();
+        assert_eq!(
+            kept["reported"],
+            serde_json::json!({"$version": 4, "a": 1, "ok": true})
+        );
+        assert_eq!(
+            kept["desired"],
+            serde_json::json!({"$version": 2, "ok": true})
+        );
+        // A file that is not JSON at all is a storage error, not a panic.
+        std::fs::write(twins.path("d/garbage"), "{not json").unwrap();
+        assert!(twins.get("d/garbage").is_err());
+    }
+
+    #[test]
+    fn patches_of_one_identity_apply_in_order_and_others_do_not_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let twins = Arc::new(Twins::new(dir.path().to_owned()));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let twins = Arc::clone(&twins);
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let body = format!(r#"{{"t{t}": {i}}}"#);
+                        twins
+                            .patch_reported("d/shared", body.as_bytes())
+                            .unwrap()
+                            .unwrap();
+                        twins
+                            .patch_reported(&format!("d/own{t}"), body.as_bytes())
+                            .unwrap()
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let shared = Twins::new(dir.path().to_owned()).get("d/shared").unwrap();
+        assert_eq!(shared["reported"]["$version"], 41, "no patch lost");
+        for t in 0..4 {
+            assert_eq!(
+                shared["reported"][format!("t{t}")],
+                9,
+                "each thread's last patch wins"
+            );
+        }
+    }
+
+    #[test]
+    fn a_slow_write_of_one_twin_does_not_hold_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let twins = Twins::new(dir.path().to_owned());
+        twins
+            .patch_reported("d/a", br#"{"x": 1}"#)
+            .unwrap()
+            .unwrap();
+        // Hold identity a's writer lock, as a patch does across its fsync.
+        let slot = twins.slot("d/a");
+        let _writing = lock(&slot.writer);
+        // Another identity patches, and a's twin reads, without waiting for it.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                twins
+                    .patch_reported("d/b", br#"{"y": 1}"#)
+                    .unwrap()
+                    .unwrap();
+                let a = twins.get("d/a").unwrap();
+                done.send(a["reported"]["x"].clone()).unwrap();
+            });
+            assert_eq!(
+                finished.recv_timeout(std::time::Duration::from_secs(10)),
+                Ok(Value::from(1))
+            );
+        });
     }
 
     #[test]
