@@ -208,3 +208,103 @@ async fn wait_for_subscriber(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::{mpsc, watch};
+
+    use super::*;
+    use crate::mqtt::session::Link;
+
+    /// Connects `client_id` to `sessions`, subscribed to methods; gives its outbox.
+    fn connected(
+        sessions: &Sessions,
+        client_id: &str,
+    ) -> mpsc::Receiver<crate::mqtt::session::Burst> {
+        let (outbox, requests) = mpsc::channel(4);
+        let (close, _) = watch::channel(false);
+        let link = Link {
+            id: sessions.next_link_id(),
+            outbox,
+            close,
+        };
+        sessions.connect(client_id, true, link);
+        let granted = sessions.subscribe(
+            client_id,
+            &[(
+                "$iothub/methods/POST/#".to_owned(),
+                rumqttc::QoS::AtLeastOnce,
+            )],
+        );
+        assert!(granted[0].is_ok());
+        requests
+    }
+
+    #[test]
+    fn method_names_that_would_change_the_topic_are_refused() {
+        for good in ["reset", "get-status", "a.b_c", "ünïcode"] {
+            assert!(validate_method_name(good).is_ok(), "{good}");
+        }
+        let long = "m".repeat(101);
+        for bad in [
+            "",
+            "a/b",
+            "#",
+            "+",
+            "/?$rid=5",
+            "$rid",
+            "a\0b",
+            "a\nb",
+            long.as_str(),
+        ] {
+            assert!(validate_method_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_absent_target_is_404_and_leaves_no_session_behind() {
+        let (methods, sessions) = (Methods::default(), Sessions::new(None));
+        let result = methods
+            .invoke(
+                &sessions,
+                "dev/nobody",
+                "m",
+                &Value::Null,
+                Duration::from_millis(20),
+                Duration::from_secs(1),
+            )
+            .await;
+        assert_eq!(result.status, 404);
+        assert!(!sessions.is_known("dev/nobody"));
+        assert_eq!(methods.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn only_the_target_answers_and_a_caller_that_goes_away_leaves_nothing_pending() {
+        let (methods, sessions) = (Methods::default(), Sessions::new(None));
+        let mut requests = connected(&sessions, "dev/target");
+        {
+            let call = methods.invoke(
+                &sessions,
+                "dev/target",
+                "m",
+                &Value::Null,
+                Duration::ZERO,
+                Duration::from_secs(60),
+            );
+            tokio::pin!(call);
+            // Drive the call until its request is out, then give up on it (the HTTP client
+            // went away).
+            let request = tokio::select! {
+                _ = &mut call => panic!("no answer was given"),
+                burst = requests.recv() => burst.unwrap().remove(0),
+            };
+            let rid = request.topic.rsplit("$rid=").next().unwrap().to_owned();
+            assert_eq!(rid.len(), 32);
+            assert_eq!(methods.pending(), 1);
+            assert!(!methods.respond("dev/other", &rid, "200", bytes::Bytes::new()));
+            assert_eq!(methods.pending(), 1, "a stranger's answer is ignored");
+        }
+        assert_eq!(methods.pending(), 0, "the abandoned call's entry is gone");
+    }
+}

@@ -333,6 +333,12 @@ impl Sessions {
         clients
     }
 
+    /// Whether the registry holds a session for `client_id` (connected, subscribed, or
+    /// watched by a pump).
+    pub fn is_known(&self, client_id: &str) -> bool {
+        self.lock().contains_key(client_id)
+    }
+
     /// How many clients are connected.
     pub fn connected(&self) -> usize {
         self.lock().values().filter(|s| s.link.is_some()).count()
