@@ -92,7 +92,7 @@ pub fn escape_client_id(client_id: &str) -> String {
 }
 
 /// ISO 8601 UTC with milliseconds: `2024-05-01T10:00:00.000Z`.
-fn timestamp(at: SystemTime) -> String {
+pub fn timestamp(at: SystemTime) -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );

@@ -32,6 +32,8 @@ use crate::mqtt::session::{Outbound, Sessions};
 use crate::mqtt::topic;
 use crate::stop::StopSignal;
 use crate::twin::{PatchError, StorageError, Twins};
+use crate::upstream::forwarder::Forwarder;
+use crate::upstream::{UpstreamSettings, UpstreamStatus};
 
 /// How long open connections get to finish once the hub stops accepting.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -68,6 +70,8 @@ pub struct HubSettings {
     /// The most connections open at once over MQTT, MQTTS and HTTPS together; more are
     /// closed as soon as they are accepted (clients already connected are not affected).
     pub max_connections: usize,
+    /// Where `$upstream` messages go; without it they wait in their queue.
+    pub upstream: Option<UpstreamSettings>,
 }
 
 impl HubSettings {
@@ -119,6 +123,10 @@ pub struct Hub {
     bound: Bound,
     /// Permits for connections, shared by the MQTT, MQTTS and HTTPS listeners.
     connection_limit: Arc<Semaphore>,
+    /// Where `$upstream` messages go, when configured.
+    upstream: Option<Arc<UpstreamSettings>>,
+    /// What the upstream links report.
+    upstream_status: Arc<UpstreamStatus>,
 }
 
 impl Hub {
@@ -148,6 +156,8 @@ impl Hub {
             pumps: Mutex::default(),
             bound: Bound::default(),
             connection_limit: Arc::new(Semaphore::new(settings.max_connections)),
+            upstream: settings.upstream.map(Arc::new),
+            upstream_status: Arc::default(),
         };
         hub.install(table).context("installing the routes")?;
         hub.edge_hub.desired_processed(DesiredStatus {
@@ -295,6 +305,10 @@ impl Hub {
             metrics: Arc::clone(&self.metrics),
             store: Arc::clone(self.ingest.store()),
             sessions: Arc::clone(&self.sessions),
+            upstream: self
+                .upstream
+                .is_some()
+                .then(|| Arc::clone(&self.upstream_status)),
         });
         self.spawn(listener::serve(
             "metrics",
@@ -351,8 +365,11 @@ impl Hub {
         let store = self.ingest.store();
         let routes = InstalledRoutes::resolve(table, self.device_id(), store)?;
         for (endpoint, queue) in routes.table().endpoints().iter().zip(routes.queues()) {
-            if let Endpoint::ModuleInput { module, input } = endpoint {
-                self.start_pump(queue.name(), module, input)?;
+            match endpoint {
+                Endpoint::ModuleInput { module, input } => {
+                    self.start_pump(queue.name(), module, input)?;
+                }
+                Endpoint::Upstream => self.start_forwarder(queue.name())?,
             }
         }
         self.ingest.install(routes);
@@ -384,6 +401,36 @@ impl Hub {
             self.stop.subscribe(),
         ));
         Ok(())
+    }
+
+    /// Starts the forwarder of the `$upstream` queue when upstream is configured, unless it
+    /// runs already.
+    fn start_forwarder(&self, queue: &str) -> Result<(), store::StoreError> {
+        let Some(settings) = &self.upstream else {
+            return Ok(());
+        };
+        let new = self
+            .pumps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(queue.to_owned());
+        if !new {
+            return Ok(());
+        }
+        let reader = self.ingest.store().reader(queue)?;
+        let forwarder = Forwarder {
+            settings: Arc::clone(settings),
+            status: Arc::clone(&self.upstream_status),
+            metrics: Arc::clone(&self.metrics),
+        };
+        self.spawn(forwarder.run(reader, self.stop.subscribe()));
+        tracing::info!(host = %settings.host, port = settings.port, "forwarding $upstream messages");
+        Ok(())
+    }
+
+    /// What the upstream links report (idle when upstream is not configured).
+    pub fn upstream_status(&self) -> &UpstreamStatus {
+        &self.upstream_status
     }
 
     /// Applies new `$edgeHub` desired properties while messages flow: the whole document is
@@ -436,7 +483,10 @@ impl Hub {
     /// The `$edgeHub` twin: no desired properties of its own here, and the reported properties
     /// of protocol spec 4.2.
     pub fn edge_hub_twin(&self) -> serde_json::Value {
-        let reported = self.edge_hub.reported(&self.sessions.clients());
+        let mut reported = self.edge_hub.reported(&self.sessions.clients());
+        if self.upstream.is_some() {
+            reported["upstream"] = self.upstream_status.reported();
+        }
         serde_json::json!({"desired": {}, "reported": reported})
     }
 

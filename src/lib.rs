@@ -44,3 +44,4 @@ pub mod run;
 pub mod sas;
 pub mod stop;
 pub mod twin;
+pub mod upstream;

@@ -61,6 +61,7 @@ pub async fn run(config: Config) -> Result<()> {
         routes,
         connect_timeout: HubSettings::CONNECT_TIMEOUT,
         max_connections: HubSettings::MAX_CONNECTIONS,
+        upstream: None,
         desired_version: deployment
             .edge_hub
             .get("$version")

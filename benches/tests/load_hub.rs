@@ -48,6 +48,7 @@ async fn start_hub_with(
         routes: router::EdgeHubRoutes::from_desired(&desired).expect("the routes are valid"),
         connect_timeout: Duration::from_secs(5),
         max_connections: HubSettings::MAX_CONNECTIONS,
+        upstream: None,
         desired_version: 1,
         strict_topics: false,
     };

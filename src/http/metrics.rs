@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::metrics::{Gauge, Metrics};
 use crate::mqtt::session::Sessions;
 use crate::stop::Stop;
+use crate::upstream::UpstreamStatus;
 
 /// What the metrics endpoint reads: the counters, and the gauges it reads when asked.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct MetricsSources {
     pub store: Arc<store::Store>,
     /// Connected clients.
     pub sessions: Arc<Sessions>,
+    /// The upstream links, when upstream is configured.
+    pub upstream: Option<Arc<UpstreamStatus>>,
 }
 
 /// Serves one connection of the metrics listener.
@@ -64,7 +67,7 @@ pub fn render(sources: &MetricsSources) -> String {
         )
     };
     #[allow(clippy::cast_precision_loss)]
-    let gauges = [
+    let mut gauges = vec![
         Gauge {
             name: "edgehub_queue_length",
             help: "Messages waiting in an endpoint's queue.",
@@ -100,5 +103,52 @@ pub fn render(sources: &MetricsSources) -> String {
             samples: vec![(String::new(), store.stats().disk_bytes as f64)],
         },
     ];
+    if let Some(upstream) = &sources.upstream {
+        gauges.extend(upstream_gauges(upstream));
+    }
     sources.metrics.render(&gauges)
+}
+
+/// The upstream link's state, reconnects, messages in flight and forwarded.
+#[allow(clippy::cast_precision_loss)]
+fn upstream_gauges(upstream: &UpstreamStatus) -> [Gauge<'static>; 5] {
+    let (connected, failing) = upstream.link_counts();
+    let state = upstream.state();
+    [
+        Gauge {
+            name: "edgehub_upstream_connected",
+            help: "1 when every open upstream link is connected (or none is needed), 0 otherwise.",
+            samples: vec![(
+                format!("{{state=\"{}\"}}", state.name()),
+                if state == crate::upstream::status::State::Disconnected {
+                    0.0
+                } else {
+                    1.0
+                },
+            )],
+        },
+        Gauge {
+            name: "edgehub_upstream_links",
+            help: "Upstream links (one per identity) by state.",
+            samples: vec![
+                ("{state=\"connected\"}".to_owned(), connected as f64),
+                ("{state=\"failing\"}".to_owned(), failing as f64),
+            ],
+        },
+        Gauge {
+            name: "edgehub_upstream_reconnects_total",
+            help: "Upstream connections made again after a failure or a token renewal.",
+            samples: vec![(String::new(), upstream.reconnects() as f64)],
+        },
+        Gauge {
+            name: "edgehub_upstream_in_flight",
+            help: "Messages sent upstream and not acknowledged yet.",
+            samples: vec![(String::new(), upstream.in_flight() as f64)],
+        },
+        Gauge {
+            name: "edgehub_upstream_forwarded_total",
+            help: "Messages acknowledged by upstream.",
+            samples: vec![(String::new(), upstream.forwarded_total() as f64)],
+        },
+    ]
 }

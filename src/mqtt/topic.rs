@@ -333,6 +333,27 @@ pub fn decode_bag(bag: &str) -> Result<PropertyBag, BagError> {
 /// Encodes the bag a receiver sees: application properties, then the outbound system
 /// properties (spec 2.4).
 pub fn encode_bag(properties: &Properties, system_properties: &Properties) -> String {
+    encode_bag_with(properties, system_properties, |d| {
+        d != Direction::InboundOnly
+    })
+}
+
+/// Encodes the bag of a message forwarded upstream: application properties, then every
+/// system property a sender may set (`$.on` and `$.ifid` included: a parent hub routes by the
+/// output name); never the sender's identity, which upstream takes from the connection.
+pub fn encode_upstream_bag(properties: &Properties, system_properties: &Properties) -> String {
+    encode_bag_with(properties, system_properties, |d| {
+        d != Direction::OutboundOnly
+    })
+}
+
+/// Application properties (never the sender's identity), then the system properties whose
+/// direction `include` accepts, in the order of [`SYSTEM_PROPERTIES`].
+fn encode_bag_with(
+    properties: &Properties,
+    system_properties: &Properties,
+    include: impl Fn(Direction) -> bool,
+) -> String {
     let mut out = String::new();
     let mut push = |key: &str, value: &str| {
         if !out.is_empty() {
@@ -348,13 +369,22 @@ pub fn encode_bag(properties: &Properties, system_properties: &Properties) -> St
         }
     }
     for (wire, internal, direction) in &SYSTEM_PROPERTIES {
-        if *direction != Direction::InboundOnly
+        if include(*direction)
             && let Some(value) = system_properties.get_key(internal)
         {
             push(wire, value);
         }
     }
     out
+}
+
+/// The telemetry topic of `device` (or of its module `module`) with `bag`:
+/// `devices/{d}[/modules/{m}]/messages/events/{bag}`.
+pub fn telemetry(device: &str, module: Option<&str>, bag: &str) -> String {
+    match module {
+        Some(module) => format!("devices/{device}/modules/{module}/messages/events/{bag}"),
+        None => format!("devices/{device}/messages/events/{bag}"),
+    }
 }
 
 /// RFC 3986 unreserved characters stay; everything else is percent-encoded.

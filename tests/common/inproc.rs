@@ -59,6 +59,7 @@ pub fn settings(data: &std::path::Path, routes: &serde_json::Value) -> HubSettin
         .unwrap(),
         connect_timeout: Duration::from_secs(2),
         max_connections: HubSettings::MAX_CONNECTIONS,
+        upstream: None,
         desired_version: 1,
         strict_topics: false,
     }

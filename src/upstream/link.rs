@@ -1,0 +1,306 @@
+//! One MQTT connection upstream for one identity (decision D8), opened when first needed,
+//! closed when idle, renewed before its token expires, reconnected with jittered exponential
+//! back-off.
+//!
+//! A link is a task that owns a rumqttc event loop. It takes publications from its owner
+//! (the forwarder) and completes each one's acknowledgement when upstream's PUBACK comes. It
+//! correlates by order: rumqttc sends the requests of one event loop in the order they were
+//! made and reports each as `Outgoing::Publish(pkid)`; a connection that fails is dropped
+//! whole (no rumqttc replay), failing everything in flight, so the forwarder rewinds and sends
+//! again once a link is up: at least once, in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Transport};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::backoff::Backoff;
+use super::settings::{Login, UpstreamSettings};
+use super::status::UpstreamStatus;
+use crate::identity::ClientIdentity;
+use crate::stop::Stop;
+
+/// Publications a link holds before it is connected or while they wait for rumqttc.
+const QUEUE: usize = 256;
+/// A link with nothing to send and nothing in flight for this long closes (D8).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A connection is renewed this long before its token expires.
+const RENEW_BEFORE: Duration = Duration::from_secs(300);
+/// First and longest wait between attempts to connect.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// A publication for upstream.
+#[derive(Debug)]
+pub struct Publication {
+    /// The topic (`devices/{d}[/modules/{m}]/messages/events/{bag}`).
+    pub topic: String,
+    /// The body.
+    pub payload: Bytes,
+    /// Completed when upstream acknowledged it; dropped if the connection failed first.
+    pub acked: oneshot::Sender<()>,
+}
+
+/// The owner's handle of a link.
+#[derive(Debug)]
+pub struct Link {
+    publications: mpsc::Sender<Publication>,
+    connected: watch::Receiver<bool>,
+}
+
+impl Link {
+    /// Starts the link task of `identity`; it connects at once and bumps `link_up` every time
+    /// it connects. It ends when idle, when `stop` fires, or when this handle is dropped.
+    pub fn start(
+        identity: ClientIdentity,
+        settings: Arc<UpstreamSettings>,
+        status: Arc<UpstreamStatus>,
+        link_up: watch::Sender<u64>,
+        stop: Stop,
+    ) -> Self {
+        let (publications, queue) = mpsc::channel(QUEUE);
+        let (connected_tx, connected) = watch::channel(false);
+        let task = LinkTask {
+            identity,
+            settings,
+            status,
+            link_up,
+            connected: connected_tx,
+            queue,
+            stop,
+        };
+        tokio::spawn(task.run());
+        Self {
+            publications,
+            connected,
+        }
+    }
+
+    /// Whether the link's task still runs (it ends when idle).
+    pub fn is_alive(&self) -> bool {
+        !self.publications.is_closed()
+    }
+
+    /// Whether the link is connected now.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Hands a publication to the link: `false` (and the publication dropped, so its
+    /// acknowledgement fails) when the link is not connected, is gone, or is full.
+    pub fn publish(&self, publication: Publication) -> bool {
+        self.is_connected() && self.publications.try_send(publication).is_ok()
+    }
+}
+
+struct LinkTask {
+    identity: ClientIdentity,
+    settings: Arc<UpstreamSettings>,
+    status: Arc<UpstreamStatus>,
+    link_up: watch::Sender<u64>,
+    connected: watch::Sender<bool>,
+    queue: mpsc::Receiver<Publication>,
+    stop: Stop,
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// Idle, stopped, or the owner went away: the link closes.
+    Done,
+    /// The token is about to expire: reconnect at once with a fresh one.
+    Renew,
+    /// The connection failed: reconnect after a back-off.
+    Failed(String),
+}
+
+impl LinkTask {
+    async fn run(mut self) {
+        let client_id = super::settings::client_id(&self.identity);
+        let seed = client_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, seed ^ now_nanos());
+        loop {
+            let ended = match self
+                .settings
+                .credentials
+                .login(&self.identity, SystemTime::now())
+            {
+                Ok(login) => self.connection(&login, &mut backoff).await,
+                Err(e) => Ended::Failed(format!("no credentials: {e:#}")),
+            };
+            self.connected.send_replace(false);
+            match ended {
+                Ended::Done => {
+                    self.status.link_closed(&client_id);
+                    return;
+                }
+                Ended::Renew => {}
+                Ended::Failed(reason) => {
+                    let delay = backoff.next_delay();
+                    self.status.link_failed(&client_id, &reason);
+                    tracing::warn!(%client_id, %reason, retry_in = ?delay, "upstream connection failed");
+                    // Publications queued meanwhile cannot be sent: fail them now.
+                    while self.queue.try_recv().is_ok() {}
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.stop.stopped() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection: CONNECT, then publications and acknowledgements until it ends.
+    async fn connection(&mut self, login: &Login, backoff: &mut Backoff) -> Ended {
+        let (client, mut events) = AsyncClient::new(self.options(login), QUEUE);
+        // Until the CONNACK.
+        let connack = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        });
+        tokio::select! {
+            result = connack => match result {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Ended::Failed(reason),
+                Err(_) => return Ended::Failed("no CONNACK within 20 s".to_owned()),
+            },
+            () = self.stop.stopped() => return Ended::Done,
+        }
+        backoff.reset();
+        self.connected.send_replace(true);
+        self.status.link_connected(&login.client_id);
+        self.link_up.send_modify(|n| *n += 1);
+        tracing::info!(client_id = %login.client_id, host = %self.settings.host, "upstream connection up");
+        let renew_at = login
+            .expires
+            .checked_sub(RENEW_BEFORE)
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default();
+        let renew = tokio::time::sleep(renew_at);
+        tokio::pin!(renew);
+        let mut flow = Flow::default();
+        let idle = tokio::time::sleep(IDLE_TIMEOUT);
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                publication = self.queue.recv() => {
+                    let Some(publication) = publication else {
+                        let _ = client.try_disconnect();
+                        return Ended::Done;
+                    };
+                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    match client.try_publish(publication.topic, QoS::AtLeastOnce, false, publication.payload.to_vec()) {
+                        Ok(()) => flow.requested.push_back(publication.acked),
+                        Err(e) => return Ended::Failed(format!("rumqttc refused a publication: {e}")),
+                    }
+                }
+                event = events.poll() => match event {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.sent(pkid),
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        flow.acknowledged(ack.pkid);
+                        idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Ended::Failed(e.to_string()),
+                },
+                () = &mut renew => {
+                    let _ = client.try_disconnect();
+                    return Ended::Renew;
+                }
+                () = &mut idle, if flow.is_empty() => {
+                    let _ = client.try_disconnect();
+                    tracing::info!(client_id = %login.client_id, "upstream connection idle; closed");
+                    return Ended::Done;
+                }
+                () = self.stop.stopped() => {
+                    let _ = client.try_disconnect();
+                    return Ended::Done;
+                }
+            }
+        }
+    }
+
+    fn options(&self, login: &Login) -> MqttOptions {
+        let mut options =
+            MqttOptions::new(&login.client_id, &self.settings.host, self.settings.port);
+        options.set_credentials(&login.username, &login.password);
+        options.set_clean_session(true);
+        options.set_keep_alive(Duration::from_secs(60));
+        options.set_max_packet_size(
+            crate::mqtt::limits::MAX_PACKET,
+            crate::mqtt::limits::MAX_PACKET,
+        );
+        options.set_inflight(64);
+        options.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::clone(&self.settings.tls)),
+        ));
+        options
+    }
+}
+
+/// The publications of one connection: requested (waiting for rumqttc to send them, in
+/// order) and in flight (sent, by packet id, waiting for the PUBACK).
+#[derive(Default)]
+struct Flow {
+    requested: VecDeque<oneshot::Sender<()>>,
+    in_flight: HashMap<u16, oneshot::Sender<()>>,
+}
+
+impl Flow {
+    /// rumqttc sent the oldest requested publication with `pkid`.
+    fn sent(&mut self, pkid: u16) {
+        if let Some(acked) = self.requested.pop_front() {
+            self.in_flight.insert(pkid, acked);
+        }
+    }
+
+    /// Upstream acknowledged `pkid`.
+    fn acknowledged(&mut self, pkid: u16) {
+        if let Some(acked) = self.in_flight.remove(&pkid) {
+            let _ = acked.send(());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.requested.is_empty() && self.in_flight.is_empty()
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledgements_follow_the_order_publications_were_sent_in() {
+        let mut flow = Flow::default();
+        let (a, mut a_acked) = oneshot::channel();
+        let (b, mut b_acked) = oneshot::channel();
+        flow.requested.extend([a, b]);
+        flow.sent(7);
+        flow.sent(8);
+        flow.acknowledged(8);
+        assert!(b_acked.try_recv().is_ok());
+        assert!(a_acked.try_recv().is_err());
+        flow.acknowledged(7);
+        assert!(a_acked.try_recv().is_ok());
+        assert!(flow.is_empty());
+        // A stray PUBACK changes nothing.
+        flow.acknowledged(9);
+        assert!(flow.is_empty());
+    }
+}

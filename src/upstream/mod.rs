@@ -1,0 +1,19 @@
+//! Upstream: messages routed to `$upstream` leave for IoT Hub or, in a nested deployment, for
+//! a parent hub, under the identity of their sender, and ride out every outage.
+//!
+//! - [`settings`]: the `[upstream]` table: the `$edgeHub` connection string, TLS, credentials
+//!   (on behalf of this hub toward a parent, spec 1.5; the identity's own key toward IoT Hub);
+//! - [`forwarder`]: the pump of the `$upstream` queue: in order, acknowledged to the store only
+//!   once upstream acknowledged, rewound and resent after a failure;
+//! - [`link`]: one MQTT connection per identity (D8), opened when needed, closed when idle,
+//!   renewed before its token expires, reconnected with jittered back-off ([`backoff`]);
+//! - [`status`]: what `/metrics` and the `$edgeHub` twin report.
+
+pub mod backoff;
+pub mod forwarder;
+pub mod link;
+pub mod settings;
+pub mod status;
+
+pub use settings::{ConnectionString, UpstreamSettings};
+pub use status::UpstreamStatus;

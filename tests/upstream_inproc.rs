@@ -1,0 +1,228 @@
+//! Upstream between two in-process hubs over TLS: a child forwards what its routes send to
+//! `$upstream` to its parent, on behalf of each sender, and rides out the parent's absence.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::inproc::{Client, TestKeys, connect, settings};
+use edgehub::hub::Hub;
+use edgehub::identity::SymmetricKey;
+use edgehub::mqtt::auth::{Authenticator, Credentials, Grant, Identity};
+use edgehub::upstream::{ConnectionString, UpstreamSettings};
+use rumqttc::MqttOptions;
+use serde_json::json;
+
+const CHILD: &str = "child-1";
+const IOTHUB: &str = "hub.example.net";
+
+/// The key of the child's `$edgeHub`, as the parent knows it.
+fn edge_hub_key() -> SymmetricKey {
+    SymmetricKey::from_bytes(b"the child's edgeHub key, 32 byte".to_vec())
+}
+
+/// The parent's authenticator: its own modules with `TestKeys`; the child's identities on
+/// behalf of `child-1/$edgeHub` (a token of its key, `auth-chain` naming the child).
+#[derive(Debug)]
+struct ParentKeys;
+
+impl Authenticator for ParentKeys {
+    fn authenticate(&self, c: &Credentials<'_>) -> Result<Grant, String> {
+        let username = c.username.ok_or("no username")?;
+        if !username.contains("auth-chain=") {
+            return TestKeys.authenticate(c);
+        }
+        let token = edgehub::sas::SasToken::parse(c.password.ok_or("no password")?)
+            .map_err(|e| e.to_string())?;
+        if token.audience() != format!("{IOTHUB}/devices/{CHILD}/modules/$edgeHub")
+            || !token.is_signed_with(&edge_hub_key())
+            || token.is_expired(SystemTime::now())
+        {
+            return Err("not the child's edge hub".to_owned());
+        }
+        let (device, module) = match c.client_id.split_once('/') {
+            Some((d, m)) => (d, Some(m)),
+            None => (c.client_id, None),
+        };
+        if device != CHILD {
+            return Err("outside the child's scope".to_owned());
+        }
+        Ok(Grant {
+            identity: Identity {
+                device_id: device.to_owned(),
+                module_id: module.map(str::to_owned),
+            },
+            valid_until: Some(token.valid_until()),
+            model_id: None,
+            key: None,
+        })
+    }
+}
+
+/// A parent hub on `mqtts_port` (0: any) with generated certificates for `localhost`; gives
+/// it and its CA's path.
+async fn parent(dir: &std::path::Path, mqtts_port: u16) -> (Hub, std::path::PathBuf) {
+    let certs =
+        edgehub::certs::ensure_generated(&dir.join("certs"), "localhost", SystemTime::now())
+            .unwrap();
+    let tls = edgehub::certs::server_config(&certs.server_chain, &certs.server_key).unwrap();
+    let mut settings = settings(
+        dir,
+        &json!({"fromChild": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/counter/inputs/in\")"}),
+    );
+    settings.mqtts = Some((format!("127.0.0.1:{mqtts_port}").parse().unwrap(), tls));
+    let hub = Hub::start(settings, Arc::new(ParentKeys)).await.unwrap();
+    (hub, certs.ca_cert)
+}
+
+/// A child hub forwarding `sensor`'s output to its parent at `port`.
+async fn child(dir: &std::path::Path, port: u16, ca: &std::path::Path) -> Hub {
+    let connection_string = ConnectionString::parse(&format!(
+        "HostName={IOTHUB};DeviceId={CHILD};ModuleId=$edgeHub;SharedAccessKey={};GatewayHostName=localhost",
+        edge_hub_key().to_base64()
+    ))
+    .unwrap();
+    let mut settings = settings(
+        dir,
+        &json!({"up": "FROM /messages/modules/sensor/* INTO $upstream"}),
+    );
+    settings.device_id = CHILD.to_owned();
+    settings.upstream =
+        Some(UpstreamSettings::new(&connection_string, port, Some(ca), None).unwrap());
+    Hub::start(settings, Arc::new(ChildKeys)).await.unwrap()
+}
+
+/// The child's modules: `child-1/<module>` with the password `key-<module>`.
+#[derive(Debug)]
+struct ChildKeys;
+
+impl Authenticator for ChildKeys {
+    fn authenticate(&self, c: &Credentials<'_>) -> Result<Grant, String> {
+        let (device, module) = c.client_id.split_once('/').ok_or("not a module")?;
+        if device != CHILD || c.password != Some(&format!("key-{module}")) {
+            return Err("bad credentials".to_owned());
+        }
+        Ok(Grant {
+            identity: Identity {
+                device_id: device.to_owned(),
+                module_id: Some(module.to_owned()),
+            },
+            valid_until: None,
+            model_id: None,
+            key: None,
+        })
+    }
+}
+
+fn module_options(hub: &Hub, device: &str, module: &str) -> MqttOptions {
+    let addr = hub.mqtt_addr().unwrap();
+    let mut options = MqttOptions::new(
+        format!("{device}/{module}"),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    options.set_credentials(
+        format!("hub/{device}/{module}/?api-version=2021-04-12"),
+        format!("key-{module}"),
+    );
+    options.set_clean_session(false);
+    options
+}
+
+/// Receives until `n` distinct sequence numbers arrived; gives (distinct in order, duplicates).
+async fn count(counter: &mut Client, n: u32, within: Duration) -> (Vec<u32>, u32) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut order = Vec::new();
+    let mut duplicates = 0;
+    let deadline = tokio::time::Instant::now() + within;
+    while seen.len() < n as usize {
+        let got = tokio::time::timeout_at(deadline, counter.incoming.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} arrived in time", seen.len()))
+            .expect("the counter runs");
+        let seq = u32::from_be_bytes(got.payload[..4].try_into().unwrap());
+        if seen.insert(seq) {
+            order.push(seq);
+        } else {
+            duplicates += 1;
+        }
+    }
+    (order, duplicates)
+}
+
+#[tokio::test]
+async fn a_child_forwards_on_behalf_of_its_module_and_the_parent_routes_by_the_sender() {
+    let (parent_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (parent, ca) = parent(parent_dir.path(), 0).await;
+    let mut counter = connect(module_options(&parent, "edge", "counter"));
+    counter.subscribe_inputs("counter").await;
+    let child = child(child_dir.path(), parent.mqtts_addr().unwrap().port(), &ca).await;
+    let sensor = connect(module_options(&child, CHILD, "sensor"));
+    sensor
+        .send(
+            "devices/child-1/modules/sensor/messages/events/%24.on=out1&%24.ct=application%2Fjson&level=high",
+            0u32.to_be_bytes().to_vec(),
+        )
+        .await;
+    let got = tokio::time::timeout(Duration::from_secs(20), counter.incoming.recv())
+        .await
+        .expect("forwarded within 20 s")
+        .unwrap();
+    assert_eq!(
+        got.topic,
+        "devices/edge/modules/counter/inputs/in/level=high&%24.ct=application%2Fjson&%24.cdid=child-1&%24.cmid=sensor"
+    );
+    let reported = child.edge_hub_twin();
+    assert_eq!(reported["reported"]["upstream"]["state"], "connected");
+    drop((sensor, counter));
+    child.shutdown().await.unwrap();
+    parent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn messages_sent_while_the_parent_is_away_arrive_in_order_once_it_is_back() {
+    const N: u32 = 300;
+    let (parent_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, ca) = parent(parent_dir.path(), 0).await;
+    let port = first.mqtts_addr().unwrap().port();
+    let child = child(child_dir.path(), port, &ca).await;
+    let sensor = connect(module_options(&child, CHILD, "sensor"));
+    // The parent goes away before anything is sent, and stays away while the child stores.
+    first.shutdown().await.unwrap();
+    for seq in 0..N {
+        sensor
+            .send(
+                "devices/child-1/modules/sensor/messages/events/%24.on=out1",
+                seq.to_be_bytes().to_vec(),
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        child.edge_hub_twin()["reported"]["upstream"]["state"],
+        "disconnected"
+    );
+
+    let (parent, _) = parent_again(parent_dir.path(), port).await;
+    let mut counter = connect(module_options(&parent, "edge", "counter"));
+    counter.subscribe_inputs("counter").await;
+    let (order, duplicates) = count(&mut counter, N, Duration::from_secs(90)).await;
+    assert_eq!(order, (0..N).collect::<Vec<_>>(), "in order, none lost");
+    println!("duplicates after the outage: {duplicates}");
+    drop((sensor, counter));
+    child.shutdown().await.unwrap();
+    parent.shutdown().await.unwrap();
+}
+
+/// The parent started again on the same data folder and port.
+async fn parent_again(dir: &std::path::Path, port: u16) -> (Hub, std::path::PathBuf) {
+    // The port was just released by the stopped hub; binding may need a moment.
+    for _ in 0..50 {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    parent(dir, port).await
+}
