@@ -165,12 +165,15 @@ struct Loaded {
     identities: BTreeMap<ClientIdentity, Identity>,
 }
 
-/// What tells that the file was replaced: a rename gives a new inode, a rewrite a new
-/// size or mtime.
+/// What tells that the file was replaced: a rename gives a new inode and status-change time,
+/// a rewrite a new size or mtime. A rotated key leaves the size as it was and a freed inode
+/// number can come back, so both times are compared too; only three replacements within one
+/// tick of the file system's clock, read in between, could look unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
+    changed: (i64, i64),
     inode: u64,
 }
 
@@ -179,6 +182,7 @@ impl Stamp {
         Self {
             len: metadata.len(),
             modified: metadata.modified().ok(),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
             inode: metadata.ino(),
         }
     }
@@ -795,6 +799,20 @@ mod tests {
             cli.rotate(&ClientIdentity::device("nobody"), KeySlot::Primary),
             Err(IdentityError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn every_one_of_rapid_rotations_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = IdentityRegistry::open(dir.path(), "edge").unwrap();
+        hub.add_device("leaf").unwrap();
+        let cli = IdentityRegistry::open(dir.path(), "edge").unwrap();
+        for _ in 0..50 {
+            let rotated = cli
+                .rotate(&ClientIdentity::device("leaf"), KeySlot::Primary)
+                .unwrap();
+            assert_eq!(hub.get("leaf", None).unwrap(), Some(rotated));
+        }
     }
 
     #[test]
