@@ -250,6 +250,139 @@ mod tests {
         }
     }
 
+    /// Every way a CONNECT can be wrong, through the authenticator the hub uses: each is
+    /// refused with a reason that names the problem and shows no token, signature or key.
+    #[test]
+    fn the_auth_matrix_refuses_each_case_with_its_reason_and_no_secret() {
+        let f = fixture();
+        let registry = f.cli();
+        let leaf = registry.get("leaf", None).unwrap().unwrap();
+        let module = registry.get("edge", Some("filter")).unwrap().unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let leaf_sr = format!("{HUB}/devices/leaf");
+        let leaf_user = format!("{HUB}/leaf/?api-version=2021-04-12");
+        let sign =
+            |sr: &str, key: &crate::identity::SymmetricKey, se: u64| crate::sas::sign(sr, key, se);
+        let forged = crate::identity::SymmetricKey::generate().unwrap();
+        // Before it is rotated away, the leaf's primary key signs a token kept for later.
+        let before_rotation = sign(&leaf_sr, &leaf.primary_key, now + 3600);
+        let cases: Vec<(&str, String, String, String, &str)> = vec![
+            (
+                "forged",
+                "leaf".into(),
+                leaf_user.clone(),
+                sign(&leaf_sr, &forged, now + 3600),
+                "signature matches neither key",
+            ),
+            (
+                "expired beyond the skew",
+                "leaf".into(),
+                leaf_user.clone(),
+                sign(&leaf_sr, &leaf.primary_key, now - 301),
+                "expired",
+            ),
+            (
+                "wrong audience",
+                "leaf".into(),
+                leaf_user.clone(),
+                sign(
+                    &format!("{HUB}/devices/other"),
+                    &leaf.primary_key,
+                    now + 3600,
+                ),
+                "does not name client leaf",
+            ),
+            (
+                "another identity's key",
+                "leaf".into(),
+                leaf_user.clone(),
+                sign(&leaf_sr, &module.primary_key, now + 3600),
+                "signature matches neither key",
+            ),
+            (
+                "client id other than the username's",
+                "edge/filter".into(),
+                leaf_user.clone(),
+                sign(&leaf_sr, &leaf.primary_key, now + 3600),
+                "is not \"leaf\"",
+            ),
+            (
+                "an id IoT Hub would refuse",
+                "le af".into(),
+                format!("{HUB}/le af/?api-version=1"),
+                sign(
+                    &format!("{HUB}/devices/le af"),
+                    &leaf.primary_key,
+                    now + 3600,
+                ),
+                "contains ' '",
+            ),
+            (
+                "an expiry past the year 9999",
+                "leaf".into(),
+                leaf_user.clone(),
+                sign(&leaf_sr, &leaf.primary_key, u64::MAX),
+                "after the year 9999",
+            ),
+        ];
+        let secrets = [
+            leaf.primary_key.to_base64(),
+            leaf.secondary_key.to_base64(),
+            module.primary_key.to_base64(),
+            forged.to_base64(),
+        ];
+        let refuse = |name: &str, client_id: &str, username: &str, token: &str, expected: &str| {
+            let reason = f
+                .auth
+                .authenticate(&Credentials {
+                    client_id,
+                    username: Some(username),
+                    password: Some(token),
+                })
+                .map(|_| ())
+                .expect_err(name);
+            assert!(reason.contains(expected), "{name}: {reason}");
+            let sig = token
+                .split("sig=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap();
+            assert!(!reason.contains(sig), "{name}: {reason}");
+            for secret in &secrets {
+                assert!(!reason.contains(secret.as_str()), "{name}: {reason}");
+            }
+        };
+        for (name, client_id, username, token, expected) in &cases {
+            refuse(name, client_id, username, token, expected);
+        }
+        // Rotated: the token signed before the rotation no longer connects.
+        registry
+            .rotate(&ClientIdentity::device("leaf"), KeySlot::Primary)
+            .unwrap();
+        refuse(
+            "rotated",
+            "leaf",
+            &leaf_user,
+            &before_rotation,
+            "signature matches neither key",
+        );
+        // Removed: nor does any token of a removed identity.
+        let secondary = sign(&leaf_sr, &leaf.secondary_key, now + 3600);
+        registry.remove(&ClientIdentity::device("leaf")).unwrap();
+        refuse(
+            "removed",
+            "leaf",
+            &leaf_user,
+            &secondary,
+            "unknown identity leaf",
+        );
+    }
+
     #[test]
     fn a_grant_remembers_which_key_signed_without_showing_it() {
         let f = fixture();
