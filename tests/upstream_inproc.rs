@@ -175,6 +175,15 @@ async fn a_child_forwards_on_behalf_of_its_module_and_the_parent_routes_by_the_s
     );
     let reported = child.edge_hub_twin();
     assert_eq!(reported["reported"]["upstream"]["state"], "connected");
+    let metrics = get_metrics(&child).await;
+    for line in [
+        "edgehub_upstream_connected{state=\"connected\"} 1",
+        "edgehub_upstream_links{state=\"connected\"} 1",
+        "edgehub_upstream_forwarded_total 1",
+        "edgehub_upstream_in_flight 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     drop((sensor, counter));
     child.shutdown().await.unwrap();
     parent.shutdown().await.unwrap();
@@ -225,4 +234,19 @@ async fn parent_again(dir: &std::path::Path, port: u16) -> (Hub, std::path::Path
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     parent(dir, port).await
+}
+
+/// The body of `GET /metrics` of `hub`.
+async fn get_metrics(hub: &Hub) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(hub.metrics_addr().unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }

@@ -105,6 +105,16 @@ pub fn render(sources: &MetricsSources) -> String {
     ];
     if let Some(upstream) = &sources.upstream {
         gauges.extend(upstream_gauges(upstream));
+        gauges.push(Gauge {
+            name: "edgehub_upstream_backlog",
+            help: "Messages waiting to go upstream, per priority (0 is the highest).",
+            samples: store
+                .backlog_by_priority(&router::Endpoint::Upstream.id(""))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(priority, count)| (format!("{{priority=\"{priority}\"}}"), count as f64))
+                .collect(),
+        });
     }
     sources.metrics.render(&gauges)
 }

@@ -147,6 +147,16 @@ impl Endpoint {
         self.is_ready(&state)
     }
 
+    /// Entries waiting per priority, highest priority (lowest number) first.
+    pub fn backlog_by_priority(&self) -> Vec<(u32, u64)> {
+        self.lock()
+            .queues
+            .iter()
+            .map(|(priority, q)| (*priority, q.count()))
+            .filter(|(_, count)| *count > 0)
+            .collect()
+    }
+
     pub fn stats(&self, now_ms: u64) -> EndpointStats {
         let state = self.lock();
         let mut stats = EndpointStats::default();

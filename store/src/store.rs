@@ -260,6 +260,12 @@ impl Store {
         Some(endpoint.stats(self.state.config.clock.now_ms()))
     }
 
+    /// Entries waiting in endpoint `id`, per priority (highest first, empty queues left out);
+    /// `None` if there is no such endpoint.
+    pub fn backlog_by_priority(&self, id: &str) -> Option<Vec<(u32, u64)>> {
+        Some(self.state.endpoint(id)?.backlog_by_priority())
+    }
+
     /// Totals for the store; `disk_bytes` is as of the last cleaner run.
     pub fn stats(&self) -> StoreStats {
         self.state

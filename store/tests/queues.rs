@@ -19,6 +19,12 @@ fn entries_come_out_by_priority_then_in_enqueue_order() {
     put(&store, "mid-1", &[to(&iothub, 5)]);
     put(&store, "high-2", &[to(&iothub, 0)]);
 
+    assert_eq!(
+        store.backlog_by_priority("iothub"),
+        Some(vec![(0, 2), (5, 1), (2_000_000_000, 2)])
+    );
+    assert_eq!(store.backlog_by_priority("nope"), None);
+
     let mut reader = store.reader("iothub").expect("reader");
     let batch = reader.read(3, usize::MAX).expect("read");
     assert_eq!(payloads(&batch), ["high-1", "high-2", "mid-1"]);
