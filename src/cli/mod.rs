@@ -26,7 +26,7 @@ enum Command {
     /// Check and test routes.
     #[command(subcommand)]
     Route(route::RouteCommand),
-    /// Create, list, remove the identities of modules and leaf devices, and rotate their keys.
+    /// Create, list and remove the identities of modules and leaf devices, and rotate their keys.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
     /// Run the hub until SIGTERM or SIGINT.
