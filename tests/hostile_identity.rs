@@ -93,17 +93,22 @@ impl Hub {
 
     /// MQTT options for leaf device `device` with the key of `connection_string`.
     fn leaf(&self, device: &str, connection_string: &str) -> MqttOptions {
+        let expiry = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        self.leaf_until(device, connection_string, expiry)
+    }
+
+    /// The same with a token that expires at `expiry` (seconds since the epoch).
+    fn leaf_until(&self, device: &str, connection_string: &str, expiry: u64) -> MqttOptions {
         let fields: HashMap<&str, &str> = connection_string
             .trim()
             .split(';')
             .filter_map(|f| f.split_once('='))
             .collect();
         let key = SymmetricKey::from_base64(fields["SharedAccessKey"]).unwrap();
-        let expiry = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 3600;
         let mut options = MqttOptions::new(device, "127.0.0.1", self.mqtt);
         options.set_credentials(
             format!("{HUB_HOST}/{device}/?api-version=2021-04-12"),
@@ -202,5 +207,23 @@ async fn a_connect_with_an_id_iot_hub_would_refuse_is_refused() {
     assert!(refused(hub.leaf(&long, &leaf)).await);
     // A character outside IoT Hub's set.
     assert!(refused(hub.leaf("le af", &leaf)).await);
+    connect(hub.leaf("leaf", &leaf)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_that_expire_at_the_edge_of_time_neither_panic_nor_pass() {
+    let hub = Hub::start();
+    let leaf = hub.identity(&["add", "--device", "leaf"]);
+    for expiry in [u64::MAX, i64::MAX as u64, edgehub::sas::MAX_EXPIRY + 1] {
+        assert!(
+            refused(hub.leaf_until("leaf", &leaf, expiry)).await,
+            "{expiry}"
+        );
+    }
+    // The latest expiry accepted connects and stays connected (its deadline is representable).
+    let (_client, mut eventloop) =
+        connect(hub.leaf_until("leaf", &leaf, edgehub::sas::MAX_EXPIRY)).await;
+    assert!(!closed_within(&mut eventloop, Duration::from_secs(3)).await);
+    // The hub is still there for everyone else.
     connect(hub.leaf("leaf", &leaf)).await;
 }

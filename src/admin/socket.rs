@@ -36,17 +36,28 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
+    bind_privately(path, |_| {})
+}
+
+/// [`bind`] after the check for another hub: `before_rename` sees the bound socket in its
+/// private folder (tests look at it there).
+fn bind_privately(path: &Path, before_rename: impl FnOnce(&Path)) -> io::Result<UnixListener> {
     let private = private_folder(path)?;
-    let result = bind_in(&private, path);
+    let result = bind_in(&private, path, before_rename);
     let _ = std::fs::remove_dir_all(&private);
     result
 }
 
 /// Binds in `private` (a 0700 folder), sets the socket's mode, moves it to `path`.
-fn bind_in(private: &Path, path: &Path) -> io::Result<UnixListener> {
+fn bind_in(
+    private: &Path,
+    path: &Path,
+    before_rename: impl FnOnce(&Path),
+) -> io::Result<UnixListener> {
     let inside = private.join(SOCKET_NAME);
     let listener = UnixListener::bind(&inside)?;
     std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+    before_rename(&inside);
     std::fs::rename(&inside, path)?;
     Ok(listener)
 }
@@ -97,6 +108,24 @@ mod tests {
         let again = bind(&path).unwrap();
         std::os::unix::net::UnixStream::connect(&path).unwrap();
         drop(again);
+    }
+
+    #[tokio::test]
+    async fn until_it_is_private_the_socket_is_out_of_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        let mut seen = None;
+        let _listener = bind_privately(&path, |inside| {
+            // Bound, and not yet at its path: only its owner can reach the folder it is in.
+            assert!(!path.exists());
+            let folder = inside.parent().unwrap();
+            let folder_mode = std::fs::metadata(folder).unwrap().permissions().mode();
+            let socket_mode = std::fs::metadata(inside).unwrap().permissions().mode();
+            seen = Some((folder_mode & 0o077, socket_mode & 0o777));
+        })
+        .unwrap();
+        assert_eq!(seen, Some((0, 0o600)));
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
     }
 
     #[test]
