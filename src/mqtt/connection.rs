@@ -37,9 +37,11 @@ pub use super::limits::MAX_PACKET;
 /// How long one write to the client may take: a client that stops reading is closed after
 /// it, so that keep-alive, takeover and token expiry are never held up for longer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Refused CONNECTs are logged at most this often (process-wide); all are counted in the
-/// metrics.
+/// Refused CONNECTs are logged at most [`REFUSAL_LOG_BURST`] per this interval
+/// (process-wide); all are counted in the metrics.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`REFUSAL_LOG_INTERVAL`].
+const REFUSAL_LOG_BURST: u32 = 10;
 /// How often a connection checks that its identity still exists and that the key it
 /// authenticated with was not rotated (`edgehub identity remove|rotate`).
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -219,7 +221,7 @@ where
         username: connect.login.as_ref().map(|l| l.username.as_str()),
         password: connect.login.as_ref().map(|l| l.password.as_str()),
     };
-    static REFUSAL_LOG: Throttle = Throttle::new(REFUSAL_LOG_INTERVAL);
+    static REFUSAL_LOG: Throttle = Throttle::new(REFUSAL_LOG_INTERVAL, REFUSAL_LOG_BURST);
     let refusal_log = &REFUSAL_LOG;
     match services.auth.authenticate(&credentials) {
         Ok(grant) => Some(grant),
@@ -229,7 +231,7 @@ where
                 tracing::warn!(
                     client_id = %truncated(&connect.client_id),
                     %reason,
-                    "connection refused (refusals are logged at most every 10 s; all are counted)"
+                    "connection refused (at most 10 refusals are logged per 10 s; all are counted)"
                 );
             }
             let refused = ConnAck::new(ConnectReturnCode::NotAuthorized, false);
@@ -745,32 +747,41 @@ async fn guarded<E>(
     }
 }
 
-/// Lets an event through at most once per interval (process-wide), for log lines an attacker
-/// could otherwise repeat at will.
+/// Lets at most `burst` events through per interval (process-wide), for log lines an
+/// attacker could otherwise repeat at will: a few distinct refusals are all logged, a flood
+/// is not.
 struct Throttle {
     interval: Duration,
-    last: std::sync::Mutex<Option<std::time::Instant>>,
+    burst: u32,
+    /// The current window's start and the events let through in it.
+    window: std::sync::Mutex<Option<(std::time::Instant, u32)>>,
 }
 
 impl Throttle {
-    const fn new(interval: Duration) -> Self {
+    const fn new(interval: Duration, burst: u32) -> Self {
         Self {
             interval,
-            last: std::sync::Mutex::new(None),
+            burst,
+            window: std::sync::Mutex::new(None),
         }
     }
 
     fn allow(&self) -> bool {
-        let mut last = self
-            .last
+        let mut window = self
+            .window
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = std::time::Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < self.interval) {
-            return false;
+        match &mut *window {
+            Some((start, count)) if now.duration_since(*start) < self.interval => {
+                *count += 1;
+                *count <= self.burst
+            }
+            _ => {
+                *window = Some((now, 1));
+                true
+            }
         }
-        *last = Some(now);
-        true
     }
 }
 
@@ -787,5 +798,25 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_a_burst_through_then_nothing_until_the_next_window() {
+        let throttle = Throttle::new(Duration::from_secs(3600), 3);
+        assert!((0..3).all(|_| throttle.allow()));
+        assert!(!throttle.allow());
+        assert!(!throttle.allow());
+    }
+
+    #[test]
+    fn log_lines_cut_client_supplied_text() {
+        let long = "é".repeat(1000);
+        assert_eq!(truncated(&long).chars().count(), 128);
+        assert_eq!(truncated("short"), "short");
     }
 }

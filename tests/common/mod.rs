@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod hubproc;
 pub mod inproc;
 
 /// The route most tests deploy: module `sender`'s output `out1` to module `receiver`'s input `in1`.

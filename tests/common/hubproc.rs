@@ -1,0 +1,142 @@
+//! The real `edgehub` binary in a folder of its own, its log kept in a file, and MQTT
+//! credentials made the way the SDKs make them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edgehub::identity::SymmetricKey;
+use rumqttc::MqttOptions;
+use serde_json::{Value, json};
+
+use super::{SENDER_TO_RECEIVER, free_port, wait_until};
+
+/// The IoT Hub hostname of the hubs these tests run.
+pub const HUB_HOST: &str = "hub.example.net";
+
+/// A hub process; killed when dropped.
+pub struct HubProcess {
+    /// Its folder: config, deployment, data and log.
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Its plain MQTT port on 127.0.0.1.
+    pub mqtt: u16,
+}
+
+impl HubProcess {
+    /// A hub of device `edge` with modules `sender` and `receiver` and the route between them;
+    /// its log (at `info`, stdout and stderr) goes to `hub.log` in its folder.
+    pub fn start() -> Self {
+        Self::start_with(
+            &json!({"senderToReceiver": SENDER_TO_RECEIVER}),
+            &["sender", "receiver"],
+        )
+    }
+
+    /// A hub of device `edge` with these routes and modules.
+    pub fn start_with(routes: &Value, modules: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("deployment.json"),
+            super::manifest(routes, modules).to_string(),
+        )
+        .unwrap();
+        let (mqtt, mqtts) = (free_port(), free_port());
+        std::fs::write(
+            dir.path().join("edgehub.toml"),
+            format!(
+                "device_id = \"edge\"\niothub_hostname = \"{HUB_HOST}\"\n\
+                 gateway_hostname = \"localhost\"\ndata_dir = \"data\"\n\
+                 manifest = \"deployment.json\"\n[listen]\nmqtt = \"127.0.0.1:{mqtt}\"\n\
+                 mqtts = \"127.0.0.1:{mqtts}\"\nhttps = \"127.0.0.1:0\"\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("hub.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_edgehub"))
+            .args(["run", "--config"])
+            .arg(dir.path().join("edgehub.toml"))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let hub = Self {
+            dir,
+            child: Some(child),
+            mqtt,
+        };
+        let socket = hub.dir.path().join("data/admin.sock");
+        wait_until(
+            Duration::from_secs(30),
+            "the admin endpoint answers",
+            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        );
+        hub
+    }
+
+    /// The configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("edgehub.toml")
+    }
+
+    /// What the hub logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
+    }
+
+    /// `edgehub identity <args> --config <this hub's config>`, which must succeed; its stdout.
+    pub fn identity(&self, args: &[&str]) -> String {
+        let out: Output = Command::new(env!("CARGO_BIN_EXE_edgehub"))
+            .arg("identity")
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "identity {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// MQTT options on this hub's plain port.
+    pub fn options(&self, client_id: &str, username: &str, password: &str) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", self.mqtt);
+        options.set_credentials(username, password);
+        options.set_keep_alive(Duration::from_secs(60));
+        options
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The key of a connection string.
+pub fn key_of(connection_string: &str) -> SymmetricKey {
+    let fields: HashMap<&str, &str> = connection_string
+        .trim()
+        .split(';')
+        .filter_map(|f| f.split_once('='))
+        .collect();
+    SymmetricKey::from_base64(fields["SharedAccessKey"]).unwrap()
+}
+
+/// Seconds since the Unix epoch, `offset` seconds from now.
+pub fn epoch_secs(offset: i64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    now.checked_add_signed(offset).unwrap()
+}
