@@ -45,6 +45,39 @@ pub struct Config {
     /// Decision D2: a publish to a topic outside the documented set closes the connection
     /// (`true`) instead of being acknowledged, dropped and counted (`false`, the default).
     pub strict_topics: bool,
+    /// `[upstream]`: where `$upstream` messages go; `None`: they wait in their queue.
+    pub upstream: Option<UpstreamConfig>,
+    /// `[limits]`.
+    pub limits: Limits,
+}
+
+/// The `[upstream]` table: IoT Hub, or the parent hub in a nested deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// `connection_string`: this hub's `$edgeHub` connection string; the host connected to is
+    /// its `GatewayHostName` when present (a parent hub), else its `HostName` (IoT Hub).
+    pub connection_string: crate::upstream::ConnectionString,
+    /// `port` (default 8883).
+    pub port: u16,
+    /// `ca`: the CA that signs upstream's server certificate (PEM); default: the system's
+    /// roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `max_connections`: the most connections open at once over MQTT, MQTTS and HTTPS
+    /// (default 16,384); more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: crate::hub::HubSettings::MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// Where the deployment manifest comes from.
@@ -263,6 +296,8 @@ impl Config {
             tls: None,
             store: StoreSettings::default(),
             strict_topics: false,
+            upstream: None,
+            limits: Limits::default(),
         }
     }
 
@@ -375,6 +410,23 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     strict_topics: bool,
+    upstream: Option<RawUpstream>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    connection_string: String,
+    port: Option<u16>,
+    ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -482,14 +534,53 @@ impl RawConfig {
         Ok(Config {
             iothub_hostname: v.hostname("iothub_hostname", self.iothub_hostname)?,
             gateway_hostname: v.hostname("gateway_hostname", self.gateway_hostname)?,
-            device_id: self.device_id,
             data_dir: v.path("data_dir", &self.data_dir)?,
             manifest: ManifestSource::File(v.path("manifest", &self.manifest)?),
             listen,
             tls,
             store: self.store.validate(v)?,
             strict_topics: self.strict_topics,
+            upstream: self
+                .upstream
+                .map(|raw| raw.validate(v, &self.device_id))
+                .transpose()?,
+            limits: self.limits.validate(v)?,
+            device_id: self.device_id,
         })
+    }
+}
+
+impl RawUpstream {
+    fn validate(self, v: &Validator<'_>, device_id: &str) -> Result<UpstreamConfig, ConfigError> {
+        let connection_string = crate::upstream::ConnectionString::parse(&self.connection_string)
+            .map_err(|e| v.invalid("upstream.connection_string", e))?;
+        if connection_string.device_id != device_id {
+            return Err(v.invalid(
+                "upstream.connection_string",
+                format_args!(
+                    "its DeviceId {:?} is not this hub's device_id {device_id:?}",
+                    connection_string.device_id
+                ),
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(v.invalid("upstream.port", "must be a port number (1 to 65535)"));
+        }
+        Ok(UpstreamConfig {
+            connection_string,
+            port: self.port.unwrap_or(crate::upstream::settings::DEFAULT_PORT),
+            ca: self.ca.map(|ca| v.path("upstream.ca", &ca)).transpose()?,
+        })
+    }
+}
+
+impl RawLimits {
+    fn validate(self, v: &Validator<'_>) -> Result<Limits, ConfigError> {
+        match self.max_connections {
+            Some(0) => Err(v.invalid("limits.max_connections", "must be positive")),
+            Some(max_connections) => Ok(Limits { max_connections }),
+            None => Ok(Limits::default()),
+        }
     }
 }
 
@@ -583,6 +674,61 @@ manifest = "deployment.json"
         error
             .key()
             .unwrap_or_else(|| panic!("not an invalid value: {error}"))
+    }
+
+    #[test]
+    fn the_upstream_and_limits_tables_are_read_and_checked() {
+        let key = "c2VjcmV0LWtleS1vZi1lZGdlaHViLTAxMjM0NTY3ODk=";
+        let connection_string = |device: &str| {
+            format!(
+                "HostName=hub.example.net;DeviceId={device};ModuleId=$edgeHub;SharedAccessKey={key};GatewayHostName=parent.local"
+            )
+        };
+        let config = parse(&format!(
+            "[upstream]\nconnection_string = \"{}\"\nport = 18883\nca = \"parent-ca.pem\"\n[limits]\nmax_connections = 100\n",
+            connection_string("edge-1")
+        ))
+        .unwrap();
+        let upstream = config.upstream.unwrap();
+        assert_eq!(upstream.port, 18883);
+        assert_eq!(
+            upstream.ca.unwrap(),
+            Path::new("/etc/edgehub/parent-ca.pem")
+        );
+        assert_eq!(
+            upstream.connection_string.gateway_hostname.as_deref(),
+            Some("parent.local")
+        );
+        assert_eq!(config.limits.max_connections, 100);
+        let default_port = parse(&format!(
+            "[upstream]\nconnection_string = \"{}\"\n",
+            connection_string("edge-1")
+        ))
+        .unwrap();
+        assert_eq!(default_port.upstream.unwrap().port, 8883);
+
+        assert_eq!(
+            invalid_key(&format!(
+                "[upstream]\nconnection_string = \"{}\"\n",
+                connection_string("someone-else")
+            )),
+            "upstream.connection_string"
+        );
+        assert_eq!(
+            invalid_key("[upstream]\nconnection_string = \"HostName=h;DeviceId=edge-device\"\n"),
+            "upstream.connection_string"
+        );
+        assert_eq!(
+            invalid_key(&format!(
+                "[upstream]\nconnection_string = \"{}\"\nport = 0\n",
+                connection_string("edge-1")
+            )),
+            "upstream.port"
+        );
+        assert_eq!(
+            invalid_key("[limits]\nmax_connections = 0\n"),
+            "limits.max_connections"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use router::EdgeHubRoutes;
 use crate::config::Config;
 use crate::hub::{Hub, HubSettings};
 use crate::mqtt::auth::SasAuthenticator;
+use crate::upstream::UpstreamSettings;
 
 /// Runs the hub described by `config` until SIGTERM or SIGINT, then shuts it down cleanly
 /// (stop accepting, close connections, close the store).
@@ -60,8 +61,8 @@ pub async fn run(config: Config) -> Result<()> {
         store: store_config(&config),
         routes,
         connect_timeout: HubSettings::CONNECT_TIMEOUT,
-        max_connections: HubSettings::MAX_CONNECTIONS,
-        upstream: None,
+        max_connections: config.limits.max_connections,
+        upstream: upstream_settings(&config)?,
         desired_version: deployment
             .edge_hub
             .get("$version")
@@ -93,6 +94,24 @@ async fn stop(hub: Arc<Hub>) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("the hub is still shared at shutdown"))?
         .shutdown()
         .await
+}
+
+/// The `[upstream]` table as the hub needs it: TLS roots read, credentials chosen.
+fn upstream_settings(config: &Config) -> Result<Option<UpstreamSettings>> {
+    let Some(upstream) = &config.upstream else {
+        return Ok(None);
+    };
+    let registry = config
+        .identity_registry()
+        .context("opening the identity registry for upstream")?;
+    let settings = UpstreamSettings::new(
+        &upstream.connection_string,
+        upstream.port,
+        upstream.ca.as_deref(),
+        Some(Arc::new(registry)),
+    )
+    .context("setting up the upstream connection")?;
+    Ok(Some(settings))
 }
 
 fn store_config(config: &Config) -> store::StoreConfig {

@@ -140,6 +140,19 @@ pub enum AuthError {
     /// The identity registry could not be read.
     #[error("cannot read the identity registry")]
     Store(#[from] IdentityError),
+    /// An on-behalf-of username whose `auth-chain` is malformed or does not start with the
+    /// client.
+    #[error("auth-chain {0:?} is not `{{client}};{{edge device}}[;...]`")]
+    AuthChain(String),
+    /// The `auth-chain` is not a path of this hub's device scope: the client is not in the
+    /// scope of the edge device that acts for it.
+    #[error("{client} is not in the scope of edge device {actor}")]
+    NotInScope {
+        /// The identity claimed.
+        client: ClientIdentity,
+        /// The edge device acting for it.
+        actor: String,
+    },
 }
 
 impl AuthError {
@@ -166,6 +179,9 @@ pub struct Authenticated {
     /// That key's fingerprint: the connection stays only while it is a current key of the
     /// identity (see [`IdentityRegistry::key_status`]).
     pub fingerprint: KeyFingerprint,
+    /// Whose key it is: the identity itself, or, for an on-behalf-of connection (spec 1.5),
+    /// the `$edgeHub` of the child edge device acting for it.
+    pub signer: ClientIdentity,
 }
 
 impl SasToken {
@@ -328,21 +344,69 @@ pub fn authenticate(
             expiry: token.expiry(),
         });
     }
-    token.check_audience(client, hostnames)?;
+    // On behalf of (spec 1.5): the token is the acting edge hub's, for a client in its scope.
+    let signer = match &username.auth_chain {
+        Some(chain) => acting_edge_hub(client, chain, store)?,
+        None => client.clone(),
+    };
+    token.check_audience(&signer, hostnames)?;
     let identity: Identity = store
-        .get(&client.device_id, client.module_id.as_deref())?
-        .ok_or_else(|| AuthError::UnknownIdentity(client.clone()))?;
+        .get(&signer.device_id, signer.module_id.as_deref())?
+        .ok_or_else(|| AuthError::UnknownIdentity(signer.clone()))?;
     let key = [KeySlot::Primary, KeySlot::Secondary]
         .into_iter()
         .find(|&slot| token.is_signed_with(identity.key(slot)))
-        .ok_or_else(|| AuthError::BadSignature(client.clone()))?;
+        .ok_or_else(|| AuthError::BadSignature(signer.clone()))?;
     Ok(Authenticated {
         identity: client.clone(),
         valid_until: token.valid_until(),
         key,
         fingerprint: identity.key(key).fingerprint(),
+        signer,
         username,
     })
+}
+
+/// The `$edgeHub` that acts for `client` along `chain` (`{client};{edge};...[;{this hub}]`):
+/// each step of the chain is the device itself (a module of that edge device) or the edge
+/// device it is registered under here, and every edge device is registered here as one. The
+/// last edge device of the chain is the actor; its `$edgeHub` must have signed the token.
+///
+/// # Errors
+///
+/// A malformed chain, or one that is not a path of this hub's device scope.
+fn acting_edge_hub(
+    client: &ClientIdentity,
+    chain: &str,
+    store: &IdentityRegistry,
+) -> Result<ClientIdentity, AuthError> {
+    let malformed = || AuthError::AuthChain(chain.chars().take(256).collect());
+    let mut hops: Vec<&str> = chain.split(';').map(str::trim).collect();
+    if hops.first().copied() != Some(client.to_string().as_str()) {
+        return Err(malformed());
+    }
+    hops.remove(0);
+    if hops.last().copied() == Some(store.edge_device_id()) {
+        hops.pop();
+    }
+    if hops.is_empty() || hops.len() > 8 || hops.iter().any(|h| h.is_empty()) {
+        return Err(malformed());
+    }
+    let mut current = client.device_id.clone();
+    for hop in &hops {
+        let in_scope = current == *hop || store.parent_of(&current)?.as_deref() == Some(*hop);
+        if !in_scope || !store.is_edge_device(hop)? {
+            return Err(AuthError::NotInScope {
+                client: client.clone(),
+                actor: (*hop).to_owned(),
+            });
+        }
+        current = (*hop).to_owned();
+    }
+    Ok(ClientIdentity::module(
+        current,
+        crate::identity::id::EDGE_HUB,
+    ))
 }
 
 fn mac(key: &SymmetricKey, raw_resource_uri: &str, raw_expiry: &str) -> HmacSha256 {
@@ -786,6 +850,90 @@ mod tests {
             }
             let _ = auth(&f, &client_id, &username, &password);
         });
+    }
+
+    /// A token of the `$edgeHub` of `edge_device`, valid for an hour.
+    fn edge_hub_token(f: &Fixture, edge_device: &str) -> String {
+        let identity = f
+            .store
+            .get(edge_device, Some("$edgeHub"))
+            .unwrap()
+            .expect("a registered edge device");
+        valid_token(
+            &format!("myhub.azure-devices.net/devices/{edge_device}/modules/$edgeHub"),
+            identity.key(KeySlot::Primary),
+        )
+    }
+
+    fn chain_user(client: &str, chain: &str) -> String {
+        let chain = utf8_percent_encode(chain, NON_ALPHANUMERIC);
+        format!("myhub.azure-devices.net/{client}/?api-version=2021-04-12&auth-chain={chain}")
+    }
+
+    #[test]
+    fn a_child_edge_hub_connects_on_behalf_of_what_is_in_its_scope() {
+        let f = fixture();
+        f.store.add_edge_device("child-1", None).unwrap();
+        f.store.add_edge_device("child-2", None).unwrap();
+        f.store.add_device_under("leaf-7", "child-1").unwrap();
+        f.store.add_edge_device("bottom", Some("child-1")).unwrap();
+        let token = edge_hub_token(&f, "child-1");
+        for (client, chain) in [
+            ("child-1/sensor", "child-1/sensor;child-1"),
+            ("child-1/sensor", "child-1/sensor;child-1;edge"),
+            ("leaf-7", "leaf-7;child-1"),
+            ("bottom/filter", "bottom/filter;bottom;child-1"),
+        ] {
+            let authenticated = auth(&f, client, &chain_user(client, chain), &token)
+                .unwrap_or_else(|e| panic!("{client} via {chain}: {e}"));
+            assert_eq!(authenticated.identity.to_string(), client);
+            assert_eq!(authenticated.signer.to_string(), "child-1/$edgeHub");
+        }
+    }
+
+    #[test]
+    fn on_behalf_of_connections_outside_the_scope_are_refused() {
+        let f = fixture();
+        f.store.add_edge_device("child-1", None).unwrap();
+        f.store.add_edge_device("child-2", None).unwrap();
+        f.store.add_device_under("leaf-9", "child-2").unwrap();
+        let token = edge_hub_token(&f, "child-1");
+        for (client, chain) in [
+            // the parent's own module and leaf, another child's module and leaf
+            ("edge/filter", "edge/filter;child-1"),
+            ("leaf", "leaf;child-1"),
+            ("child-2/sensor", "child-2/sensor;child-1"),
+            ("leaf-9", "leaf-9;child-1"),
+            // a device that is not an edge device acting
+            ("leaf/x", "leaf/x;leaf"),
+        ] {
+            let refused = auth(&f, client, &chain_user(client, chain), &token).unwrap_err();
+            assert!(
+                matches!(refused, AuthError::NotInScope { .. }),
+                "{client} via {chain}: {refused}"
+            );
+        }
+        for (client, chain) in [
+            ("child-1/sensor", "child-1/other;child-1"),
+            ("child-1/sensor", "child-1/sensor"),
+            ("child-1/sensor", "child-1/sensor;;child-1"),
+        ] {
+            let refused = auth(&f, client, &chain_user(client, chain), &token).unwrap_err();
+            assert!(
+                matches!(refused, AuthError::AuthChain(_)),
+                "{chain}: {refused}"
+            );
+        }
+        // Another edge hub's token does not act for child-1.
+        let other = edge_hub_token(&f, "child-2");
+        let refused = auth(
+            &f,
+            "child-1/sensor",
+            &chain_user("child-1/sensor", "child-1/sensor;child-1"),
+            &other,
+        )
+        .unwrap_err();
+        assert!(matches!(refused, AuthError::Audience(_)), "{refused}");
     }
 
     proptest! {

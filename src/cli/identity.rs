@@ -33,16 +33,28 @@ pub(super) enum IdentityCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("a_device").args(["device", "edge_device"])))]
 pub(super) struct AddArgs {
     /// The hub's configuration; without it, the embedded default (data folder ./data).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The module id.
-    #[arg(required_unless_present = "device", conflicts_with = "device")]
+    #[arg(
+        required_unless_present_any = ["device", "edge_device"],
+        conflicts_with_all = ["device", "edge_device"]
+    )]
     module_id: Option<String>,
     /// A leaf device id, instead of a module.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with = "edge_device")]
     device: Option<String>,
+    /// A child edge device (nested deployments): prints the connection string of its
+    /// `$edgeHub`, for the `[upstream]` of the child hub.
+    #[arg(long, value_name = "ID")]
+    edge_device: Option<String>,
+    /// With --device or --edge-device: the child edge device it sits under (its hub connects
+    /// here on the device's behalf).
+    #[arg(long, value_name = "EDGE_DEVICE_ID", requires = "a_device")]
+    parent: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -122,10 +134,15 @@ fn add(args: &AddArgs) -> Result<(), Failure> {
     }
     let config = Config::load_or_default(args.config.as_deref())?;
     let store = config.identity_registry()?;
-    let identity = match (&args.module_id, &args.device) {
-        (Some(module_id), _) => store.add_module(module_id)?,
-        (None, Some(device_id)) => store.add_device(device_id)?,
-        (None, None) => unreachable!("clap requires a module id or --device"),
+    let parent = args.parent.as_deref();
+    let identity = match (&args.module_id, &args.device, &args.edge_device) {
+        (Some(module_id), _, _) => store.add_module(module_id)?,
+        (None, Some(device_id), _) => match parent {
+            Some(parent) => store.add_device_under(device_id, parent)?,
+            None => store.add_device(device_id)?,
+        },
+        (None, None, Some(edge_device)) => store.add_edge_device(edge_device, parent)?,
+        (None, None, None) => unreachable!("clap requires a module id, --device or --edge-device"),
     };
     println!("{}", identity.connection_string(&config.hostnames()));
     Ok(())

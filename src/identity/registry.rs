@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use crate::fs::write_atomically;
 
-use super::id::{IdError, validate_device_id, validate_module_id};
+use super::id::{EDGE_HUB, IdError, validate_device_id, validate_module_id};
 use super::key::{KeyFingerprint, KeySlot, RandomError, SymmetricKey};
 use super::{ClientIdentity, Hostnames};
 
@@ -39,6 +39,10 @@ pub struct Identity {
     pub primary_key: SymmetricKey,
     /// The secondary key.
     pub secondary_key: SymmetricKey,
+    /// For a device: the edge device it is registered under, when it is downstream of a
+    /// child edge device (nested deployments, spec 6.2); `None` for this hub's own leaf
+    /// devices and for modules.
+    pub parent: Option<String>,
 }
 
 impl Identity {
@@ -97,6 +101,7 @@ impl Identity {
             id,
             primary_key: SymmetricKey::generate()?,
             secondary_key: SymmetricKey::generate()?,
+            parent: None,
         })
     }
 }
@@ -131,6 +136,9 @@ pub enum IdentityError {
     /// The registry has no such identity (remove, rotate).
     #[error("there is no identity {0}")]
     Unknown(ClientIdentity),
+    /// A device was to be registered under a device that is not a child edge device here.
+    #[error("{0} is not an edge device of this hub (add it with --edge-device first)")]
+    NotAnEdgeDevice(String),
 }
 
 /// Whether a key that authenticated a connection still does, as
@@ -204,6 +212,8 @@ struct Record {
     module_id: Option<String>,
     primary_key: SymmetricKey,
     secondary_key: SymmetricKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<String>,
 }
 
 const FORMAT_VERSION: u32 = 1;
@@ -235,6 +245,12 @@ impl IdentityRegistry {
         };
         store.reload_if_changed()?;
         Ok(store)
+    }
+
+    /// The edge device whose modules [`add_module`](Self::add_module) creates.
+    #[must_use]
+    pub fn edge_device_id(&self) -> &str {
+        &self.edge_device_id
     }
 
     /// The path of the store's file.
@@ -285,6 +301,102 @@ impl IdentityRegistry {
         Ok(self
             .add_all(vec![ClientIdentity::device(device_id)])?
             .remove(0))
+    }
+
+    /// Registers `device_id` as a child edge device (nested deployments, spec 6.2), under the
+    /// edge device `parent` when it sits further down: the device itself and its `$edgeHub`,
+    /// whose identity (and keys) is returned; what exists is kept. The child's `$edgeHub` then
+    /// connects on behalf of the child's modules and of the devices registered under it.
+    ///
+    /// # Errors
+    ///
+    /// An invalid id, a `parent` that is not an edge device here, or a failure to read or
+    /// write the file.
+    pub fn add_edge_device(
+        &self,
+        device_id: &str,
+        parent: Option<&str>,
+    ) -> Result<Identity, IdentityError> {
+        validate_device_id(device_id)?;
+        let ids = vec![
+            ClientIdentity::device(device_id),
+            ClientIdentity::module(device_id, EDGE_HUB),
+        ];
+        Ok(self.add_under(ids, parent)?.remove(1))
+    }
+
+    /// The identity of leaf device `device_id` registered under the child edge device
+    /// `parent` (created with new keys if it does not exist yet; an existing one is moved under
+    /// `parent`).
+    ///
+    /// # Errors
+    ///
+    /// An invalid id, a `parent` that is not an edge device here, or a failure to read or
+    /// write the file.
+    pub fn add_device_under(
+        &self,
+        device_id: &str,
+        parent: &str,
+    ) -> Result<Identity, IdentityError> {
+        validate_device_id(device_id)?;
+        Ok(self
+            .add_under(vec![ClientIdentity::device(device_id)], Some(parent))?
+            .remove(0))
+    }
+
+    /// Whether `device_id` is a child edge device here (it has a `$edgeHub` identity).
+    ///
+    /// # Errors
+    ///
+    /// When the file changed and cannot be read or parsed.
+    pub fn is_edge_device(&self, device_id: &str) -> Result<bool, IdentityError> {
+        Ok(self.get(device_id, Some(EDGE_HUB))?.is_some())
+    }
+
+    /// The edge device `device_id` is registered under, if any.
+    ///
+    /// # Errors
+    ///
+    /// When the file changed and cannot be read or parsed.
+    pub fn parent_of(&self, device_id: &str) -> Result<Option<String>, IdentityError> {
+        Ok(self.get(device_id, None)?.and_then(|d| d.parent))
+    }
+
+    /// Adds the identities in `ids` that are missing and sets the parent of the devices among
+    /// them to `parent` (which must be an edge device here), under the writers' lock.
+    fn add_under(
+        &self,
+        ids: Vec<ClientIdentity>,
+        parent: Option<&str>,
+    ) -> Result<Vec<Identity>, IdentityError> {
+        let _lock = self.lock_writers()?;
+        let mut fresh = self.read()?;
+        if let Some(parent) = parent
+            && !fresh
+                .identities
+                .contains_key(&ClientIdentity::module(parent, EDGE_HUB))
+        {
+            return Err(IdentityError::NotAnEdgeDevice(parent.to_owned()));
+        }
+        let mut result = Vec::with_capacity(ids.len());
+        for id in ids {
+            let identity = match fresh.identities.get_mut(&id) {
+                Some(existing) => existing,
+                None => fresh
+                    .identities
+                    .entry(id.clone())
+                    .or_insert(Identity::generate(id.clone())?),
+            };
+            if id.module_id.is_none() && parent.is_some() {
+                identity.parent = parent.map(str::to_owned);
+            }
+            result.push(identity.clone());
+        }
+        self.write(&fresh.identities)?;
+        fresh.stamp = self.stamp()?;
+        tracing::info!(path = %self.path.display(), "identity registry updated");
+        *self.lock_loaded() = fresh;
+        Ok(result)
     }
 
     /// The identity `device_id` or `device_id/module_id` (ids compared exactly), re-reading the
@@ -512,6 +624,7 @@ impl IdentityRegistry {
                     id: id.clone(),
                     primary_key: r.primary_key,
                     secondary_key: r.secondary_key,
+                    parent: r.parent,
                 };
                 (id, identity)
             })
@@ -533,6 +646,7 @@ impl IdentityRegistry {
                     module_id: identity.id.module_id.clone(),
                     primary_key: identity.primary_key.clone(),
                     secondary_key: identity.secondary_key.clone(),
+                    parent: identity.parent.clone(),
                 })
                 .collect(),
         };

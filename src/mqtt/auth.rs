@@ -68,12 +68,15 @@ pub struct Grant {
 
 /// Which key of its identity authenticated a connection: enough to tell later whether that key
 /// was rotated, nothing that reveals it (safe to log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantKey {
     /// The key's slot when it authenticated the connection.
     pub slot: KeySlot,
     /// The key's fingerprint (SHA-256 of the key).
     pub fingerprint: KeyFingerprint,
+    /// Whose key it is when not the connection's own identity: the `$edgeHub` of the child
+    /// edge device that connects on the identity's behalf (spec 1.5).
+    pub signer: Option<Identity>,
 }
 
 /// Decides who a connection is. Every refusal is answered with CONNACK 5 (decision D1); the
@@ -133,6 +136,10 @@ impl Authenticator for SasAuthenticator {
             std::time::SystemTime::now(),
         )
         .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        let signer = (authenticated.signer != authenticated.identity).then(|| Identity {
+            device_id: authenticated.signer.device_id.clone(),
+            module_id: authenticated.signer.module_id.clone(),
+        });
         Ok(Grant {
             identity: Identity {
                 device_id: authenticated.identity.device_id,
@@ -143,6 +150,7 @@ impl Authenticator for SasAuthenticator {
             key: Some(GrantKey {
                 slot: authenticated.key,
                 fingerprint: authenticated.fingerprint,
+                signer,
             }),
         })
     }
@@ -160,6 +168,8 @@ impl Authenticator for SasAuthenticator {
                 Err(error) => keep_on_registry_error(identity, &error),
             };
         };
+        // On behalf of: the acting edge hub's key is what must still hold.
+        let identity = key.signer.as_ref().unwrap_or(identity);
         let status = self.identities.key_status(
             &identity.device_id,
             identity.module_id.as_deref(),
@@ -388,7 +398,7 @@ mod tests {
         let f = fixture();
         let leaf = ClientIdentity::device("leaf");
         let grant = f.connect(&leaf, KeySlot::Secondary);
-        let key = grant.key.unwrap();
+        let key = grant.key.clone().unwrap();
         assert_eq!(key.slot, KeySlot::Secondary);
         let secret = f.cli().get("leaf", None).unwrap().unwrap().secondary_key;
         assert_eq!(key.fingerprint, secret.fingerprint());

@@ -34,7 +34,7 @@ pub enum ConnectionStringError {
 }
 
 /// The connection string of an edge hub's `$edgeHub` identity.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionString {
     /// `HostName`: the IoT Hub (the audience of tokens).
     pub iothub_hostname: String,
@@ -94,8 +94,6 @@ pub struct UpstreamSettings {
     pub tls: Arc<rustls::ClientConfig>,
     /// How each identity proves itself upstream.
     pub credentials: Arc<Credentials>,
-    /// Send the newest messages of a priority before the backlog (live data first).
-    pub live_first: bool,
 }
 
 impl UpstreamSettings {
@@ -134,7 +132,6 @@ impl UpstreamSettings {
             port,
             tls: client_tls(ca)?,
             credentials: Arc::new(credentials),
-            live_first: false,
         })
     }
 }
@@ -242,9 +239,10 @@ impl Credentials {
             } => {
                 let audience =
                     format!("{iothub_hostname}/devices/{edge_device_id}/modules/{EDGE_HUB}");
+                let chain = auth_chain(target, edge_device_id);
                 Ok(Login {
                     username: format!(
-                        "{iothub_hostname}/{client_id}/?api-version={API_VERSION}&auth-chain={client_id};{edge_device_id}"
+                        "{iothub_hostname}/{client_id}/?api-version={API_VERSION}&auth-chain={chain}"
                     ),
                     password: crate::sas::sign(&audience, edge_hub_key, expiry),
                     client_id,
@@ -278,6 +276,20 @@ impl Credentials {
             }
         }
     }
+}
+
+/// The `auth-chain` of `target` connecting through this edge device, URL-encoded for the
+/// username: `{target};[{target's edge device};]{this edge device}`. A module of a device
+/// further down (a grandchild edge device) names that device as its first hop, so that the
+/// parent can check the path in its device scope.
+fn auth_chain(target: &ClientIdentity, edge_device_id: &str) -> String {
+    let mut hops = vec![client_id(target)];
+    if target.module_id.is_some() && target.device_id != edge_device_id {
+        hops.push(target.device_id.clone());
+    }
+    hops.push(edge_device_id.to_owned());
+    percent_encoding::utf8_percent_encode(&hops.join(";"), percent_encoding::NON_ALPHANUMERIC)
+        .to_string()
 }
 
 /// `device` or `device/module`.
@@ -364,7 +376,7 @@ mod tests {
         assert_eq!(login.client_id, "child-1/sensor");
         assert_eq!(
             login.username,
-            "hub.example.net/child-1/sensor/?api-version=2021-04-12&auth-chain=child-1/sensor;child-1"
+            "hub.example.net/child-1/sensor/?api-version=2021-04-12&auth-chain=child%2D1%2Fsensor%3Bchild%2D1"
         );
         let token = crate::sas::SasToken::parse(&login.password).unwrap();
         assert_eq!(
