@@ -9,3 +9,7 @@
 pub mod create_options;
 pub mod lint;
 pub mod manifest;
+pub mod plan;
+pub mod reconcile;
+pub mod restart;
+pub mod runtime;
