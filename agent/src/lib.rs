@@ -11,5 +11,6 @@ pub mod lint;
 pub mod manifest;
 pub mod plan;
 pub mod reconcile;
+pub mod reported;
 pub mod restart;
 pub mod runtime;

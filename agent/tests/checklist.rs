@@ -394,3 +394,68 @@ async fn a_failing_pull_is_500_retried_with_backoff_and_forgotten_on_a_new_deplo
 fn an_empty_desired_document_parses_as_empty() {
     assert_eq!(parse_manifest(&json!({}), 1).unwrap(), Desired::Empty);
 }
+
+fn report(a: &Reconciler<FakeRuntime>) -> Value {
+    agent::reported::document(&agent::reported::ReportInput {
+        deployment: a.judged_deployment(),
+        states: a.states(),
+        restarts: a.restarts(),
+        settings: a.settings(),
+        status: a.status(),
+        judged_version: a.judged_version(),
+        runtime_kind: "fake",
+        agent_started: t0(),
+        shutting_down: false,
+    })
+}
+
+// 10. A removed module is patched as null; an unchanged state sends no patch.
+#[tokio::test]
+async fn the_reported_patch_nulls_a_removed_module_and_is_empty_when_nothing_changed() {
+    let mut a = agent(t0());
+    let v1 = manifest(
+        &json!({ "f": module("f:1", Some(1), "always", "running"), "g": module("g:1", Some(2), "on-failure", "running") }),
+    );
+    a.pass(&judge(&v1, 1), t0()).await;
+    let first = report(&a);
+    assert_eq!(first["lastDesiredVersion"], json!(1));
+    assert_eq!(
+        first["lastDesiredStatus"],
+        json!({ "code": 200, "description": "" })
+    );
+    assert_eq!(first["modules"]["f"]["runtimeStatus"], json!("running"));
+    assert_eq!(first["modules"]["g"]["restartPolicy"], json!("on-failure"));
+    assert_eq!(
+        first["systemModules"]["edgeHub"]["runtimeStatus"],
+        json!("running")
+    );
+    a.pass(&judge(&v1, 1), t0() + Duration::seconds(5)).await;
+    assert_eq!(agent::reported::patch(&first, &report(&a)), None);
+
+    let v2 = manifest(&json!({ "f": module("f:1", Some(1), "always", "running") }));
+    a.pass(&judge(&v2, 2), t0() + Duration::seconds(10)).await;
+    let p = agent::reported::patch(&first, &report(&a)).unwrap();
+    assert_eq!(p["modules"], json!({ "g": null }));
+    assert_eq!(p["lastDesiredVersion"], json!(2));
+}
+
+// 3c. A module in back-off is reported with its restart count.
+#[tokio::test]
+async fn a_module_in_backoff_is_reported_with_its_restart_count() {
+    let judged = judge(
+        &manifest(&json!({ "f": module("f:1", Some(1), "always", "running") })),
+        1,
+    );
+    let mut a = agent(t0());
+    a.pass(&judged, t0()).await;
+    a.runtime().set_now(t0() + Duration::seconds(1));
+    a.runtime().exit("f", 3);
+    a.pass(&judged, t0() + Duration::seconds(12)).await;
+    a.runtime().set_now(t0() + Duration::seconds(13));
+    a.runtime().exit("f", 3);
+    a.pass(&judged, t0() + Duration::seconds(14)).await;
+    let doc = report(&a);
+    assert_eq!(doc["modules"]["f"]["runtimeStatus"], json!("backoff"));
+    assert_eq!(doc["modules"]["f"]["restartCount"], json!(1));
+    assert_eq!(doc["modules"]["f"]["exitCode"], json!(3));
+}
