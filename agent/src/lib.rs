@@ -7,6 +7,7 @@
 //! - [`create_options`]: `createOptions` pieces, reassembled and split.
 //! - [`lint`]: `edgeagent check`, the hand-made mistakes with their fixes.
 pub mod create_options;
+pub mod identity;
 pub mod lint;
 pub mod manifest;
 pub mod plan;
@@ -14,3 +15,4 @@ pub mod reconcile;
 pub mod reported;
 pub mod restart;
 pub mod runtime;
+pub mod workload;
