@@ -6,7 +6,10 @@
 //! - [`manifest`]: the deployment, parsed and validated with the reference status codes.
 //! - [`create_options`]: `createOptions` pieces, reassembled and split.
 //! - [`lint`]: `edgeagent check`, the hand-made mistakes with their fixes.
+pub mod control;
 pub mod create_options;
+pub mod daemon;
+pub mod environment;
 pub mod identity;
 pub mod lint;
 pub mod manifest;

@@ -59,7 +59,8 @@ pub struct CreateRequest {
     pub env: Vec<(String, String)>,
     /// Credentials for its image's registry, if the deployment has some.
     pub credentials: Option<RegistryCredential>,
-    /// The workload socket of this module on the host, and the path modules see it at.
+    /// The folder of this module's workload socket on the host, and where the module sees it
+    /// (mounted there by container runtimes).
     pub workload_socket: Option<(PathBuf, PathBuf)>,
 }
 

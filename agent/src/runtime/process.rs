@@ -26,6 +26,7 @@ use crate::manifest::RegistryCredential;
 struct Entry {
     request: CreateRequest,
     program: PathBuf,
+    args: Vec<String>,
     state: ModuleState,
     pid: Option<u32>,
     exited: Option<watch::Receiver<bool>>,
@@ -41,7 +42,7 @@ struct Inner {
 pub struct ProcessRuntime {
     inner: Arc<Mutex<Inner>>,
     log_dir: PathBuf,
-    images: Arc<BTreeMap<String, PathBuf>>,
+    images: Arc<BTreeMap<String, (PathBuf, Vec<String>)>>,
     grace: Duration,
 }
 
@@ -57,12 +58,12 @@ impl ProcessRuntime {
         }
     }
 
-    /// Runs `program` for modules of image `image` that name no `settings.path` (the hub:
-    /// `edgehub:local`).
+    /// Runs `program` with `args` (unless the module gives `settings.args`) for modules of
+    /// image `image` that name no `settings.path` (the hub: `edgehub:local`).
     #[must_use]
-    pub fn map_image(mut self, image: &str, program: PathBuf) -> Self {
+    pub fn map_image(mut self, image: &str, program: PathBuf, args: Vec<String>) -> Self {
         let image = crate::manifest::normalise_image(image).unwrap_or_else(|_| image.to_owned());
-        Arc::make_mut(&mut self.images).insert(image, program);
+        Arc::make_mut(&mut self.images).insert(image, (program, args));
         self
     }
 
@@ -79,12 +80,23 @@ impl ProcessRuntime {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn program_of(&self, request: &CreateRequest) -> Result<PathBuf, RuntimeError> {
+    fn program_of(&self, request: &CreateRequest) -> Result<(PathBuf, Vec<String>), RuntimeError> {
         let settings = &request.spec.settings;
         if let Some(path) = &settings.path {
-            return Ok(PathBuf::from(path));
+            return Ok((PathBuf::from(path), settings.args.clone()));
         }
-        self.images.get(&settings.image).cloned().ok_or_else(|| {
+        let mapped = self
+            .images
+            .get(&settings.image)
+            .cloned()
+            .map(|(program, args)| {
+                if settings.args.is_empty() {
+                    (program, args)
+                } else {
+                    (program, settings.args.clone())
+                }
+            });
+        mapped.ok_or_else(|| {
             RuntimeError(format!(
                 "creating {}: the process runtime runs an executable: set settings.path (image {} is not mapped to one)",
                 request.spec.name, settings.image
@@ -141,7 +153,7 @@ impl Runtime for ProcessRuntime {
 
     async fn create(&self, request: &CreateRequest) -> Result<(), RuntimeError> {
         let name = request.spec.name.clone();
-        let program = self.program_of(request)?;
+        let (program, args) = self.program_of(request)?;
         if !program.is_file() {
             return Err(RuntimeError(format!(
                 "creating {name}: {} is not a file",
@@ -168,6 +180,7 @@ impl Runtime for ProcessRuntime {
             Entry {
                 request: request.clone(),
                 program,
+                args,
                 state,
                 pid: None,
                 exited: None,
@@ -177,7 +190,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn start(&self, name: &str) -> Result<(), RuntimeError> {
-        let (program, request) = {
+        let (program, args, request) = {
             let inner = self.lock();
             let entry = inner
                 .modules
@@ -186,7 +199,11 @@ impl Runtime for ProcessRuntime {
             if entry.state.raw == RawStatus::Running {
                 return Ok(());
             }
-            (entry.program.clone(), entry.request.clone())
+            (
+                entry.program.clone(),
+                entry.args.clone(),
+                entry.request.clone(),
+            )
         };
         std::fs::create_dir_all(&self.log_dir).map_err(|e| {
             RuntimeError(format!("starting {name}: {}: {e}", self.log_dir.display()))
@@ -202,7 +219,7 @@ impl Runtime for ProcessRuntime {
             .map_err(|e| RuntimeError(format!("starting {name}: {e}")))?;
         let mut command = tokio::process::Command::new(&program);
         command
-            .args(&request.spec.settings.args)
+            .args(&args)
             .envs(request.env.iter().map(|(k, v)| (k, v)))
             .envs(create_options_env(&request))
             .stdin(Stdio::null())
