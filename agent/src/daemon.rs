@@ -176,8 +176,15 @@ pub async fn run<R: Runtime>(
         unreachable!("the first poll always judges the file")
     };
     let mut saved_version = reconciler.last_applied().map(|d| d.version);
+    let mut poll = tokio::time::interval(options.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        if let Some((next, doc)) = source.poll() {
+            tracing::info!(version = next.version, "the manifest changed");
+            judged = next;
+            desired_doc = doc;
+        }
         if let Err(e) = &judged.outcome {
             tracing::warn!(code = e.code.code(), error = %e.description, "deployment refused; the modules keep running");
         }
@@ -205,10 +212,9 @@ pub async fn run<R: Runtime>(
             &publish,
         );
 
+        // Until the period is over, the manifest changes, or the agent is told to stop.
         let pause = tokio::time::sleep(options.period);
         tokio::pin!(pause);
-        let mut poll = tokio::time::interval(options.poll);
-        poll.tick().await;
         let stop = loop {
             tokio::select! {
                 () = &mut shutdown => break true,
