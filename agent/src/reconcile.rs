@@ -373,14 +373,16 @@ impl<R: Runtime> Reconciler<R> {
         }
     }
 
-    /// Stops every module (SIGTERM of the agent), and reports 406.
+    /// Stops every module, in parallel (SIGTERM of the agent), and reports 406.
     pub async fn shutdown(&mut self) {
         if let Ok(current) = self.runtime.list().await {
-            for module in current {
-                if let Err(e) = self.runtime.stop(&module.name).await {
+            let runtime = &self.runtime;
+            let stops = current.iter().map(|module| async move {
+                if let Err(e) = runtime.stop(&module.name).await {
                     tracing::warn!(module = %module.name, error = %e, "stopping at shutdown failed");
                 }
-            }
+            });
+            futures_util::future::join_all(stops).await;
         }
         self.mark_not_running().await;
     }
