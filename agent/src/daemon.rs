@@ -176,6 +176,7 @@ pub async fn run<R: Runtime>(
         unreachable!("the first poll always judges the file")
     };
     let mut saved_version = reconciler.last_applied().map(|d| d.version);
+    let mut refusal_logged = None;
     let mut poll = tokio::time::interval(options.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -185,8 +186,11 @@ pub async fn run<R: Runtime>(
             judged = next;
             desired_doc = doc;
         }
-        if let Err(e) = &judged.outcome {
+        if let Err(e) = &judged.outcome
+            && refusal_logged != Some(judged.version)
+        {
             tracing::warn!(code = e.code.code(), error = %e.description, "deployment refused; the modules keep running");
+            refusal_logged = Some(judged.version);
         }
         let outcome = reconciler.pass(&judged, OffsetDateTime::now_utc()).await;
         for failure in &outcome.failures {

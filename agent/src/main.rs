@@ -144,13 +144,25 @@ fn status(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn edgehub_program(given: Option<PathBuf>) -> PathBuf {
-    given
-        .or_else(|| {
-            let sibling = std::env::current_exe().ok()?.with_file_name("edgehub");
-            sibling.is_file().then_some(sibling)
+/// The `edgehub` executable: as given, else next to `edgeagent`, else the first on `PATH`.
+fn edgehub_program(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(given) = given {
+        return Ok(given);
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("edgehub"))
+        .filter(|p| p.is_file());
+    let on_path = || {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("edgehub"))
+                .find(|p| p.is_file())
         })
-        .unwrap_or_else(|| PathBuf::from("edgehub"))
+    };
+    sibling
+        .or_else(on_path)
+        .context("no edgehub executable next to edgeagent or on PATH: give --edgehub")
 }
 
 fn run_agent(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -160,12 +172,13 @@ fn run_agent(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let hub = HubConfig::load(&args.hub_config)?;
     let data_dir = std::path::absolute(&args.data_dir).context("the data folder")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let program = edgehub_program(args.edgehub);
+    let program = edgehub_program(args.edgehub)?;
     let identities = Arc::new(Identities::new(program.clone(), hub.clone()));
     let settings = RestartSettings {
         max_restart_count: args.max_restarts,
