@@ -286,3 +286,66 @@ fn publish_report<R: Runtime>(
     }
     publish.send_replace(last.clone());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_manifest(schema: &str) -> String {
+        json!({ "schemaVersion": schema, "runtime": { "type": "docker" },
+                "systemModules": { "edgeAgent": { "type": "docker", "settings": { "image": "a:1" } },
+                                   "edgeHub": { "type": "docker", "status": "running", "settings": { "image": "h:1" } } } })
+        .to_string()
+    }
+
+    #[test]
+    fn the_deployment_id_is_bumped_only_when_the_file_changes_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deployment.json");
+        std::fs::write(&file, agent_manifest("1.1")).unwrap();
+        let mut source = ManifestSource::open(file.clone(), dir.path());
+        let (first, doc) = source.poll().unwrap();
+        assert_eq!(first.version, 1);
+        assert!(matches!(first.outcome, Ok(Desired::Deployment(_))));
+        assert!(doc.is_some());
+        assert!(source.poll().is_none(), "unchanged");
+        std::fs::write(&file, agent_manifest("1.2")).unwrap();
+        let (second, _) = source.poll().unwrap();
+        assert_eq!(second.version, 2);
+        assert_eq!(
+            second.outcome.unwrap_err().code,
+            StatusCode::InvalidSchemaVersion
+        );
+        std::fs::write(&file, "{ not json").unwrap();
+        let (third, doc) = source.poll().unwrap();
+        assert_eq!(third.version, 3);
+        assert_eq!(
+            third.outcome.unwrap_err().code,
+            StatusCode::ConfigFormatError
+        );
+        assert!(doc.is_none());
+
+        // A new agent on the same data folder and an unchanged file keeps the id.
+        let mut again = ManifestSource::open(file.clone(), dir.path());
+        assert_eq!(again.poll().unwrap().0.version, 3);
+        std::fs::remove_file(&file).unwrap();
+        let (missing, _) = again.poll().unwrap();
+        assert_eq!(missing.version, 4);
+        assert!(missing.outcome.unwrap_err().description.contains("reading"));
+    }
+
+    #[test]
+    fn the_last_applied_deployment_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_last_applied(dir.path()).is_none());
+        let desired: Value = serde_json::from_str(&agent_manifest("1.1")).unwrap();
+        std::fs::write(
+            dir.path().join("last-applied.json"),
+            json!({ "version": 7, "desired": desired }).to_string(),
+        )
+        .unwrap();
+        assert_eq!(load_last_applied(dir.path()).unwrap().version, 7);
+        std::fs::write(dir.path().join("last-applied.json"), "garbage").unwrap();
+        assert!(load_last_applied(dir.path()).is_none());
+    }
+}

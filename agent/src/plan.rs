@@ -303,3 +303,101 @@ pub fn next_restart(
     let count = record.map_or(0, |r| r.count);
     state.exited_at.map(|exit| exit + settings.cool_off(count))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Desired, parse_manifest};
+    use serde_json::json;
+
+    fn deployment(modules: &serde_json::Value, version: u64) -> Deployment {
+        let m = json!({ "schemaVersion": "1.1", "runtime": { "type": "docker" },
+            "systemModules": { "edgeAgent": { "type": "docker", "settings": { "image": "a:1" } },
+                               "edgeHub": { "type": "docker", "status": "running", "startupOrder": 0, "settings": { "image": "h:1" } } },
+            "modules": modules });
+        match parse_manifest(&m, version).unwrap() {
+            Desired::Deployment(d) => *d,
+            Desired::Empty => unreachable!(),
+        }
+    }
+
+    fn running(name: &str, image: &str) -> ModuleState {
+        ModuleState {
+            name: name.into(),
+            id: name.into(),
+            raw: RawStatus::Running,
+            description: "running".into(),
+            exit_code: 0,
+            started_at: Some(OffsetDateTime::UNIX_EPOCH),
+            exited_at: None,
+            image: image.into(),
+            image_hash: String::new(),
+        }
+    }
+
+    fn ids(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| s.id.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_containers_go_first_and_removed_modules_keep_their_group() {
+        let m = |order: u32| json!({ "type": "docker", "status": "running", "startupOrder": order, "settings": { "image": "m:1" } });
+        let last = deployment(&json!({ "old": m(2), "keep": m(1) }), 1);
+        let desired = deployment(&json!({ "keep": m(1), "new": m(3) }), 2);
+        let current = [
+            running("stranger", "x:1"),
+            running("old", "m:1"),
+            running("keep", "m:1"),
+            running("edgeHub", "h:1"),
+        ];
+        let steps = plan(&PlanInput {
+            desired: &desired,
+            last_applied: Some(&last),
+            current: &current,
+            restarts: &BTreeMap::new(),
+            now: OffsetDateTime::UNIX_EPOCH,
+            settings: &RestartSettings::default(),
+        });
+        assert_eq!(
+            ids(&steps),
+            [
+                "stop stranger",
+                "remove stranger",
+                "stop old",
+                "remove old",
+                "create new"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_image_changed_behind_the_agent_is_an_update() {
+        let m = json!({ "type": "docker", "status": "running", "startupOrder": 1, "settings": { "image": "m:1" } });
+        let d = deployment(&json!({ "m": m }), 1);
+        let current = [running("m", "m:0"), running("edgeHub", "h:1")];
+        let steps = plan(&PlanInput {
+            desired: &d,
+            last_applied: Some(&d),
+            current: &current,
+            restarts: &BTreeMap::new(),
+            now: OffsetDateTime::UNIX_EPOCH,
+            settings: &RestartSettings::default(),
+        });
+        assert_eq!(ids(&steps), ["update m"]);
+        assert_eq!(
+            steps[0]
+                .actions
+                .iter()
+                .map(|a| format!("{a:?}")
+                    .split('(')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned())
+                .collect::<Vec<_>>(),
+            ["Pull", "Stop", "Remove", "Create", "Start"]
+        );
+    }
+}

@@ -95,6 +95,13 @@ impl FakeRuntime {
         }
     }
 
+    /// Puts a module in the runtime as if it had been created long ago, in `state`.
+    pub fn seed(&self, request: CreateRequest, state: ModuleState) {
+        self.lock()
+            .modules
+            .insert(state.name.clone(), FakeModule { request, state });
+    }
+
     /// Removes `name` behind the agent's back.
     pub fn delete(&self, name: &str) {
         self.lock().modules.remove(name);
