@@ -6,6 +6,7 @@
 //! agent keeps them itself: the patch of each pass is applied to the document it holds
 //! (and logged), the whole document is what `edgeagent status` shows.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::control;
 use crate::manifest::{self, DeploymentError, Desired, StatusCode};
+use crate::plan::RestartRecord;
 use crate::reconcile::{Judged, Reconciler};
 use crate::reported::{self, ReportInput};
 use crate::runtime::Runtime;
@@ -141,6 +143,45 @@ pub fn load_last_applied(data_dir: &Path) -> Option<manifest::Deployment> {
     }
 }
 
+/// Reads the restart records (`<data_dir>/restarts.json`); none when absent or unreadable.
+#[must_use]
+pub fn load_restarts(data_dir: &Path) -> BTreeMap<String, RestartRecord> {
+    let Some(Value::Object(map)) = std::fs::read_to_string(data_dir.join("restarts.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+    else {
+        return BTreeMap::new();
+    };
+    map.into_iter()
+        .filter_map(|(name, record)| {
+            let count = u32::try_from(record.get("restartCount")?.as_u64()?).ok()?;
+            let at = record.get("lastRestartTimeUtc")?.as_str()?;
+            let last_restart =
+                OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()?;
+            Some((
+                name,
+                RestartRecord {
+                    count,
+                    last_restart,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn save_restarts(data_dir: &Path, restarts: &BTreeMap<String, RestartRecord>) {
+    let doc: serde_json::Map<String, Value> = restarts
+        .iter()
+        .map(|(name, r)| {
+            (name.clone(), json!({ "restartCount": r.count, "lastRestartTimeUtc": reported::timestamp(Some(r.last_restart)) }))
+        })
+        .collect();
+    let path = data_dir.join("restarts.json");
+    if let Err(e) = std::fs::write(&path, Value::Object(doc).to_string()) {
+        tracing::warn!(file = %path.display(), error = %e, "writing the restart records failed");
+    }
+}
+
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
     let path = path.to_owned();
     move |source| DaemonError::Io { what, path, source }
@@ -159,6 +200,7 @@ pub async fn run<R: Runtime>(
     std::fs::create_dir_all(&options.data_dir).map_err(io("creating", &options.data_dir))?;
     if reconciler.last_applied().is_none() {
         reconciler.set_last_applied(load_last_applied(&options.data_dir));
+        reconciler.set_restarts(load_restarts(&options.data_dir));
     }
     let started = OffsetDateTime::now_utc();
     let reported_file = options.data_dir.join("reported.json");
@@ -177,6 +219,7 @@ pub async fn run<R: Runtime>(
     };
     let mut saved_version = reconciler.last_applied().map(|d| d.version);
     let mut refusal_logged = None;
+    let mut saved_restarts = reconciler.restarts().clone();
     let mut poll = tokio::time::interval(options.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -206,6 +249,10 @@ pub async fn run<R: Runtime>(
                 );
             }
             saved_version = applied;
+        }
+        if *reconciler.restarts() != saved_restarts {
+            save_restarts(&options.data_dir, reconciler.restarts());
+            saved_restarts.clone_from(reconciler.restarts());
         }
         publish_report(
             &reconciler,
@@ -332,6 +379,22 @@ mod tests {
         let (missing, _) = again.poll().unwrap();
         assert_eq!(missing.version, 4);
         assert!(missing.outcome.unwrap_err().description.contains("reading"));
+    }
+
+    #[test]
+    fn restart_records_survive_a_restart_of_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_restarts(dir.path()).is_empty());
+        let at = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(90);
+        let records = BTreeMap::from([(
+            "f".to_owned(),
+            RestartRecord {
+                count: 4,
+                last_restart: at,
+            },
+        )]);
+        save_restarts(dir.path(), &records);
+        assert_eq!(load_restarts(dir.path()), records);
     }
 
     #[test]

@@ -184,6 +184,11 @@ impl<R: Runtime> Reconciler<R> {
         &self.restarts
     }
 
+    /// Sets the restart records kept before this agent started (read from its store).
+    pub fn set_restarts(&mut self, restarts: BTreeMap<String, RestartRecord>) {
+        self.restarts = restarts;
+    }
+
     /// Restart settings.
     pub fn settings(&self) -> &RestartSettings {
         &self.settings

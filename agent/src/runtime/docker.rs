@@ -5,7 +5,8 @@
 //! Create options are the module's `createOptions` with, added by the agent (spec 7): the
 //! image, the owner and original-image labels, the environment (the agent's variables, then
 //! `createOptions.Env` wins last), a bind mount of the module's workload socket folder, and
-//! the edge network when no `NetworkingConfig.EndpointsConfig` is given. `Privileged` and
+//! the edge network when no `NetworkingConfig.EndpointsConfig` is given (for `edgeHub` with
+//! the device's host name as an alias). `Privileged` and
 //! `CapAdd` are dropped unless elevated modules are allowed.
 //!
 //! Pulls use the deployment's registry credentials. When a pull fails but the image is
@@ -173,9 +174,19 @@ impl ContainerSettings {
             let host = object_entry(&mut body, "HostConfig");
             host.entry("NetworkMode")
                 .or_insert_with(|| json!(self.network));
+            // The hub is also reachable by the device's host name on the edge network.
+            let alias = (spec.name == crate::manifest::EDGE_HUB)
+                .then(|| request.env.iter().find(|(k, _)| k == "EdgeDeviceHostName"))
+                .flatten()
+                .map(|(_, host)| host.clone())
+                .filter(|host| !host.is_empty() && host != &spec.name);
+            let endpoint = match alias {
+                Some(alias) => json!({ "Aliases": [alias] }),
+                None => json!({}),
+            };
             body.insert(
                 "NetworkingConfig".into(),
-                json!({ "EndpointsConfig": { self.network.clone(): {} } }),
+                json!({ "EndpointsConfig": { self.network.clone(): endpoint } }),
             );
         }
         Ok(Value::Object(body))
@@ -429,6 +440,19 @@ mod tests {
         assert_eq!(
             body["NetworkingConfig"],
             json!({ "EndpointsConfig": { "azure-iot-edge": {} } })
+        );
+    }
+
+    #[test]
+    fn the_hub_gets_the_device_host_name_as_a_network_alias() {
+        let mut hub = request(None);
+        hub.spec.name = "edgeHub".into();
+        hub.env
+            .push(("EdgeDeviceHostName".into(), "gateway.local".into()));
+        let body = runtime().create_body(&hub).unwrap();
+        assert_eq!(
+            body["NetworkingConfig"],
+            json!({ "EndpointsConfig": { "azure-iot-edge": { "Aliases": ["gateway.local"] } } })
         );
     }
 
