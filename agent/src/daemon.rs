@@ -87,6 +87,14 @@ impl ManifestSource {
 
     /// The file judged again if it changed since the last call (always on the first).
     pub fn poll(&mut self) -> Option<(Judged, Option<Value>)> {
+        let fresh = self.fresh;
+        let (judged, desired, changed) = self.judge();
+        (fresh || changed).then_some((judged, desired))
+    }
+
+    /// The file judged now, with its desired document, and whether it changed since the
+    /// last look.
+    pub fn judge(&mut self) -> (Judged, Option<Value>, bool) {
         let content = std::fs::read(&self.path);
         let mut h = DefaultHasher::new();
         match &content {
@@ -95,9 +103,6 @@ impl ManifestSource {
         }
         let hash = h.finish();
         let changed = self.hash != Some(hash);
-        if !self.fresh && !changed {
-            return None;
-        }
         self.fresh = false;
         if changed {
             self.counter += 1;
@@ -117,17 +122,18 @@ impl ManifestSource {
                     let desired = manifest::desired_document(&value)
                         .ok()
                         .map(|d| Value::Object(d.clone()));
-                    return Some((
+                    return (
                         Judged {
                             version,
                             outcome: manifest::parse_manifest(&value, version),
                         },
                         desired,
-                    ));
+                        changed,
+                    );
                 }
             },
         };
-        Some((Judged { version, outcome }, None))
+        (Judged { version, outcome }, None, changed)
     }
 }
 
@@ -214,9 +220,7 @@ pub async fn run<R: Runtime>(
     tracing::info!(socket = %socket.display(), manifest = %options.manifest.display(), runtime = reconciler.runtime().kind(), "agent running");
 
     let mut source = ManifestSource::open(options.manifest.clone(), &options.data_dir);
-    let Some((mut judged, mut desired_doc)) = source.poll() else {
-        unreachable!("the first poll always judges the file")
-    };
+    let (mut judged, mut desired_doc, _) = source.judge();
     let mut saved_version = reconciler.last_applied().map(|d| d.version);
     let mut refusal_logged = None;
     let mut saved_restarts = reconciler.restarts().clone();

@@ -149,31 +149,34 @@ impl ContainerSettings {
                     .collect::<Vec<_>>()
             ),
         );
-        let labels = object_entry(&mut body, "Labels");
-        labels.insert(OWNER_LABEL.into(), json!(self.owner));
-        labels.insert(IMAGE_LABEL.into(), json!(spec.settings.image));
-        let host = object_entry(&mut body, "HostConfig");
-        if let Some((host_dir, container_dir)) = &request.workload_socket {
-            let bind = format!("{}:{}", host_dir.display(), container_dir.display());
-            match host.get_mut("Binds") {
-                Some(Value::Array(binds)) => binds.push(json!(bind)),
-                _ => {
-                    host.insert("Binds".into(), json!([bind]));
+        with_object(&mut body, "Labels", |labels| {
+            labels.insert(OWNER_LABEL.into(), json!(self.owner));
+            labels.insert(IMAGE_LABEL.into(), json!(spec.settings.image));
+        });
+        with_object(&mut body, "HostConfig", |host| {
+            if let Some((host_dir, container_dir)) = &request.workload_socket {
+                let bind = format!("{}:{}", host_dir.display(), container_dir.display());
+                match host.get_mut("Binds") {
+                    Some(Value::Array(binds)) => binds.push(json!(bind)),
+                    _ => {
+                        host.insert("Binds".into(), json!([bind]));
+                    }
                 }
             }
-        }
-        if !self.allow_elevated {
-            host.remove("Privileged");
-            host.remove("CapAdd");
-        }
+            if !self.allow_elevated {
+                host.remove("Privileged");
+                host.remove("CapAdd");
+            }
+        });
         let has_endpoints = body
             .get("NetworkingConfig")
             .and_then(|n| n.get("EndpointsConfig"))
             .is_some_and(|e| e.as_object().is_some_and(|o| !o.is_empty()));
         if !has_endpoints {
-            let host = object_entry(&mut body, "HostConfig");
-            host.entry("NetworkMode")
-                .or_insert_with(|| json!(self.network));
+            with_object(&mut body, "HostConfig", |host| {
+                host.entry("NetworkMode")
+                    .or_insert_with(|| json!(self.network));
+            });
             // The hub is also reachable by the device's host name on the edge network.
             let alias = (spec.name == crate::manifest::EDGE_HUB)
                 .then(|| request.env.iter().find(|(k, _)| k == "EdgeDeviceHostName"))
@@ -234,15 +237,18 @@ impl DockerRuntime {
     }
 }
 
-fn object_entry<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let entry = map.entry(key.to_owned()).or_insert_with(|| json!({}));
-    if !entry.is_object() {
-        *entry = json!({});
-    }
-    match entry {
-        Value::Object(inner) => inner,
-        _ => unreachable!("made an object above"),
-    }
+/// Edits the object at `key` of `map` (made empty when absent or not an object).
+fn with_object(
+    map: &mut Map<String, Value>,
+    key: &str,
+    edit: impl FnOnce(&mut Map<String, Value>),
+) {
+    let mut inner = match map.remove(key) {
+        Some(Value::Object(inner)) => inner,
+        _ => Map::new(),
+    };
+    edit(&mut inner);
+    map.insert(key.to_owned(), Value::Object(inner));
 }
 
 /// Docker's times; its zero time (`0001-01-01T00:00:00Z`) is "never".
