@@ -88,6 +88,50 @@ impl HubConfig {
     pub fn ca_key(&self) -> PathBuf {
         self.data_dir.join("certs").join("ca.key.pem")
     }
+
+    /// Makes the CA (`ca.pem`, `ca.key.pem` in `<data_dir>/certs`, where the hub keeps the one
+    /// it generates) when there is none yet: a hub that takes its server certificate from the
+    /// workload API never generates one itself.
+    ///
+    /// # Errors
+    ///
+    /// When the files cannot be written.
+    pub fn ensure_ca(&self) -> Result<(), String> {
+        let (cert, key) = (self.ca_cert(), self.ca_key());
+        if cert.exists() && key.exists() {
+            return Ok(());
+        }
+        let dir = self.data_dir.join("certs");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "edgeagent workload CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(3650);
+        let pair = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let ca = params.self_signed(&pair).map_err(|e| e.to_string())?;
+        let write = |path: &Path, text: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::write(path, text)
+                .and_then(|()| {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                })
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        write(&key, &pair.serialize_pem(), 0o600)?;
+        write(&cert, &ca.pem(), 0o644)?;
+        tracing::info!(path = %cert.display(), "made the CA of the hub's server certificate");
+        Ok(())
+    }
 }
 
 /// A module identity the agent holds.
@@ -208,6 +252,27 @@ mod tests {
         assert_eq!(key_of(cs).unwrap(), [0, 1, 2]);
         assert!(key_of("HostName=h").is_err());
         assert!(key_of("SharedAccessKey=!!").is_err());
+    }
+
+    #[test]
+    fn a_missing_ca_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = HubConfig {
+            path: dir.path().join("edgehub.toml"),
+            device_id: "d".into(),
+            iothub_hostname: "h".into(),
+            gateway_hostname: "g".into(),
+            data_dir: dir.path().join("data"),
+        };
+        hub.ensure_ca().unwrap();
+        let first = std::fs::read_to_string(hub.ca_cert()).unwrap();
+        assert!(first.starts_with("-----BEGIN CERTIFICATE-----"));
+        hub.ensure_ca().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(hub.ca_cert()).unwrap(),
+            first,
+            "made again"
+        );
     }
 
     #[test]

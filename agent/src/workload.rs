@@ -165,6 +165,9 @@ impl Workload {
     }
 
     fn trust_bundle(&self) -> Reply {
+        if let Err(e) = self.identities.hub().ensure_ca() {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
         let path = self.identities.hub().ca_cert();
         match std::fs::read_to_string(&path) {
             Ok(pem) => (StatusCode::OK, json!({ "certificate": pem })),
@@ -188,6 +191,9 @@ impl Workload {
         let Some(common_name) = request.get("commonName").and_then(Value::as_str) else {
             return error(StatusCode::BAD_REQUEST, "commonName is missing");
         };
+        if let Err(e) = self.identities.hub().ensure_ca() {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
         match server_certificate(
             &self.identities.hub().ca_cert(),
             &self.identities.hub().ca_key(),

@@ -1,5 +1,6 @@
 //! The whole device on Docker: `edgeagent run` starts the hub from the image `edgehub:local`
-//! (built by `docker/build-images.sh`) as the `edgeHub` container and two Python SDK modules
+//! (built by `docker/build-images.sh`) as the `edgeHub` container, configured by the
+//! environment and the workload API as under the legacy runtime, and two Python SDK modules
 //! (an image this test builds with `docker/build-sdk-image.sh`) that connect with
 //! `create_from_edge_environment` through their workload sockets and exchange messages
 //! through a route; SIGTERM stops the containers.
@@ -119,15 +120,18 @@ fn sdk_containers_exchange_messages_through_the_hub_container() {
                 "imagePullPolicy": "never",
                 "settings": { "image": cleanup.image, "createOptions": options.to_string() } })
     };
-    let hub_options =
-        json!({ "HostConfig": { "Binds": [format!("{}:/etc/edgehub", root.display())] } });
+    // The hub takes its identity, server certificate and trust bundle from the environment
+    // and the workload API (no --config); its data folder and manifest are the host's.
+    let hub_options = json!({ "Cmd": ["run"], "HostConfig": { "Binds": [format!("{}:/etc/edgehub", root.display())] } });
+    let hub_env = json!({ "EDGEHUB_DATA_DIR": { "value": "/etc/edgehub/data" },
+                          "EDGEHUB_MANIFEST": { "value": "/etc/edgehub/deployment.json" } });
     let deployment = json!({ "modulesContent": {
         "$edgeAgent": { "properties.desired": {
             "schemaVersion": "1.1", "runtime": { "type": "docker", "settings": {} },
             "systemModules": {
                 "edgeAgent": { "type": "docker", "settings": { "image": "edgeagent:local" } },
                 "edgeHub": { "type": "docker", "status": "running", "restartPolicy": "always", "startupOrder": 0,
-                             "imagePullPolicy": "never",
+                             "imagePullPolicy": "never", "env": hub_env,
                              "settings": { "image": "edgehub:local", "createOptions": hub_options.to_string() } } },
             "modules": {
                 "receiver": module(&["python3", "/sdk/receiver.py", "/out/received.txt"], 1, &[format!("{}:/out", root.join("out").display())]),
