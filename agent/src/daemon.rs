@@ -36,6 +36,8 @@ pub struct DaemonOptions {
     pub poll: Duration,
     /// On stop, leave the modules running.
     pub leave_modules: bool,
+    /// The longest a pass may take before it is abandoned (reference 10 min).
+    pub pass_timeout: Duration,
 }
 
 /// Why the agent could not run.
@@ -239,9 +241,17 @@ pub async fn run<R: Runtime>(
             tracing::warn!(code = e.code.code(), error = %e.description, "deployment refused; the modules keep running");
             refusal_logged = Some(judged.version);
         }
-        let outcome = reconciler.pass(&judged, OffsetDateTime::now_utc()).await;
-        for failure in &outcome.failures {
-            tracing::warn!(error = %failure, "reconcile");
+        let pass = reconciler.pass(&judged, OffsetDateTime::now_utc());
+        match tokio::time::timeout(options.pass_timeout, pass).await {
+            Ok(outcome) => {
+                for failure in &outcome.failures {
+                    tracing::warn!(error = %failure, "reconcile");
+                }
+            }
+            Err(_) => tracing::error!(
+                timeout = ?options.pass_timeout,
+                "a reconcile pass took too long and was abandoned; the next one starts"
+            ),
         }
         let applied = reconciler.last_applied().map(|d| d.version);
         if applied != saved_version && applied == Some(judged.version) {

@@ -190,6 +190,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<ExitCode> {
         period: Duration::from_secs(args.period.max(1)),
         poll: Duration::from_secs(2),
         leave_modules: args.leave_modules,
+        pass_timeout: Duration::from_secs(600),
     };
     let rt = runtime()?;
     rt.block_on(async move {

@@ -268,6 +268,21 @@ async fn a_deployment_on_the_docker_engine() {
     assert_ne!(after["modB"].id, up["modB"].id);
     assert_eq!(after["modB"].raw, RawStatus::Running);
 
+    // A new agent that knows the last applied deployment adopts the running containers.
+    let runtime = DockerRuntime::connect(&cleanup.network)
+        .await
+        .unwrap()
+        .with_owner(&cleanup.owner);
+    let mut successor = Reconciler::new(runtime, Arc::new(ModuleIdEnv), RestartSettings::default());
+    successor.set_last_applied(agent.last_applied().cloned());
+    let adopted = successor.pass(&v2, OffsetDateTime::now_utc()).await;
+    assert!(
+        adopted.ran.is_empty() && adopted.failures.is_empty(),
+        "{adopted:?}"
+    );
+    assert_eq!(successor.status().code, StatusCode::Successful);
+    drop(successor);
+
     // 412, 400 and 417 leave the containers untouched.
     let empty = json!({ "modulesContent": { "$edgeAgent": { "properties.desired": {} } } });
     for (m, code) in [
