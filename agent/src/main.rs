@@ -82,6 +82,9 @@ struct RunArgs {
     /// The Docker network modules join (docker runtime).
     #[arg(long, default_value = "azure-iot-edge")]
     network: String,
+    /// Keep `Privileged` and `CapAdd` in modules' createOptions (docker runtime).
+    #[arg(long)]
+    allow_elevated_docker_permissions: bool,
     /// Log level given to modules as RuntimeLogLevel.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -223,7 +226,9 @@ fn run_agent(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .await?;
             }
             RuntimeKind::Docker => {
-                let runtime = DockerRuntime::connect(&args.network).await?;
+                let runtime = DockerRuntime::connect(&args.network)
+                    .await?
+                    .allow_elevated(args.allow_elevated_docker_permissions);
                 run(
                     Reconciler::new(runtime, environment, settings),
                     options,

@@ -7,6 +7,7 @@
 //! and that module reach).
 
 use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -261,7 +262,10 @@ pub fn serve(
     path: &Path,
 ) -> std::io::Result<JoinHandle<()>> {
     if let Some(dir) = path.parent() {
+        // The module's own folder: only the agent's user (and the module, which runs as it or
+        // as root in its container) reaches the socket.
         std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}

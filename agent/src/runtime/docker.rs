@@ -90,6 +90,13 @@ impl DockerRuntime {
         self
     }
 
+    /// Keeps `Privileged` and `CapAdd` of createOptions (dropped by default).
+    #[must_use]
+    pub fn allow_elevated(mut self, allow: bool) -> Self {
+        self.containers.allow_elevated = allow;
+        self
+    }
+
     /// The engine client.
     #[must_use]
     pub fn client(&self) -> &Docker {
