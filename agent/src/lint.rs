@@ -308,6 +308,22 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn check_never_panics_on_a_mutated_manifest(path in proptest::collection::vec("[a-zA-Z.$]{1,12}", 1..5), value in "\\PC{0,20}") {
+            let mut m = manifest(json!({"routes": {}}), json!({"f": {"type": "docker", "status": "running", "settings": {"image": "f"}}}));
+            let mut at = &mut m;
+            for key in &path {
+                if !at.is_object() {
+                    *at = json!({});
+                }
+                at = at.as_object_mut().map(|o| o.entry(key.clone()).or_insert(Value::Null)).unwrap_or_else(|| unreachable!());
+            }
+            *at = serde_json::from_str(&value).unwrap_or(Value::String(value));
+            let _ = check(&m);
+        }
+    }
+
     #[test]
     fn an_untagged_image_is_a_warning_only() {
         let m = manifest(

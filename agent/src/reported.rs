@@ -258,6 +258,35 @@ mod tests {
         assert_eq!(patch(&new, &new), None);
     }
 
+    /// JSON without nulls (a null in a patch means "remove").
+    fn arb_doc() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            (0i64..5).prop_map(|n| json!(n)),
+            "[ab]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-d]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+        .prop_map(|v| if v.is_object() { v } else { json!({ "x": v }) })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn applying_the_patch_gives_the_new_document(old in arb_doc(), new in arb_doc()) {
+            let mut applied = old.clone();
+            if let Some(p) = patch(&old, &new) {
+                apply(&mut applied, &p);
+            }
+            proptest::prop_assert_eq!(applied, new);
+        }
+    }
+
     #[test]
     fn timestamps_are_rfc3339_utc_or_the_minimum_date() {
         assert_eq!(timestamp(None), NEVER);
