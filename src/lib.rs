@@ -28,6 +28,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod edge_environment;
 pub mod edgehub_twin;
 pub mod fs;
 pub mod http;

@@ -18,7 +18,16 @@ pub(super) struct RunArgs {
 }
 
 pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
-    let config = match Config::load_or_default(args.config.as_deref()) {
+    // Without --config, under an IoT Edge runtime: the environment and the workload API.
+    let loaded = match args
+        .config
+        .as_deref()
+        .map_or_else(crate::edge_environment::config_from_environment, |_| None)
+    {
+        Some(from_runtime) => from_runtime.map_err(|e| e.to_string()),
+        None => Config::load_or_default(args.config.as_deref()).map_err(|e| e.to_string()),
+    };
+    let config = match loaded {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
