@@ -55,6 +55,7 @@ fn respond(sources: &MetricsSources, request: &Request<Incoming>) -> Response<Fu
 /// The counters plus the gauges read now: queues per endpoint, clients, store size.
 pub fn render(sources: &MetricsSources) -> String {
     let store = &sources.store;
+    let store_stats = store.stats();
     let stats: Vec<(String, store::EndpointStats)> = store
         .endpoints()
         .into_iter()
@@ -100,7 +101,12 @@ pub fn render(sources: &MetricsSources) -> String {
         Gauge {
             name: "edgehub_store_disk_bytes",
             help: "Bytes the store occupies on disk.",
-            samples: vec![(String::new(), store.stats().disk_bytes as f64)],
+            samples: vec![(String::new(), store_stats.disk_bytes as f64)],
+        },
+        Gauge {
+            name: "edgehub_messages_expired_total",
+            help: "Messages dropped from a queue because their time to live ran out, since start.",
+            samples: vec![(String::new(), store_stats.expired as f64)],
         },
     ];
     if let Some(upstream) = &sources.upstream {

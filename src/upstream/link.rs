@@ -29,9 +29,10 @@ const QUEUE: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A connection is renewed this long before its token expires.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
-/// First and longest wait between attempts to connect.
+/// First and longest wait between attempts to connect: the cap bounds how long a link that
+/// came back stays unused (a parent that returns is found within 15 s).
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
-const BACKOFF_CAP: Duration = Duration::from_secs(60);
+const BACKOFF_CAP: Duration = Duration::from_secs(15);
 
 /// A publication for upstream.
 #[derive(Debug)]

@@ -22,6 +22,10 @@ pub struct HubProcess {
     child: Option<Child>,
     /// Its plain MQTT port on 127.0.0.1.
     pub mqtt: u16,
+    /// Its MQTT-over-TLS port on 127.0.0.1.
+    pub mqtts: u16,
+    /// Its metrics port on 127.0.0.1.
+    pub metrics: u16,
 }
 
 impl HubProcess {
@@ -36,45 +40,99 @@ impl HubProcess {
 
     /// A hub of device `edge` with these routes and modules.
     pub fn start_with(routes: &Value, modules: &[&str]) -> Self {
+        Self::start_device("edge", routes, modules, "")
+    }
+
+    /// A hub of device `device_id` with these routes and modules, and `extra` appended to its
+    /// configuration (e.g. an `[upstream]` table).
+    pub fn start_device(device_id: &str, routes: &Value, modules: &[&str], extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("deployment.json"),
             super::manifest(routes, modules).to_string(),
         )
         .unwrap();
-        let (mqtt, mqtts) = (free_port(), free_port());
+        let (mqtt, mqtts, metrics) = (free_port(), free_port(), free_port());
         std::fs::write(
             dir.path().join("edgehub.toml"),
             format!(
-                "device_id = \"edge\"\niothub_hostname = \"{HUB_HOST}\"\n\
+                "device_id = \"{device_id}\"\niothub_hostname = \"{HUB_HOST}\"\n\
                  gateway_hostname = \"localhost\"\ndata_dir = \"data\"\n\
-                 manifest = \"deployment.json\"\n[listen]\nmqtt = \"127.0.0.1:{mqtt}\"\n\
-                 mqtts = \"127.0.0.1:{mqtts}\"\nhttps = \"127.0.0.1:0\"\n"
+                 manifest = \"deployment.json\"\n{extra}\n[listen]\nmqtt = \"127.0.0.1:{mqtt}\"\n\
+                 mqtts = \"127.0.0.1:{mqtts}\"\nhttps = \"127.0.0.1:0\"\n\
+                 metrics = \"127.0.0.1:{metrics}\"\n"
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("hub.log")).unwrap();
+        let mut hub = Self {
+            dir,
+            child: None,
+            mqtt,
+            mqtts,
+            metrics,
+        };
+        hub.spawn();
+        hub
+    }
+
+    /// Starts the process (again) on its folder and ports; returns once its admin endpoint
+    /// answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the hub runs already");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("hub.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_edgehub"))
             .args(["run", "--config"])
-            .arg(dir.path().join("edgehub.toml"))
-            .env("RUST_LOG", "info")
+            .arg(self.dir.path().join("edgehub.toml"))
+            .env("RUST_LOG", "info,sled=warn")
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let hub = Self {
-            dir,
-            child: Some(child),
-            mqtt,
-        };
-        let socket = hub.dir.path().join("data/admin.sock");
+        self.child = Some(child);
+        let socket = self.dir.path().join("data/admin.sock");
         wait_until(
             Duration::from_secs(30),
             "the admin endpoint answers",
             || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
         );
-        hub
+    }
+
+    /// SIGKILL: the process dies at once, whatever it was doing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The admin socket file stays behind a killed hub; the next start replaces it.
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            assert!(super::terminate(&mut child).success());
+        }
+    }
+
+    /// The generated CA the hub's TLS listener presents a certificate of.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("data/certs/ca.pem")
+    }
+
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
     }
 
     /// The configuration file.

@@ -1,0 +1,386 @@
+//! Upstream between two `edgehub` processes on loopback (issue 12): a child forwards a module's
+//! stream to its parent through outages. Figures (sent, acknowledged, arrived, lost,
+//! duplicated, seconds to recover) are printed for BENCHMARKS.md.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::hubproc::{HUB_HOST, HubProcess, epoch_secs, key_of};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const CHILD: &str = "child-1";
+const SENSOR_OUT: &str = "devices/child-1/modules/sensor/messages/events/%24.on=out1";
+
+/// The parent: it routes the child's sensor (by its original identity) and the leaf device
+/// `leaf-7` to its own module `counter`.
+fn parent() -> HubProcess {
+    HubProcess::start_device(
+        "parent",
+        &json!({
+            "fromChild": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/counter/inputs/in\")",
+            "fromLeaf": "FROM /messages/* WHERE $connectionDeviceId = 'leaf-7' INTO BrokeredEndpoint(\"/modules/counter/inputs/in\")"
+        }),
+        &["counter"],
+        "",
+    )
+}
+
+/// The child of `parent` (registered there now): `sensor`'s output goes upstream, with
+/// `route` as the route (a string, or an object with a TTL).
+fn child(parent: &HubProcess, route: &Value) -> HubProcess {
+    let connection_string = parent.identity(&["add", "--edge-device", CHILD]);
+    assert!(
+        connection_string.contains("ModuleId=$edgeHub"),
+        "{connection_string}"
+    );
+    assert!(
+        connection_string
+            .trim_end()
+            .ends_with("GatewayHostName=localhost")
+    );
+    let upstream = format!(
+        "[upstream]\nconnection_string = \"{}\"\nport = {}\nca = \"{}\"\n",
+        connection_string.trim(),
+        parent.mqtts,
+        parent.ca().display()
+    );
+    HubProcess::start_device(CHILD, &json!({ "up": route }), &["sensor"], &upstream)
+}
+
+/// MQTT options for module `module` of `device` on `hub`, with a token of its key.
+fn module(hub: &HubProcess, device: &str, module: &str) -> MqttOptions {
+    let key = key_of(&hub.identity(&["add", module]));
+    let token = edgehub::sas::sign(
+        &format!("{HUB_HOST}/devices/{device}/modules/{module}"),
+        &key,
+        epoch_secs(3600),
+    );
+    let mut options = hub.options(
+        &format!("{device}/{module}"),
+        &format!("{HUB_HOST}/{device}/{module}/?api-version=2021-04-12"),
+        &token,
+    );
+    options.set_clean_session(false);
+    options
+}
+
+/// A publisher whose PUBACKs are counted (the hub acknowledges in order, so the count is the
+/// acknowledged prefix of what was sent).
+struct Sensor {
+    client: AsyncClient,
+    acked: Arc<AtomicU32>,
+}
+
+impl Sensor {
+    fn connect(options: MqttOptions) -> Self {
+        let (client, mut events) = AsyncClient::new(options, 1000);
+        let acked = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&acked);
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        Self { client, acked }
+    }
+
+    async fn send(&self, seq: u32) {
+        self.client
+            .publish(
+                SENSOR_OUT,
+                QoS::AtLeastOnce,
+                false,
+                seq.to_be_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `n` messages are acknowledged.
+    async fn wait_acked(&self, n: u32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.acked.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "{n} acknowledged within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The parent's module receiving what the child forwards; reconnects by itself.
+fn counter(options: MqttOptions) -> mpsc::UnboundedReceiver<u32> {
+    let (client, mut events) = AsyncClient::new(options, 100);
+    let (arrived, arrivals) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
+                    let _ = client
+                        .subscribe("devices/parent/modules/counter/inputs/#", QoS::AtLeastOnce)
+                        .await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+                    if arrived.send(seq).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    arrivals
+}
+
+/// What arrived: distinct sequence numbers in their first-arrival order, and duplicates.
+struct Arrivals {
+    order: Vec<u32>,
+    seen: BTreeSet<u32>,
+    duplicates: u32,
+}
+
+impl Arrivals {
+    fn new() -> Self {
+        Self {
+            order: Vec::new(),
+            seen: BTreeSet::new(),
+            duplicates: 0,
+        }
+    }
+
+    fn take(&mut self, seq: u32) {
+        if self.seen.insert(seq) {
+            self.order.push(seq);
+        } else {
+            self.duplicates += 1;
+        }
+    }
+
+    /// Receives until every one of `expected` arrived, or `within` passed.
+    async fn until(
+        &mut self,
+        arrivals: &mut mpsc::UnboundedReceiver<u32>,
+        expected: &BTreeSet<u32>,
+        within: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !expected.is_subset(&self.seen) {
+            match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+                Ok(Some(seq)) => self.take(seq),
+                _ => return,
+            }
+        }
+        // Late duplicates of the last moments.
+        while let Ok(Some(seq)) =
+            tokio::time::timeout(Duration::from_millis(500), arrivals.recv()).await
+        {
+            self.take(seq);
+        }
+    }
+
+    fn in_order(&self) -> bool {
+        self.order.windows(2).all(|w| w[0] < w[1])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parent_killed_for_20_s_under_a_stream_loses_nothing() {
+    const RATE: u32 = 100; // messages per second
+    const TOTAL: u32 = 3000; // 30 s of stream
+    let mut parent = parent();
+    let child = child(
+        &parent,
+        &json!("FROM /messages/modules/sensor/* INTO $upstream"),
+    );
+    let mut arrivals = counter(module(&parent, "parent", "counter"));
+    let sensor = Sensor::connect(module(&child, CHILD, "sensor"));
+
+    let mut got = Arrivals::new();
+    let started = Instant::now();
+    let mut killed_at = None;
+    let mut last_before_kill = 0;
+    let mut back_at = None;
+    let mut first_after_return = None;
+    for seq in 0..TOTAL {
+        sensor.send(seq).await;
+        let elapsed = started.elapsed();
+        if killed_at.is_none() && elapsed >= Duration::from_secs(5) {
+            parent.kill();
+            killed_at = Some(Instant::now());
+            last_before_kill = seq;
+        }
+        if let (Some(killed), None) = (killed_at, back_at)
+            && killed.elapsed() >= Duration::from_secs(20)
+        {
+            parent.spawn();
+            back_at = Some(Instant::now());
+        }
+        while let Ok(seq) = arrivals.try_recv() {
+            // The first message the child had to keep during the outage.
+            if seq > last_before_kill && back_at.is_some() && first_after_return.is_none() {
+                first_after_return = back_at.map(|at| at.elapsed());
+            }
+            got.take(seq);
+        }
+        let next = started + Duration::from_secs_f64(f64::from(seq + 1) / f64::from(RATE));
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let acked = {
+        sensor.wait_acked(TOTAL).await;
+        sensor.acked.load(Ordering::SeqCst)
+    };
+    let expected: BTreeSet<u32> = (0..acked).collect();
+    got.until(&mut arrivals, &expected, Duration::from_secs(90))
+        .await;
+    let lost = expected.difference(&got.seen).count();
+    println!(
+        "upstream outage 20 s (SIGKILL): sent {TOTAL}, acknowledged {acked}, arrived {}, lost {lost}, duplicated {}, first message kept during the outage arrived {:?} after the parent's return",
+        got.seen.len(),
+        got.duplicates,
+        first_after_return
+    );
+    assert_eq!(lost, 0, "every acknowledged message arrives");
+    assert!(got.in_order(), "in order per sender");
+    let metrics = child.metrics();
+    assert!(
+        metrics.contains("edgehub_upstream_reconnects_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_stored_by_a_child_restarted_while_the_parent_is_down_leave_once_it_is_back() {
+    const N: u32 = 200;
+    let mut parent = parent();
+    let mut child = child(
+        &parent,
+        &json!("FROM /messages/modules/sensor/* INTO $upstream"),
+    );
+    let counter_options = module(&parent, "parent", "counter");
+    parent.kill();
+    let sensor = Sensor::connect(module(&child, CHILD, "sensor"));
+    for seq in 0..N {
+        sensor.send(seq).await;
+    }
+    sensor.wait_acked(N).await;
+    drop(sensor);
+    child.terminate();
+    child.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    parent.spawn();
+    let mut arrivals = counter(counter_options);
+    let mut got = Arrivals::new();
+    let expected: BTreeSet<u32> = (0..N).collect();
+    got.until(&mut arrivals, &expected, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        got.seen, expected,
+        "everything stored before the restart left"
+    );
+    assert!(got.in_order());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_outage_exactly_the_messages_whose_ttl_ran_out_are_dropped() {
+    let mut parent = parent();
+    let child = child(
+        &parent,
+        &json!({"route": "FROM /messages/modules/sensor/* INTO $upstream", "timeToLiveSecs": 5}),
+    );
+    let counter_options = module(&parent, "parent", "counter");
+    parent.kill();
+    let sensor = Sensor::connect(module(&child, CHILD, "sensor"));
+    // Batch A goes in as the outage starts; after 10 s its 5 s TTL has run out.
+    for seq in 0..50 {
+        sensor.send(seq).await;
+    }
+    sensor.wait_acked(50).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    parent.spawn();
+    let mut arrivals = counter(counter_options);
+    // The link finds the parent again by itself (within its back-off cap).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !child
+        .metrics()
+        .contains("edgehub_upstream_connected{state=\"connected\"} 1")
+    {
+        assert!(Instant::now() < deadline, "the link is back within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Batch B, fresh: it flows.
+    for seq in 50..100 {
+        sensor.send(seq).await;
+    }
+    sensor.wait_acked(100).await;
+    let mut got = Arrivals::new();
+    let batch_b: BTreeSet<u32> = (50..100).collect();
+    got.until(&mut arrivals, &batch_b, Duration::from_secs(30))
+        .await;
+    assert_eq!(got.seen, batch_b, "exactly batch B arrives");
+    let metrics = child.metrics();
+    assert!(
+        metrics.contains("edgehub_messages_expired_total 50"),
+        "the 50 of batch A are counted as expired:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_identity_is_retried_and_its_messages_kept_until_it_is_accepted() {
+    let parent = parent();
+    let child = child(&parent, &json!("FROM /messages/* INTO $upstream"));
+    let mut arrivals = counter(module(&parent, "parent", "counter"));
+    // A leaf device of the child that the parent does not know yet: its upstream connection is
+    // refused (not in the child's scope there), retried with back-off, never dropped.
+    let leaf_key = key_of(&child.identity(&["add", "--device", "leaf-7"]));
+    let token = edgehub::sas::sign(
+        &format!("{HUB_HOST}/devices/leaf-7"),
+        &leaf_key,
+        epoch_secs(3600),
+    );
+    let mut options = child.options(
+        "leaf-7",
+        &format!("{HUB_HOST}/leaf-7/?api-version=2021-04-12"),
+        &token,
+    );
+    options.set_clean_session(false);
+    let (leaf, mut events) = AsyncClient::new(options, 100);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    for seq in 0..20u32 {
+        leaf.publish(
+            "devices/leaf-7/messages/events/",
+            QoS::AtLeastOnce,
+            false,
+            seq.to_be_bytes().to_vec(),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(arrivals.try_recv().is_err(), "nothing passes while refused");
+    let log = std::fs::read_to_string(child.dir.path().join("hub.log")).unwrap();
+    assert!(
+        log.contains("upstream connection failed"),
+        "the refusal is logged:\n{log}"
+    );
+
+    // Registered under the child at the parent: the next attempt gets through, nothing lost.
+    parent.identity(&["add", "--device", "leaf-7", "--parent", CHILD]);
+    let mut got = Arrivals::new();
+    let expected: BTreeSet<u32> = (0..20).collect();
+    got.until(&mut arrivals, &expected, Duration::from_secs(90))
+        .await;
+    assert_eq!(got.seen, expected);
+    assert!(got.in_order());
+}
