@@ -522,6 +522,20 @@ impl Hub {
         self.twins.get(client_id)
     }
 
+    /// Merges a reported-properties patch into the twin of `client_id` (for the edge agent,
+    /// which writes `$edgeAgent`'s through the admin socket); returns the new reported version.
+    ///
+    /// # Errors
+    ///
+    /// `Ok(Err(_))` for an invalid patch; `Err(_)` when storage fails.
+    pub fn patch_reported(
+        &self,
+        client_id: &str,
+        patch: &[u8],
+    ) -> Result<Result<u64, PatchError>, StorageError> {
+        self.twins.patch_reported(client_id, patch)
+    }
+
     /// Sets desired properties of `client_id`, and pushes the patch to the client if it is
     /// connected and subscribed to desired-property updates. A client that is offline reads
     /// the current twin when it comes back (the SDKs GET it on every connection).

@@ -2,9 +2,9 @@
 //! and every period, the reported properties published on the agent's socket and written to
 //! `<data_dir>/reported.json`, and an orderly stop.
 //!
-//! The hub's admin socket offers no way to write `$edgeAgent`'s reported properties, so the
-//! agent keeps them itself: the patch of each pass is applied to the document it holds
-//! (and logged), the whole document is what `edgeagent status` shows.
+//! The agent keeps `$edgeAgent`'s reported properties itself (the patch of each pass applied
+//! to the document it holds, what `edgeagent status` shows) and writes them to the hub's
+//! twin of `$edgeAgent` through the hub's admin socket ([`crate::hub_twin`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::control;
+use crate::hub_twin::HubTwin;
 use crate::manifest::{self, DeploymentError, Desired, StatusCode};
 use crate::plan::RestartRecord;
 use crate::reconcile::{Judged, Reconciler};
@@ -38,6 +39,8 @@ pub struct DaemonOptions {
     pub leave_modules: bool,
     /// The longest a pass may take before it is abandoned (reference 10 min).
     pub pass_timeout: Duration,
+    /// The hub's twin of `$edgeAgent`, where the reported properties are written too.
+    pub hub_twin: Option<HubTwin>,
 }
 
 /// Why the agent could not run.
@@ -218,6 +221,9 @@ pub async fn run<R: Runtime>(
         .unwrap_or_else(|| json!({}));
     let (publish, published) = watch::channel(last_reported.clone());
     let socket = control::socket_path(&options.data_dir);
+    if let Some(hub_twin) = options.hub_twin.clone() {
+        tokio::spawn(hub_twin.sync(published.clone()));
+    }
     let control = control::serve(&socket, published).map_err(io("serving", &socket))?;
     tracing::info!(socket = %socket.display(), manifest = %options.manifest.display(), runtime = reconciler.runtime().kind(), "agent running");
 

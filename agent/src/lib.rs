@@ -10,6 +10,7 @@ pub mod control;
 pub mod create_options;
 pub mod daemon;
 pub mod environment;
+pub mod hub_twin;
 pub mod identity;
 pub mod lint;
 pub mod manifest;

@@ -194,6 +194,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<ExitCode> {
         poll: Duration::from_secs(2),
         leave_modules: args.leave_modules,
         pass_timeout: Duration::from_secs(600),
+        hub_twin: Some(agent::hub_twin::HubTwin::new(&hub.data_dir, &hub.device_id)),
     };
     let rt = runtime()?;
     rt.block_on(async move {

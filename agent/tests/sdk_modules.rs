@@ -153,5 +153,27 @@ fn sdk_modules_exchange_messages_through_the_hub_under_the_agent() {
         table.contains("sender") && table.contains("receiver"),
         "{table}"
     );
+    // The same reported properties are in the hub's twin of $edgeAgent.
+    let start = Instant::now();
+    loop {
+        let output = Command::new(&edgehub)
+            .current_dir(root)
+            .args(["twin", "get", "--config", "edgehub.toml", "$edgeAgent"])
+            .output()
+            .unwrap();
+        let twin: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&output.stderr).into());
+        let modules = &twin["reported"]["modules"];
+        if modules["sender"]["runtimeStatus"] == "running"
+            && modules["receiver"]["runtimeStatus"] == "running"
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the hub's $edgeAgent twin reports the modules: {twin}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     drop(agent);
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::http::json_response;
 use crate::hub::{DeployError, Hub};
-use crate::identity::id::{EDGE_HUB, validate_device_id, validate_module_id};
+use crate::identity::id::{EDGE_AGENT, EDGE_HUB, validate_device_id, validate_module_id};
 use crate::stop::Stop;
 
 /// The largest request body accepted (larger gets 413).
@@ -66,6 +66,7 @@ impl ApiError {
 enum Route {
     GetTwin(String),
     PatchDesired(String),
+    PatchReported(String),
     Deploy,
     Invoke { client_id: String, method: String },
 }
@@ -91,6 +92,7 @@ async fn dispatch(hub: &Hub, route: Route, body: &[u8]) -> Result<Value, ApiErro
     match route {
         Route::GetTwin(client_id) => get_twin(hub, &client_id),
         Route::PatchDesired(client_id) => patch_desired(hub, &client_id, body),
+        Route::PatchReported(client_id) => patch_reported(hub, &client_id, body),
         Route::Deploy => deploy(hub, body),
         Route::Invoke { client_id, method } => invoke(hub, &client_id, &method, body).await,
     }
@@ -119,6 +121,9 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         ["twins", rest @ ..] if !rest.is_empty() => match (method, rest) {
             (&Method::PATCH, [id @ .., "properties", "desired"]) if !id.is_empty() => {
                 Ok(Route::PatchDesired(client_id(&id.join("/"))?))
+            }
+            (&Method::PATCH, [id @ .., "properties", "reported"]) if !id.is_empty() => {
+                Ok(Route::PatchReported(client_id(&id.join("/"))?))
             }
             (&Method::GET, id) => Ok(Route::GetTwin(client_id(&id.join("/"))?)),
             (&Method::PATCH, _) => Err(ApiError::new(
@@ -226,6 +231,24 @@ fn patch_desired(hub: &Hub, client_id: &str, body: &[u8]) -> Result<Value, ApiEr
             Ok(json!({"$version": version}))
         }
         Ok(Err(e)) => Err(ApiError::bad_request(format!("invalid desired patch: {e}"))),
+        Err(e) => Err(storage_failure(&e)),
+    }
+}
+
+/// Patches the reported properties of `$edgeAgent` (the edge agent, which reaches the hub
+/// through this socket rather than MQTT); other clients report over MQTT themselves.
+fn patch_reported(hub: &Hub, client_id: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let agent = format!("{}/{EDGE_AGENT}", hub.device_id());
+    if client_id != EDGE_AGENT && client_id != agent {
+        return Err(ApiError::bad_request(
+            "only the reported properties of $edgeAgent are written here; modules report over MQTT",
+        ));
+    }
+    match hub.patch_reported(&agent, body) {
+        Ok(Ok(version)) => Ok(json!({"$version": version})),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!(
+            "invalid reported patch: {e}"
+        ))),
         Err(e) => Err(storage_failure(&e)),
     }
 }
@@ -342,6 +365,14 @@ mod tests {
             }
         );
         assert_eq!(route(&Method::POST, "/deployment").unwrap(), Route::Deploy);
+        assert_eq!(
+            route(
+                &Method::PATCH,
+                "/twins/edge%2F%24edgeAgent/properties/reported"
+            )
+            .unwrap(),
+            Route::PatchReported("edge/$edgeAgent".into())
+        );
     }
 
     #[test]
