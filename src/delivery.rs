@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::in_flight::{InFlight, front_ack};
 use crate::metrics::{DropReason, Metrics};
 use crate::mqtt::limits::check_publish;
 use crate::mqtt::session::{Outbound, Sessions};
@@ -40,15 +41,6 @@ pub struct ModuleInput {
     pub module: String,
     /// The target input.
     pub input: String,
-}
-
-/// A message published and not yet acknowledged.
-#[derive(Debug)]
-struct InFlight {
-    id: store::EntryId,
-    /// `None` for an unreadable record, acknowledged (dropped) in its turn.
-    ack: Option<oneshot::Receiver<()>>,
-    deadline: tokio::time::Instant,
 }
 
 /// Runs the pump of one module input until `stop` turns true or the endpoint is removed.
@@ -155,20 +147,6 @@ pub async fn pump(
             _ = changes.changed() => stale = true,
             () = stop.stopped() => return,
         }
-    }
-}
-
-/// Waits for the front message's acknowledgement until its deadline: `true` if acknowledged.
-async fn front_ack(front: Option<&mut InFlight>) -> bool {
-    let Some(front) = front else {
-        return false;
-    };
-    match front.ack.as_mut() {
-        None => true,
-        Some(ack) => matches!(
-            tokio::time::timeout_at(front.deadline, ack).await,
-            Ok(Ok(()))
-        ),
     }
 }
 

@@ -378,15 +378,9 @@ impl Hub {
 
     /// Starts the delivery pump of a module input, unless it runs already.
     fn start_pump(&self, queue: &str, module: &str, input: &str) -> Result<(), store::StoreError> {
-        let new = self
-            .pumps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(queue.to_owned());
-        if !new {
+        let Some(reader) = self.claim_reader(queue)? else {
             return Ok(());
-        }
-        let reader = self.ingest.store().reader(queue)?;
+        };
         let target = ModuleInput {
             endpoint: queue.to_owned(),
             device: self.device_id().to_owned(),
@@ -409,15 +403,9 @@ impl Hub {
         let Some(settings) = &self.upstream else {
             return Ok(());
         };
-        let new = self
-            .pumps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(queue.to_owned());
-        if !new {
+        let Some(reader) = self.claim_reader(queue)? else {
             return Ok(());
-        }
-        let reader = self.ingest.store().reader(queue)?;
+        };
         let forwarder = Forwarder {
             settings: Arc::clone(settings),
             status: Arc::clone(&self.upstream_status),
@@ -426,6 +414,30 @@ impl Hub {
         self.spawn(forwarder.run(reader, self.stop.subscribe()));
         tracing::info!(host = %settings.host, port = settings.port, "forwarding $upstream messages");
         Ok(())
+    }
+
+    /// The reader of `queue` for the task that will pump it; `None` when a task pumps it
+    /// already (one reader per queue, for the hub's lifetime).
+    fn claim_reader(&self, queue: &str) -> Result<Option<store::Reader>, store::StoreError> {
+        let new = self
+            .pumps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(queue.to_owned());
+        if !new {
+            return Ok(None);
+        }
+        self.ingest
+            .store()
+            .reader(queue)
+            .map(Some)
+            .inspect_err(|_| {
+                // Nobody pumps it after all: a later install may try again.
+                self.pumps
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(queue);
+            })
     }
 
     /// What the upstream links report (idle when upstream is not configured).

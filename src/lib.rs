@@ -14,7 +14,8 @@
 //! - [`mqtt`]: a client connection ([`mqtt::connection`]), the sessions, topics both ways and
 //!   property bags, authentication of a CONNECT;
 //! - [`ingest`]: a message in, routed, encoded, enqueued, a ticket out;
-//! - [`delivery`]: pumps from the store to module inputs;
+//! - [`delivery`]: pumps from the store to module inputs; [`upstream`]: the `$upstream`
+//!   queue forwarded to IoT Hub or a parent hub; [`in_flight`]: what both keep in flight;
 //! - [`record`]: the byte format of a message in the store;
 //! - [`twin`]: module and device twins; [`edgehub_twin`]: the `$edgeHub` twin's reported
 //!   properties; [`methods`]: direct method requests and their responses;
@@ -34,6 +35,7 @@ pub mod fs;
 pub mod http;
 pub mod hub;
 pub mod identity;
+pub mod in_flight;
 pub mod ingest;
 pub mod listener;
 pub mod manifest;

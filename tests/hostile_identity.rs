@@ -2,131 +2,15 @@
 //! connections of a removed identity, or authenticated with a rotated key, are closed within
 //! seconds; the others stay. Through the real binary and a real MQTT client.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use edgehub::identity::SymmetricKey;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet};
-use serde_json::json;
 
 mod common;
-use common::{SENDER_TO_RECEIVER, free_port};
-
-const HUB_HOST: &str = "hub.example.net";
+use common::hubproc::HubProcess;
 
 /// How long a closed connection may stay open: the hub rechecks every few seconds.
 const CLOSED_WITHIN: Duration = Duration::from_secs(10);
-
-struct Hub {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    mqtt: u16,
-}
-
-impl Hub {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("deployment.json"),
-            common::manifest(
-                &json!({"senderToReceiver": SENDER_TO_RECEIVER}),
-                &["sender", "receiver"],
-            )
-            .to_string(),
-        )
-        .unwrap();
-        let (mqtt, mqtts) = (free_port(), free_port());
-        std::fs::write(
-            dir.path().join("edgehub.toml"),
-            format!(
-                "device_id = \"edge\"\niothub_hostname = \"{HUB_HOST}\"\n\
-                 gateway_hostname = \"localhost\"\ndata_dir = \"data\"\n\
-                 manifest = \"deployment.json\"\n[listen]\nmqtt = \"127.0.0.1:{mqtt}\"\n\
-                 mqtts = \"127.0.0.1:{mqtts}\"\nhttps = \"127.0.0.1:0\"\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_edgehub"))
-            .args(["run", "--config"])
-            .arg(dir.path().join("edgehub.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let hub = Self {
-            dir,
-            child: Some(child),
-            mqtt,
-        };
-        let socket = hub.dir.path().join("data/admin.sock");
-        common::wait_until(
-            Duration::from_secs(30),
-            "the admin endpoint answers",
-            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
-        );
-        hub
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("edgehub.toml")
-    }
-
-    /// `edgehub identity <args> --config <this hub's config>`, which must succeed; its stdout.
-    fn identity(&self, args: &[&str]) -> String {
-        let out: Output = Command::new(env!("CARGO_BIN_EXE_edgehub"))
-            .arg("identity")
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "identity {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// MQTT options for leaf device `device` with the key of `connection_string`.
-    fn leaf(&self, device: &str, connection_string: &str) -> MqttOptions {
-        let expiry = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 3600;
-        self.leaf_until(device, connection_string, expiry)
-    }
-
-    /// The same with a token that expires at `expiry` (seconds since the epoch).
-    fn leaf_until(&self, device: &str, connection_string: &str, expiry: u64) -> MqttOptions {
-        let fields: HashMap<&str, &str> = connection_string
-            .trim()
-            .split(';')
-            .filter_map(|f| f.split_once('='))
-            .collect();
-        let key = SymmetricKey::from_base64(fields["SharedAccessKey"]).unwrap();
-        let mut options = MqttOptions::new(device, "127.0.0.1", self.mqtt);
-        options.set_credentials(
-            format!("{HUB_HOST}/{device}/?api-version=2021-04-12"),
-            edgehub::sas::sign(&format!("{HUB_HOST}/devices/{device}"), &key, expiry),
-        );
-        options.set_keep_alive(Duration::from_secs(60));
-        options
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// A connected client: its event loop, once the CONNACK accepted it.
 async fn connect(options: MqttOptions) -> (AsyncClient, EventLoop) {
@@ -164,7 +48,7 @@ async fn closed_within(eventloop: &mut EventLoop, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_a_key_closes_the_connections_it_authenticated_and_only_those() {
-    let hub = Hub::start();
+    let hub = HubProcess::start();
     let primary = hub.identity(&["add", "--device", "leaf"]);
     let (_on_primary, mut primary_loop) = connect(hub.leaf("leaf", &primary)).await;
     let other = hub.identity(&["add", "--device", "bystander"]);
@@ -187,7 +71,7 @@ async fn rotating_a_key_closes_the_connections_it_authenticated_and_only_those()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_an_identity_closes_its_connections_and_refuses_new_ones() {
-    let hub = Hub::start();
+    let hub = HubProcess::start();
     let leaf = hub.identity(&["add", "--device", "leaf"]);
     let other = hub.identity(&["add", "--device", "bystander"]);
     let (_leaf, mut leaf_loop) = connect(hub.leaf("leaf", &leaf)).await;
@@ -200,7 +84,7 @@ async fn removing_an_identity_closes_its_connections_and_refuses_new_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_with_an_id_iot_hub_would_refuse_is_refused() {
-    let hub = Hub::start();
+    let hub = HubProcess::start();
     let leaf = hub.identity(&["add", "--device", "leaf"]);
     // A well-formed token, but a device id of 129 characters (no such identity could exist).
     let long = "d".repeat(129);
@@ -212,7 +96,7 @@ async fn a_connect_with_an_id_iot_hub_would_refuse_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_that_expire_at_the_edge_of_time_neither_panic_nor_pass() {
-    let hub = Hub::start();
+    let hub = HubProcess::start();
     let leaf = hub.identity(&["add", "--device", "leaf"]);
     for expiry in [u64::MAX, i64::MAX as u64, edgehub::sas::MAX_EXPIRY + 1] {
         assert!(

@@ -15,6 +15,7 @@ use super::link::{Link, Publication};
 use super::settings::UpstreamSettings;
 use super::status::UpstreamStatus;
 use crate::identity::ClientIdentity;
+use crate::in_flight::{InFlight, front_ack};
 use crate::metrics::{DropReason, Metrics};
 use crate::mqtt::topic::{encode_upstream_bag, telemetry};
 use crate::record;
@@ -33,14 +34,6 @@ const RETRY: Duration = Duration::from_secs(2);
 /// How long the forwarder waits before reading again when a read found nothing it could
 /// deliver.
 const READ_RETRY: Duration = Duration::from_millis(5);
-
-/// A message sent and not yet acknowledged.
-struct InFlight {
-    id: store::EntryId,
-    /// `None` for a record that is dropped (unreadable, or without a sender).
-    ack: Option<oneshot::Receiver<()>>,
-    deadline: tokio::time::Instant,
-}
 
 /// What the forwarder needs.
 #[derive(Debug)]
@@ -163,20 +156,5 @@ impl Forwarder {
             acked,
         });
         Some(ack)
-    }
-}
-
-/// Waits for the front message's acknowledgement until its deadline: `true` if acknowledged
-/// (or dropped, which counts as done).
-async fn front_ack(front: Option<&mut InFlight>) -> bool {
-    let Some(front) = front else {
-        return false;
-    };
-    match front.ack.as_mut() {
-        None => true,
-        Some(ack) => matches!(
-            tokio::time::timeout_at(front.deadline, ack).await,
-            Ok(Ok(()))
-        ),
     }
 }

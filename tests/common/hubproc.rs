@@ -162,6 +162,22 @@ impl HubProcess {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// MQTT options for leaf device `device` with the key of `connection_string`, a token
+    /// valid for an hour.
+    pub fn leaf(&self, device: &str, connection_string: &str) -> MqttOptions {
+        self.leaf_until(device, connection_string, epoch_secs(3600))
+    }
+
+    /// The same with a token that expires at `expiry` (seconds since the epoch).
+    pub fn leaf_until(&self, device: &str, connection_string: &str, expiry: u64) -> MqttOptions {
+        let key = key_of(connection_string);
+        self.options(
+            device,
+            &format!("{HUB_HOST}/{device}/?api-version=2021-04-12"),
+            &edgehub::sas::sign(&format!("{HUB_HOST}/devices/{device}"), &key, expiry),
+        )
+    }
+
     /// MQTT options on this hub's plain port.
     pub fn options(&self, client_id: &str, username: &str, password: &str) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", self.mqtt);
