@@ -326,3 +326,27 @@ async fn a_sender_cannot_pose_as_another_identity_to_routes_or_receivers() {
     );
     hub.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_http_client_that_sends_nothing_or_idles_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path(), json!({})).await;
+    let addr = hub.metrics_addr().unwrap();
+    // Headers that never end.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // A kept-alive connection that goes quiet after one request.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let within = edgehub::http::HEADER_TIMEOUT + Duration::from_secs(5);
+    assert!(closed_within(&mut slow, within).await, "unfinished headers");
+    assert!(
+        closed_within(&mut idle, within).await,
+        "an idle kept-alive connection"
+    );
+    hub.shutdown().await.unwrap();
+}
