@@ -5,6 +5,8 @@
 //! loop: `../shared/tools/import-loops` checks it):
 //! - [`cli`]: the `edgehub` command line (`run`, `identity`, `route`, `twin`, `deploy`,
 //!   `method`); [`run`]: from a configuration to a running hub, until SIGTERM;
+//!   [`edge_environment`]: the configuration of a hub run as the `edgeHub` module of an agent
+//!   (`IOTEDGE_*` variables and the workload API);
 //! - [`admin`]: the operator's endpoint on `<data_dir>/admin.sock` (socket, server, manifest
 //!   watcher, and the command line's client);
 //! - [`hub`]: the wiring: creates the shared pieces, installs routes, binds the listeners;
