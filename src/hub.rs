@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use router::{ConfigErrors, EdgeHubRoutes, Endpoint, RouteTable};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::delivery::{self, ModuleInput};
@@ -37,6 +37,10 @@ use crate::upstream::{UpstreamSettings, UpstreamStatus};
 
 /// How long open connections get to finish once the hub stops accepting.
 const DRAIN: Duration = Duration::from_secs(5);
+
+/// How often the hub looks whether identities changed (removed, keys rotated by `edgehub
+/// identity` in another process); connections recheck their grant when they did.
+const IDENTITY_POLL: Duration = Duration::from_secs(2);
 
 /// How long the pumps and listeners get to stop before they are aborted.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -165,10 +169,12 @@ impl Hub {
             code: 200,
             description: String::new(),
         });
+        let identity_changes = hub.watch_identities(Arc::clone(&auth));
         let services = Arc::new(hub.connection_services(
             Arc::clone(&auth),
             settings.connect_timeout,
             settings.strict_topics,
+            identity_changes,
         ));
         if let Some(addr) = settings.mqtt {
             hub.bound.mqtt = Some(hub.listen_mqtt(addr, None, &services).await?);
@@ -191,6 +197,7 @@ impl Hub {
         auth: Arc<dyn Authenticator>,
         connect_timeout: Duration,
         strict_topics: bool,
+        identity_changes: watch::Receiver<u64>,
     ) -> Services {
         Services {
             ingest: Arc::clone(&self.ingest),
@@ -201,7 +208,33 @@ impl Hub {
             metrics: Arc::clone(&self.metrics),
             connect_timeout,
             strict_topics,
+            identity_changes,
         }
+    }
+
+    /// Polls the authenticator's generation every [`IDENTITY_POLL`] (one `stat` of the
+    /// registry) and bumps the returned watch when it moved: connections recheck then, and cost
+    /// nothing while identities stay as they are.
+    fn watch_identities(&self, auth: Arc<dyn Authenticator>) -> watch::Receiver<u64> {
+        let (changed, changes) = watch::channel(0);
+        let mut stop = self.stop.subscribe();
+        self.spawn(async move {
+            let mut seen = auth.generation();
+            let mut poll = tokio::time::interval(IDENTITY_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = poll.tick() => {}
+                    () = stop.stopped() => return,
+                }
+                let now = auth.generation();
+                if now != seen {
+                    seen = now;
+                    changed.send_modify(|n| *n += 1);
+                }
+            }
+        });
+        changes
     }
 
     /// Serves MQTT on `addr`, over TLS when `tls` is given; returns the bound address.

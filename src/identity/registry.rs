@@ -164,6 +164,8 @@ pub struct IdentityRegistry {
     path: PathBuf,
     edge_device_id: String,
     loaded: Mutex<Loaded>,
+    /// Bumped every time the in-memory copy is replaced (see [`Self::generation`]).
+    loads: std::sync::atomic::AtomicU64,
 }
 
 /// The in-memory copy of the file and the stamp of the file it came from.
@@ -242,6 +244,7 @@ impl IdentityRegistry {
             path: data_dir.join(FILE_NAME),
             edge_device_id: edge_device_id.to_owned(),
             loaded: Mutex::default(),
+            loads: std::sync::atomic::AtomicU64::new(0),
         };
         store.reload_if_changed()?;
         Ok(store)
@@ -396,6 +399,8 @@ impl IdentityRegistry {
         fresh.stamp = self.stamp()?;
         tracing::info!(path = %self.path.display(), "identity registry updated");
         *self.lock_loaded() = fresh;
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(result)
     }
 
@@ -498,6 +503,18 @@ impl IdentityRegistry {
         })
     }
 
+    /// A number that changes whenever the registry was read again (another process changed
+    /// the file) or changed here: what a watcher compares to learn that identities or keys
+    /// may have changed. One `stat` when nothing changed.
+    ///
+    /// # Errors
+    ///
+    /// When the file changed and cannot be read or parsed.
+    pub fn generation(&self) -> Result<u64, IdentityError> {
+        self.reload_if_changed()?;
+        Ok(self.loads.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Re-reads the file if it is not the one last loaded (one `stat` when it is).
     ///
     /// # Errors
@@ -509,6 +526,8 @@ impl IdentityRegistry {
         }
         let fresh = self.read()?;
         *self.lock_loaded() = fresh;
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -537,6 +556,8 @@ impl IdentityRegistry {
             tracing::info!(path = %self.path.display(), "identity registry updated");
         }
         *self.lock_loaded() = fresh;
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(result)
     }
 
@@ -554,6 +575,8 @@ impl IdentityRegistry {
         fresh.stamp = self.stamp()?;
         tracing::info!(path = %self.path.display(), identity = %id, "identity registry updated");
         *self.lock_loaded() = fresh;
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(result)
     }
 

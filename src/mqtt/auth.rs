@@ -102,6 +102,13 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
         let _ = grant;
         Ok(())
     }
+
+    /// A number that changes whenever what [`recheck`](Self::recheck) judges by may have
+    /// changed (identities removed, keys rotated): the hub polls it, and connections recheck
+    /// only when it moved. The default never changes.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// The hub's authenticator: SAS tokens checked against the identity registry (protocol spec 1.2
@@ -153,6 +160,12 @@ impl Authenticator for SasAuthenticator {
                 signer,
             }),
         })
+    }
+
+    fn generation(&self) -> u64 {
+        // An unreadable registry counts as a change: the rechecks then keep the connections
+        // (judged on the last copy read) and log why.
+        self.identities.generation().unwrap_or(u64::MAX)
     }
 
     fn recheck(&self, grant: &Grant) -> Result<(), String> {

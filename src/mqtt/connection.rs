@@ -42,9 +42,6 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// See [`REFUSAL_LOG_INTERVAL`].
 const REFUSAL_LOG_BURST: u32 = 10;
-/// How often a connection checks that its identity still exists and that the key it
-/// authenticated with was not rotated (`edgehub identity remove|rotate`).
-pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Initial capacity of a connection's read and write buffers.
 const INITIAL_BUFFER: usize = 1024;
 /// Inbound QoS 1 messages awaiting durability before the socket stops being read.
@@ -99,6 +96,9 @@ pub struct Services {
     pub connect_timeout: Duration,
     /// Close connections that publish to unknown topics (decision D2) instead of dropping.
     pub strict_topics: bool,
+    /// Changes when identities may have been removed or keys rotated: each connection then
+    /// rechecks its grant ([`Authenticator::recheck`]).
+    pub identity_changes: watch::Receiver<u64>,
 }
 
 /// Why a connection ended.
@@ -280,9 +280,11 @@ struct Connection<S> {
     /// Turns true when another connection of the same client takes over (or the hub stops).
     close: watch::Receiver<bool>,
     services: Arc<Services>,
-    /// Who the client is, how it proved it (rechecked every [`RECHECK_INTERVAL`]) and the
-    /// model id it announced (stamped on its messages as `modelId`).
+    /// Who the client is, how it proved it (rechecked when identities change) and the model id
+    /// it announced (stamped on its messages as `modelId`).
     grant: Grant,
+    /// See [`Services::identity_changes`].
+    identity_changes: watch::Receiver<u64>,
     keep_alive: Duration,
     /// Inbound QoS 1 publishes awaiting durability, in arrival order.
     pending_acks: VecDeque<PendingAck>,
@@ -316,11 +318,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 .unwrap_or_default();
             tokio::time::Instant::now() + left
         });
+        let mut identity_changes = services.identity_changes.clone();
+        identity_changes.mark_unchanged();
         Self {
             framed,
             close,
             services,
             grant,
+            identity_changes,
             keep_alive,
             pending_acks: VecDeque::with_capacity(INBOUND_WINDOW),
             in_flight: HashMap::new(),
@@ -339,9 +344,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // Likewise one future for the token's expiry, not a new timer at every turn.
         let expiry = sleep_until(self.expires);
         tokio::pin!(expiry);
-        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        recheck.reset();
         loop {
             let reading = self.pending_acks.len() < INBOUND_WINDOW;
             let sending = self.in_flight.len() < MAX_IN_FLIGHT;
@@ -393,7 +395,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 () = &mut expiry => {
                     return Close::Violation("the SAS token expired".to_owned());
                 }
-                _ = recheck.tick() => {
+                Ok(()) = self.identity_changes.changed() => {
                     if let Err(reason) = self.services.auth.recheck(&self.grant) {
                         return Close::Violation(reason);
                     }
