@@ -166,13 +166,14 @@ fn request(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Res
         .set_write_timeout(timeout)
         .map_err(|e| e.to_string())?;
     let body = body.map(Value::to_string).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: workload\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    // The request in one write: a server that answers once it has the headers may close the
+    // connection before a body written separately arrives (EPIPE).
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: workload\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body.as_bytes()))
+        .write_all(request.as_bytes())
         .map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
