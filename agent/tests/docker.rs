@@ -13,25 +13,16 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::manifest::{ModuleSpec, StatusCode, parse_manifest};
-use agent::reconcile::{Judged, ModuleEnvironment, Prepared, Reconciler};
+use agent::manifest::{StatusCode, parse_manifest};
+use agent::reconcile::{Judged, Reconciler};
 use agent::restart::RestartSettings;
 use agent::runtime::docker::{DockerRuntime, OWNER_LABEL};
 use agent::runtime::{ModuleState, RawStatus, Runtime as _};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-struct ModuleIdEnv;
-
-impl ModuleEnvironment for ModuleIdEnv {
-    fn prepare(&self, spec: &ModuleSpec) -> Result<Prepared, String> {
-        Ok(Prepared {
-            env: vec![("IOTEDGE_MODULEID".into(), spec.name.clone())],
-            workload_socket: None,
-        })
-    }
-    fn forget(&self, _: &str) {}
-}
+mod common;
+use common::ModuleIdEnv;
 
 /// Removes what the test made, whatever happens.
 struct Cleanup {

@@ -9,29 +9,15 @@
 //! `edgehub` binary and `.venv` with azure-iot-device. Otherwise it prints why and passes
 //! without testing. It removes every container, network and image it made.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+mod common;
+use common::{edgehub, workspace};
+
 const AGENT: &str = env!("CARGO_BIN_EXE_edgeagent");
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn edgehub() -> Option<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace().join("target"), PathBuf::from);
-    ["release", "debug"]
-        .iter()
-        .map(|p| target.join(p).join("edgehub"))
-        .find(|p| p.is_file())
-}
 
 fn docker(args: &[&str]) -> bool {
     Command::new("docker")

@@ -4,25 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::manifest::{ModuleSpec, StatusCode, parse_manifest};
-use agent::reconcile::{Judged, ModuleEnvironment, Prepared, Reconciler};
+use agent::manifest::{StatusCode, parse_manifest};
+use agent::reconcile::{Judged, Reconciler};
 use agent::restart::RestartSettings;
 use agent::runtime::process::ProcessRuntime;
 use agent::runtime::{RawStatus, Runtime as _};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-struct ModuleIdEnv;
-
-impl ModuleEnvironment for ModuleIdEnv {
-    fn prepare(&self, spec: &ModuleSpec) -> Result<Prepared, String> {
-        Ok(Prepared {
-            env: vec![("IOTEDGE_MODULEID".into(), spec.name.clone())],
-            workload_socket: None,
-        })
-    }
-    fn forget(&self, _: &str) {}
-}
+mod common;
+use common::ModuleIdEnv;
 
 fn sh(script: &str, policy: &str, status: &str, order: u32) -> Value {
     json!({ "type": "docker", "status": status, "restartPolicy": policy, "startupOrder": order,
