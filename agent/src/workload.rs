@@ -56,6 +56,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     (status, json!({ "message": message.into() }))
 }
 
+/// A request's JSON body, or the 422 that answers a body that is not JSON.
+fn json_body(body: &[u8]) -> Result<Value, Reply> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
 impl Workload {
     /// A workload API over `identities` (and the CA of their hub).
     #[must_use]
@@ -132,14 +142,9 @@ impl Workload {
         if body.iter().all(u8::is_ascii_whitespace) {
             return error(StatusCode::BAD_REQUEST, "the body is missing");
         }
-        let request: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("the body is not JSON: {e}"),
-                );
-            }
+        let request = match json_body(body) {
+            Ok(request) => request,
+            Err(reply) => return reply,
         };
         let Some(data) = request.get("data").and_then(Value::as_str) else {
             return error(StatusCode::BAD_REQUEST, "data is missing");
@@ -180,14 +185,9 @@ impl Workload {
     }
 
     fn server_certificate(&self, body: &[u8]) -> Reply {
-        let request: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("the body is not JSON: {e}"),
-                );
-            }
+        let request = match json_body(body) {
+            Ok(request) => request,
+            Err(reply) => return reply,
         };
         let Some(common_name) = request.get("commonName").and_then(Value::as_str) else {
             return error(StatusCode::BAD_REQUEST, "commonName is missing");
