@@ -7,6 +7,7 @@ use router::EdgeHubRoutes;
 
 use crate::config::Config;
 use crate::hub::{Hub, HubSettings};
+use crate::identity::IdentityRegistry;
 use crate::mqtt::auth::SasAuthenticator;
 use crate::upstream::UpstreamSettings;
 
@@ -43,9 +44,11 @@ pub async fn run(config: Config) -> Result<()> {
         .context("reading the deployment manifest")?;
     let routes = EdgeHubRoutes::from_desired(&deployment.edge_hub)
         .map_err(|e| anyhow::anyhow!("the $edgeHub desired properties are invalid: {e}"))?;
-    let identities = config
-        .identity_registry()
-        .context("opening the identity registry")?;
+    let identities = Arc::new(
+        config
+            .identity_registry()
+            .context("opening the identity registry")?,
+    );
     let created = identities
         .add_modules(deployment.modules.iter().map(String::as_str))
         .context("creating the identities of the deployment's modules")?;
@@ -62,7 +65,7 @@ pub async fn run(config: Config) -> Result<()> {
         routes,
         connect_timeout: HubSettings::CONNECT_TIMEOUT,
         max_connections: config.limits.max_connections,
-        upstream: upstream_settings(&config)?,
+        upstream: upstream_settings(&config, &identities)?,
         desired_version: deployment
             .edge_hub
             .get("$version")
@@ -96,19 +99,20 @@ async fn stop(hub: Arc<Hub>) -> Result<()> {
         .await
 }
 
-/// The `[upstream]` table as the hub needs it: TLS roots read, credentials chosen.
-fn upstream_settings(config: &Config) -> Result<Option<UpstreamSettings>> {
+/// The `[upstream]` table as the hub needs it: TLS roots read, credentials chosen (toward IoT
+/// Hub, from the same registry the hub authenticates with).
+fn upstream_settings(
+    config: &Config,
+    identities: &Arc<IdentityRegistry>,
+) -> Result<Option<UpstreamSettings>> {
     let Some(upstream) = &config.upstream else {
         return Ok(None);
     };
-    let registry = config
-        .identity_registry()
-        .context("opening the identity registry for upstream")?;
     let settings = UpstreamSettings::new(
         &upstream.connection_string,
         upstream.port,
         upstream.ca.as_deref(),
-        Some(Arc::new(registry)),
+        Some(Arc::clone(identities)),
     )
     .context("setting up the upstream connection")?;
     Ok(Some(settings))

@@ -115,18 +115,18 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
 /// and 1.3), which is re-read when another process (`edgehub identity add`) changed it.
 #[derive(Debug)]
 pub struct SasAuthenticator {
-    identities: crate::identity::IdentityRegistry,
+    identities: std::sync::Arc<crate::identity::IdentityRegistry>,
     hostnames: crate::identity::Hostnames,
 }
 
 impl SasAuthenticator {
     /// An authenticator over `identities`, accepting tokens for these hostnames.
     pub fn new(
-        identities: crate::identity::IdentityRegistry,
+        identities: impl Into<std::sync::Arc<crate::identity::IdentityRegistry>>,
         hostnames: crate::identity::Hostnames,
     ) -> Self {
         Self {
-            identities,
+            identities: identities.into(),
             hostnames,
         }
     }
