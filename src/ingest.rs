@@ -89,7 +89,13 @@ impl InstalledRoutes {
         let queues = table
             .endpoints()
             .iter()
-            .map(|endpoint| store.add_endpoint(&endpoint.id(device_id)))
+            .map(|endpoint| {
+                // Known endpoints cost a map lookup; only new ones go to the writer thread.
+                let id = endpoint.id(device_id);
+                store
+                    .endpoint(&id)
+                    .map_or_else(|| store.add_endpoint(&id), Ok)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let topic_prefixes = table
             .endpoints()
