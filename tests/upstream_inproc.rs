@@ -175,7 +175,16 @@ async fn a_child_forwards_on_behalf_of_its_module_and_the_parent_routes_by_the_s
     );
     let reported = child.edge_hub_twin();
     assert_eq!(reported["reported"]["upstream"]["state"], "connected");
-    let metrics = get_metrics(&child).await;
+    // The parent's module can get the message before the child has read the parent's PUBACK:
+    // wait (a few seconds at most) for the child's count to catch up.
+    let mut metrics = get_metrics(&child).await;
+    for _ in 0..50 {
+        if metrics.contains("edgehub_upstream_forwarded_total 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = get_metrics(&child).await;
+    }
     for line in [
         "edgehub_upstream_connected{state=\"connected\"} 1",
         "edgehub_upstream_links{state=\"connected\"} 1",
