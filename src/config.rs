@@ -62,6 +62,10 @@ pub struct UpstreamConfig {
     /// `ca`: the CA that signs upstream's server certificate (PEM); default: the system's
     /// roots.
     pub ca: Option<PathBuf>,
+    /// `live_first` (default `false`): messages that arrive while upstream keeps up leave
+    /// before the backlog stored during an outage (order is then kept within each, not across
+    /// them).
+    pub live_first: bool,
 }
 
 /// The `[limits]` table.
@@ -421,6 +425,8 @@ struct RawUpstream {
     connection_string: String,
     port: Option<u16>,
     ca: Option<PathBuf>,
+    #[serde(default)]
+    live_first: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -570,6 +576,7 @@ impl RawUpstream {
             connection_string,
             port: self.port.unwrap_or(crate::upstream::settings::DEFAULT_PORT),
             ca: self.ca.map(|ca| v.path("upstream.ca", &ca)).transpose()?,
+            live_first: self.live_first,
         })
     }
 }
@@ -685,12 +692,13 @@ manifest = "deployment.json"
             )
         };
         let config = parse(&format!(
-            "[upstream]\nconnection_string = \"{}\"\nport = 18883\nca = \"parent-ca.pem\"\n[limits]\nmax_connections = 100\n",
+            "[upstream]\nconnection_string = \"{}\"\nport = 18883\nca = \"parent-ca.pem\"\nlive_first = true\n[limits]\nmax_connections = 100\n",
             connection_string("edge-1")
         ))
         .unwrap();
         let upstream = config.upstream.unwrap();
         assert_eq!(upstream.port, 18883);
+        assert!(upstream.live_first);
         assert_eq!(
             upstream.ca.unwrap(),
             Path::new("/etc/edgehub/parent-ca.pem")
@@ -705,7 +713,12 @@ manifest = "deployment.json"
             connection_string("edge-1")
         ))
         .unwrap();
-        assert_eq!(default_port.upstream.unwrap().port, 8883);
+        let default_port = default_port.upstream.unwrap();
+        assert_eq!(default_port.port, 8883);
+        assert!(
+            !default_port.live_first,
+            "the backlog leaves first unless asked"
+        );
 
         assert_eq!(
             invalid_key(&format!(

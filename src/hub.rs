@@ -32,7 +32,8 @@ use crate::mqtt::session::{Outbound, Sessions};
 use crate::mqtt::topic;
 use crate::stop::StopSignal;
 use crate::twin::{PatchError, StorageError, Twins};
-use crate::upstream::forwarder::Forwarder;
+use crate::upstream::forwarder::{Forwarder, Lanes};
+use crate::upstream::lanes::{LIVE_QUEUE, LiveLane};
 use crate::upstream::{UpstreamSettings, UpstreamStatus};
 
 /// How long open connections get to finish once the hub stops accepting.
@@ -131,6 +132,8 @@ pub struct Hub {
     upstream: Option<Arc<UpstreamSettings>>,
     /// What the upstream links report.
     upstream_status: Arc<UpstreamStatus>,
+    /// With live data first: which `$upstream` queue new messages join.
+    live_lane: Arc<LiveLane>,
 }
 
 impl Hub {
@@ -162,6 +165,7 @@ impl Hub {
             connection_limit: Arc::new(Semaphore::new(settings.max_connections)),
             upstream: settings.upstream.map(Arc::new),
             upstream_status: Arc::default(),
+            live_lane: Arc::default(),
         };
         hub.install(table).context("installing the routes")?;
         hub.edge_hub.desired_processed(DesiredStatus {
@@ -396,7 +400,14 @@ impl Hub {
     /// swapped in.
     fn install(&self, table: RouteTable) -> Result<(), store::StoreError> {
         let store = self.ingest.store();
-        let routes = InstalledRoutes::resolve(table, self.device_id(), store)?;
+        let mut routes = InstalledRoutes::resolve(table, self.device_id(), store)?;
+        if self
+            .upstream
+            .as_ref()
+            .is_some_and(|upstream| upstream.live_first)
+        {
+            routes = routes.with_live_upstream(LIVE_QUEUE, Arc::clone(&self.live_lane), store)?;
+        }
         for (endpoint, queue) in routes.table().endpoints().iter().zip(routes.queues()) {
             match endpoint {
                 Endpoint::ModuleInput { module, input } => {
@@ -436,15 +447,22 @@ impl Hub {
         let Some(settings) = &self.upstream else {
             return Ok(());
         };
-        let Some(reader) = self.claim_reader(queue)? else {
+        let Some(backlog) = self.claim_reader(queue)? else {
             return Ok(());
+        };
+        // The live queue is read whenever it exists, also after `live_first` was turned off:
+        // what it holds still leaves.
+        let live = match self.ingest.store().endpoint(LIVE_QUEUE) {
+            Some(_) => self.claim_reader(LIVE_QUEUE)?,
+            None => None,
         };
         let forwarder = Forwarder {
             settings: Arc::clone(settings),
             status: Arc::clone(&self.upstream_status),
             metrics: Arc::clone(&self.metrics),
+            lane: Arc::clone(&self.live_lane),
         };
-        self.spawn(forwarder.run(reader, self.stop.subscribe()));
+        self.spawn(forwarder.run(Lanes { backlog, live }, self.stop.subscribe()));
         tracing::info!(host = %settings.host, port = settings.port, "forwarding $upstream messages");
         Ok(())
     }

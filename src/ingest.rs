@@ -19,6 +19,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::mqtt::limits::{Undeliverable, check_publish};
 use crate::mqtt::topic::{PropertyBag, encode_bag, module_input_prefix};
 use crate::record;
+use crate::upstream::lanes::LiveLane;
 
 /// The largest routed message (body plus property keys and values), as IoT Hub (decision D4).
 pub const MAX_MESSAGE: usize = 256 * 1024;
@@ -61,6 +62,18 @@ pub struct InstalledRoutes {
     /// `topic_prefixes[i]`: the length of the topic a message for `table.endpoints()[i]` is
     /// delivered on, without its bag; `None` for upstream, where it depends on the sender.
     topic_prefixes: Vec<Option<usize>>,
+    /// With live data first: the live queue of `$upstream` and when to use it.
+    live_upstream: Option<LiveUpstream>,
+}
+
+/// Live data first (see [`crate::upstream::lanes`]): `$upstream` messages join `queue` while
+/// `lane` is open.
+#[derive(Debug)]
+struct LiveUpstream {
+    /// The index of `$upstream` in the table's endpoints.
+    endpoint_index: usize,
+    queue: store::EndpointHandle,
+    lane: Arc<LiveLane>,
 }
 
 impl InstalledRoutes {
@@ -71,6 +84,7 @@ impl InstalledRoutes {
             table: RouteTable::empty(),
             queues: Vec::new(),
             topic_prefixes: Vec::new(),
+            live_upstream: None,
         }
     }
 
@@ -111,7 +125,38 @@ impl InstalledRoutes {
             table,
             queues,
             topic_prefixes,
+            live_upstream: None,
         })
+    }
+
+    /// Live data first: when the table sends to `$upstream`, its messages join the store
+    /// endpoint `live_queue` (added if new) while `lane` is open, the backlog otherwise.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot add the live queue.
+    pub fn with_live_upstream(
+        mut self,
+        live_queue: &str,
+        lane: Arc<LiveLane>,
+        store: &store::Store,
+    ) -> Result<Self, store::StoreError> {
+        let upstream = self
+            .table
+            .endpoints()
+            .iter()
+            .position(|endpoint| matches!(endpoint, Endpoint::Upstream));
+        if let Some(endpoint_index) = upstream {
+            let queue = store
+                .endpoint(live_queue)
+                .map_or_else(|| store.add_endpoint(live_queue), Ok)?;
+            self.live_upstream = Some(LiveUpstream {
+                endpoint_index,
+                queue,
+                lane,
+            });
+        }
+        Ok(self)
     }
 
     /// The route table.
@@ -150,11 +195,13 @@ impl InstalledRoutes {
     }
 
     fn target(&self, delivery: &Delivery<'_>) -> store::Target<'_> {
-        store::Target::new(
-            &self.queues[delivery.endpoint_index],
-            delivery.priority,
-            store_ttl(delivery.ttl),
-        )
+        let queue = match &self.live_upstream {
+            Some(live) if live.endpoint_index == delivery.endpoint_index && live.lane.is_open() => {
+                &live.queue
+            }
+            _ => &self.queues[delivery.endpoint_index],
+        };
+        store::Target::new(queue, delivery.priority, store_ttl(delivery.ttl))
     }
 }
 

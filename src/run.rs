@@ -108,13 +108,14 @@ fn upstream_settings(
     let Some(upstream) = &config.upstream else {
         return Ok(None);
     };
-    let settings = UpstreamSettings::new(
+    let mut settings = UpstreamSettings::new(
         &upstream.connection_string,
         upstream.port,
         upstream.ca.as_deref(),
         Some(Arc::clone(identities)),
     )
     .context("setting up the upstream connection")?;
+    settings.live_first = upstream.live_first;
     Ok(Some(settings))
 }
 

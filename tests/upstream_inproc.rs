@@ -16,6 +16,7 @@ use serde_json::json;
 
 const CHILD: &str = "child-1";
 const IOTHUB: &str = "hub.example.net";
+const SENSOR_OUT: &str = "devices/child-1/modules/sensor/messages/events/%24.on=out1";
 
 /// The key of the child's `$edgeHub`, as the parent knows it.
 fn edge_hub_key() -> SymmetricKey {
@@ -78,6 +79,17 @@ async fn parent(dir: &std::path::Path, mqtts_port: u16) -> (Hub, std::path::Path
 
 /// A child hub forwarding `sensor`'s output to its parent at `port`.
 async fn child(dir: &std::path::Path, port: u16, ca: &std::path::Path) -> Hub {
+    child_with(dir, port, ca, false).await
+}
+
+/// A child hub forwarding `sensor`'s output to its parent at `port`, with live data first or
+/// not.
+async fn child_with(
+    dir: &std::path::Path,
+    port: u16,
+    ca: &std::path::Path,
+    live_first: bool,
+) -> Hub {
     let connection_string = ConnectionString::parse(&format!(
         "HostName={IOTHUB};DeviceId={CHILD};ModuleId=$edgeHub;SharedAccessKey={};GatewayHostName=localhost",
         edge_hub_key().to_base64()
@@ -88,8 +100,9 @@ async fn child(dir: &std::path::Path, port: u16, ca: &std::path::Path) -> Hub {
         &json!({"up": "FROM /messages/modules/sensor/* INTO $upstream"}),
     );
     settings.device_id = CHILD.to_owned();
-    settings.upstream =
-        Some(UpstreamSettings::new(&connection_string, port, Some(ca), None).unwrap());
+    let mut upstream = UpstreamSettings::new(&connection_string, port, Some(ca), None).unwrap();
+    upstream.live_first = live_first;
+    settings.upstream = Some(upstream);
     Hub::start(settings, Arc::new(ChildKeys)).await.unwrap()
 }
 
@@ -132,23 +145,36 @@ fn module_options(hub: &Hub, device: &str, module: &str) -> MqttOptions {
 
 /// Receives until `n` distinct sequence numbers arrived; gives (distinct in order, duplicates).
 async fn count(counter: &mut Client, n: u32, within: Duration) -> (Vec<u32>, u32) {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut order = Vec::new();
-    let mut duplicates = 0;
-    let deadline = tokio::time::Instant::now() + within;
-    while seen.len() < n as usize {
-        let got = tokio::time::timeout_at(deadline, counter.incoming.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {n} arrived in time", seen.len()))
-            .expect("the counter runs");
-        let seq = u32::from_be_bytes(got.payload[..4].try_into().unwrap());
-        if seen.insert(seq) {
-            order.push(seq);
-        } else {
-            duplicates += 1;
+    let mut arrivals = Arrivals::default();
+    arrivals.until(counter, n, within).await;
+    (arrivals.order, arrivals.duplicates)
+}
+
+/// What a counter received: distinct sequence numbers in their order of arrival, duplicates.
+#[derive(Default)]
+struct Arrivals {
+    seen: std::collections::BTreeSet<u32>,
+    order: Vec<u32>,
+    duplicates: u32,
+}
+
+impl Arrivals {
+    /// Receives until `n` distinct sequence numbers arrived in all.
+    async fn until(&mut self, counter: &mut Client, n: u32, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.seen.len() < n as usize {
+            let got = tokio::time::timeout_at(deadline, counter.incoming.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{} of {n} arrived in time", self.seen.len()))
+                .expect("the counter runs");
+            let seq = u32::from_be_bytes(got.payload[..4].try_into().unwrap());
+            if self.seen.insert(seq) {
+                self.order.push(seq);
+            } else {
+                self.duplicates += 1;
+            }
         }
     }
-    (order, duplicates)
 }
 
 #[tokio::test]
@@ -228,6 +254,78 @@ async fn messages_sent_while_the_parent_is_away_arrive_in_order_once_it_is_back(
     let (order, duplicates) = count(&mut counter, N, Duration::from_secs(90)).await;
     assert_eq!(order, (0..N).collect::<Vec<_>>(), "in order, none lost");
     println!("duplicates after the outage: {duplicates}");
+    drop((sensor, counter));
+    child.shutdown().await.unwrap();
+    parent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_live_data_first_new_messages_overtake_the_backlog_of_an_outage() {
+    const BACKLOG: u32 = 4_000;
+    const LIVE: u32 = 20;
+    const LIVE_BASE: u32 = 1_000_000;
+    let (parent_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, ca) = parent(parent_dir.path(), 0).await;
+    let port = first.mqtts_addr().unwrap().port();
+    first.shutdown().await.unwrap();
+    let child = child_with(child_dir.path(), port, &ca, true).await;
+    let sensor = connect(module_options(&child, CHILD, "sensor"));
+    for seq in 0..BACKLOG {
+        sensor.send(SENSOR_OUT, seq.to_be_bytes().to_vec()).await;
+    }
+    // Everything of the outage is stored before the parent returns.
+    let stored = format!("edgehub_upstream_backlog{{priority=\"2000000000\"}} {BACKLOG}");
+    let mut metrics = get_metrics(&child).await;
+    for _ in 0..300 {
+        if metrics.contains(&stored) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = get_metrics(&child).await;
+    }
+    assert!(metrics.contains(&stored), "{stored} in\n{metrics}");
+
+    let (parent, _) = parent_again(parent_dir.path(), port).await;
+    let mut counter = connect(module_options(&parent, "edge", "counter"));
+    counter.subscribe_inputs("counter").await;
+    // The backlog starts to leave; what is published now is live.
+    let mut arrivals = Arrivals::default();
+    arrivals
+        .until(&mut counter, 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(arrivals.order, [0], "the backlog leaves in order");
+    for seq in LIVE_BASE..LIVE_BASE + LIVE {
+        sensor.send(SENSOR_OUT, seq.to_be_bytes().to_vec()).await;
+    }
+    arrivals
+        .until(&mut counter, BACKLOG + LIVE, Duration::from_secs(120))
+        .await;
+    let order = &arrivals.order;
+    let position = |seq: u32| order.iter().position(|&s| s == seq).unwrap();
+    let live: Vec<u32> = order.iter().copied().filter(|&s| s >= LIVE_BASE).collect();
+    let backlog: Vec<u32> = order.iter().copied().filter(|&s| s < LIVE_BASE).collect();
+    assert_eq!(
+        live,
+        (LIVE_BASE..LIVE_BASE + LIVE).collect::<Vec<_>>(),
+        "live in order"
+    );
+    assert_eq!(
+        backlog,
+        (0..BACKLOG).collect::<Vec<_>>(),
+        "backlog in order, none lost"
+    );
+    let last_live = position(LIVE_BASE + LIVE - 1);
+    let last_backlog = position(BACKLOG - 1);
+    println!(
+        "live data first: the last live message arrived {last_live}th of {}, the backlog's last \
+         {last_backlog}th; {} duplicates",
+        order.len(),
+        arrivals.duplicates
+    );
+    assert!(
+        last_live < last_backlog,
+        "live messages overtake the backlog ({last_live} < {last_backlog})"
+    );
     drop((sensor, counter));
     child.shutdown().await.unwrap();
     parent.shutdown().await.unwrap();

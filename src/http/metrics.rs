@@ -13,6 +13,7 @@ use crate::metrics::{Gauge, Metrics};
 use crate::mqtt::session::Sessions;
 use crate::stop::Stop;
 use crate::upstream::UpstreamStatus;
+use crate::upstream::lanes::LIVE_QUEUE;
 
 /// What the metrics endpoint reads: the counters, and the gauges it reads when asked.
 #[derive(Debug)]
@@ -114,15 +115,25 @@ pub fn render(sources: &MetricsSources) -> String {
         gauges.push(Gauge {
             name: "edgehub_upstream_backlog",
             help: "Messages waiting to go upstream, per priority (0 is the highest).",
-            samples: store
-                .backlog_by_priority(&router::Endpoint::Upstream.id(""))
-                .unwrap_or_default()
+            samples: upstream_backlog(store)
                 .into_iter()
                 .map(|(priority, count)| (format!("{{priority=\"{priority}\"}}"), count as f64))
                 .collect(),
         });
     }
     sources.metrics.render(&gauges)
+}
+
+/// Messages waiting to go upstream per priority: the `$upstream` queue and, with live data
+/// first, its live queue.
+fn upstream_backlog(store: &store::Store) -> std::collections::BTreeMap<u32, u64> {
+    let mut backlog = std::collections::BTreeMap::new();
+    for queue in [router::Endpoint::Upstream.id("").as_str(), LIVE_QUEUE] {
+        for (priority, count) in store.backlog_by_priority(queue).unwrap_or_default() {
+            *backlog.entry(priority).or_default() += count;
+        }
+    }
+    backlog
 }
 
 /// The upstream link's state, reconnects, messages in flight and forwarded.

@@ -3,7 +3,8 @@
 //! store, in order, only what upstream acknowledged. When a send fails (no link yet, a link
 //! down, no PUBACK in time) it rewinds and waits until a link comes up (or a short retry),
 //! then sends again from the oldest unacknowledged message: at least once, in order per sender
-//! and priority, and nothing is dropped because upstream is away.
+//! and priority, and nothing is dropped because upstream is away. With live data first it
+//! reads two queues, the live one first (see [`super::lanes`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+use super::lanes::LiveLane;
 use super::link::{Link, Publication};
 use super::settings::UpstreamSettings;
 use super::status::UpstreamStatus;
@@ -44,64 +46,125 @@ pub struct Forwarder {
     pub status: Arc<UpstreamStatus>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Opened while upstream keeps up, closed when a send fails (read by ingest with live
+    /// data first).
+    pub lane: Arc<LiveLane>,
+}
+
+/// The queues the forwarder reads: the `$upstream` endpoint's own (the backlog) and, with live
+/// data first, the live one, read first.
+#[derive(Debug)]
+pub struct Lanes {
+    /// The `$upstream` endpoint's queue: every message, or the backlog with live data first.
+    pub backlog: store::Reader,
+    /// The live queue, when it exists.
+    pub live: Option<store::Reader>,
+}
+
+/// Which of the [`Lanes`] a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Backlog,
+    Live,
+}
+
+impl Lanes {
+    fn reader(&mut self, lane: Lane) -> &mut store::Reader {
+        match (lane, self.live.as_mut()) {
+            (Lane::Live, Some(live)) => live,
+            _ => &mut self.backlog,
+        }
+    }
+
+    /// Waits until the live queue has something to read.
+    async fn live_ready(&self) {
+        match self.live.as_ref() {
+            Some(live) => live.ready().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn rewind(&mut self) {
+        self.backlog.rewind();
+        if let Some(live) = self.live.as_mut() {
+            live.rewind();
+        }
+    }
 }
 
 impl Forwarder {
-    /// Runs until `stop`: reads `reader` (the `$upstream` queue) and forwards.
-    pub async fn run(self, mut reader: store::Reader, mut stop: Stop) {
+    /// Runs until `stop`: reads the `$upstream` queues (the live one first) and forwards.
+    pub async fn run(self, mut lanes: Lanes, mut stop: Stop) {
         let (link_up, mut links_changed) = watch::channel(0u64);
         let mut links: HashMap<ClientIdentity, Link> = HashMap::new();
-        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(WINDOW);
+        // Sent and not acknowledged yet, in the order sent, each with the queue it came from
+        // (acknowledgements to each queue stay in that queue's order).
+        let mut in_flight: VecDeque<(Lane, InFlight)> = VecDeque::with_capacity(WINDOW);
         // After a failed send: wait for a link to come up before reading again.
         let mut paused = false;
         loop {
             self.status.set_in_flight(in_flight.len());
             let room = WINDOW - in_flight.len();
-            let front_deadline = in_flight.front().map(|f| f.deadline);
-            tokio::select! {
-                () = reader.ready(), if room > 0 && !paused => {
-                    let batch = match reader.read(room, WINDOW_BYTES) {
-                        Ok(batch) => batch,
-                        Err(e) => {
-                            tracing::info!(error = %e, "upstream forwarder stops");
-                            return;
-                        }
-                    };
-                    if batch.is_empty() {
-                        tokio::time::sleep(READ_RETRY).await;
-                        continue;
-                    }
-                    links.retain(|_, link| link.is_alive());
-                    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
-                    for entry in batch {
-                        let ack = self.send(&entry, &mut links, &link_up, &stop);
-                        in_flight.push_back(InFlight { id: entry.id, ack, deadline });
-                    }
-                }
-                acked = front_ack(in_flight.front_mut()), if front_deadline.is_some() => {
-                    let front = in_flight.pop_front().expect("a front entry was awaited");
+            let front_deadline = in_flight.front().map(|(_, f)| f.deadline);
+            let ready = tokio::select! {
+                biased;
+                () = stop.stopped() => return,
+                acked = front_ack(in_flight.front_mut().map(|(_, f)| f)), if front_deadline.is_some() => {
+                    let (lane, front) = in_flight.pop_front().expect("a front entry was awaited");
                     if acked {
-                        if let Err(e) = reader.ack(front.id) {
+                        if let Err(e) = lanes.reader(lane).ack(front.id) {
                             tracing::error!(error = %e, "acknowledgement refused by the store");
                         }
                         if front.ack.is_some() {
                             self.status.forwarded();
+                            self.lane.open();
                         }
                     } else {
                         // Not sent or not acknowledged: everything after it goes again, in
-                        // order, once a link is up.
+                        // order, once a link is up; meanwhile new messages join the backlog.
+                        self.lane.close();
                         in_flight.clear();
-                        reader.rewind();
+                        lanes.rewind();
                         paused = true;
                     }
+                    continue;
                 }
+                () = lanes.live_ready(), if room > 0 && !paused => Lane::Live,
+                () = lanes.backlog.ready(), if room > 0 && !paused => Lane::Backlog,
                 changed = links_changed.changed(), if paused => {
                     if changed.is_ok() {
                         paused = false;
                     }
+                    continue;
                 }
-                () = tokio::time::sleep(RETRY), if paused => paused = false,
-                () = stop.stopped() => return,
+                () = tokio::time::sleep(RETRY), if paused => {
+                    paused = false;
+                    continue;
+                }
+            };
+            let batch = match lanes.reader(ready).read(room, WINDOW_BYTES) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::info!(error = %e, "upstream forwarder stops");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                tokio::time::sleep(READ_RETRY).await;
+                continue;
+            }
+            links.retain(|_, link| link.is_alive());
+            let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+            for entry in batch {
+                let ack = self.send(&entry, &mut links, &link_up, &stop);
+                in_flight.push_back((
+                    ready,
+                    InFlight {
+                        id: entry.id,
+                        ack,
+                        deadline,
+                    },
+                ));
             }
         }
     }

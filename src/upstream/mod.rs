@@ -5,12 +5,14 @@
 //!   (on behalf of this hub toward a parent, spec 1.5; the identity's own key toward IoT Hub);
 //! - [`forwarder`]: the pump of the `$upstream` queue: in order, acknowledged to the store only
 //!   once upstream acknowledged, rewound and resent after a failure;
+//! - [`lanes`]: live data first, an option: the live queue leaves before the backlog;
 //! - [`link`]: one MQTT connection per identity (D8), opened when needed, closed when idle,
 //!   renewed before its token expires, reconnected with jittered back-off ([`backoff`]);
 //! - [`status`]: what `/metrics` and the `$edgeHub` twin report.
 
 pub mod backoff;
 pub mod forwarder;
+pub mod lanes;
 pub mod link;
 pub mod settings;
 pub mod status;

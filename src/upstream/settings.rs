@@ -94,6 +94,9 @@ pub struct UpstreamSettings {
     pub tls: Arc<rustls::ClientConfig>,
     /// How each identity proves itself upstream.
     pub credentials: Arc<Credentials>,
+    /// Live data first: new messages leave before the backlog (see [`super::lanes`]); off
+    /// unless set.
+    pub live_first: bool,
 }
 
 impl UpstreamSettings {
@@ -132,6 +135,7 @@ impl UpstreamSettings {
             port,
             tls: client_tls(ca)?,
             credentials: Arc::new(credentials),
+            live_first: false,
         })
     }
 }
