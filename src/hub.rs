@@ -28,12 +28,14 @@ use crate::methods::{MethodResult, Methods};
 use crate::metrics::Metrics;
 use crate::mqtt::auth::Authenticator;
 use crate::mqtt::connection::{self, Services};
-use crate::mqtt::session::{Outbound, Sessions};
-use crate::mqtt::topic;
+use crate::mqtt::session::Sessions;
 use crate::stop::StopSignal;
 use crate::twin::{PatchError, StorageError, Twins};
+use crate::upstream::edge_hub_sync::EdgeHubSync;
 use crate::upstream::forwarder::{Forwarder, Lanes};
 use crate::upstream::lanes::{LIVE_QUEUE, LiveLane};
+use crate::upstream::links::Links;
+use crate::upstream::mirror::Mirror;
 use crate::upstream::{UpstreamSettings, UpstreamStatus};
 
 /// How long open connections get to finish once the hub stops accepting.
@@ -134,6 +136,10 @@ pub struct Hub {
     upstream_status: Arc<UpstreamStatus>,
     /// With live data first: which `$upstream` queue new messages join.
     live_lane: Arc<LiveLane>,
+    /// With upstream: its links, one per identity, and the mirror of twins and methods.
+    links: Option<(Arc<Links>, Arc<Mirror>)>,
+    /// The data folder.
+    data_dir: PathBuf,
 }
 
 impl Hub {
@@ -166,7 +172,10 @@ impl Hub {
             upstream: settings.upstream.map(Arc::new),
             upstream_status: Arc::default(),
             live_lane: Arc::default(),
+            links: None,
+            data_dir: settings.data_dir.clone(),
         };
+        hub.start_mirror();
         hub.install(table).context("installing the routes")?;
         hub.edge_hub.desired_processed(DesiredStatus {
             version: settings.desired_version,
@@ -195,6 +204,51 @@ impl Hub {
         Ok(hub)
     }
 
+    /// With upstream: opens nothing yet, but sets up the links (opened when first needed) and
+    /// starts the mirror of twins and methods.
+    fn start_mirror(&mut self) {
+        let Some(settings) = &self.upstream else {
+            return;
+        };
+        let (links, inbound) = Links::new(
+            Arc::clone(settings),
+            Arc::clone(&self.upstream_status),
+            self.stop.subscribe(),
+        );
+        let links = Arc::new(links);
+        let mirror = Arc::new(Mirror::new(
+            Arc::clone(&links),
+            Arc::clone(&self.sessions),
+            Arc::clone(&self.twins),
+            Arc::clone(&self.methods),
+        ));
+        self.spawn(Arc::clone(&mirror).run(inbound, self.stop.subscribe()));
+        self.links = Some((links, mirror));
+    }
+
+    /// With upstream: follows this hub's `$edgeHub` twin upstream (deployments from upstream,
+    /// reported properties sent up; see [`crate::upstream::edge_hub_sync`]). Call it once the
+    /// hub is shared; without upstream it does nothing.
+    pub fn follow_upstream_twin(self: &Arc<Self>) {
+        let Some(settings) = &self.upstream else {
+            return;
+        };
+        let task = EdgeHubSync::start(
+            self,
+            Arc::clone(settings),
+            Arc::clone(&self.upstream_status),
+            self.data_dir.clone(),
+            self.stop.subscribe(),
+        );
+        self.spawn(task);
+    }
+
+    /// The `$version` of the `$edgeHub` desired properties last processed.
+    #[must_use]
+    pub fn edge_hub_desired_version(&self) -> Option<u64> {
+        self.edge_hub.last_desired().map(|status| status.version)
+    }
+
     /// What every MQTT connection uses of the hub.
     fn connection_services(
         &self,
@@ -213,6 +267,7 @@ impl Hub {
             connect_timeout,
             strict_topics,
             identity_changes,
+            mirror: self.links.as_ref().map(|(_, mirror)| Arc::clone(mirror)),
         }
     }
 
@@ -444,7 +499,7 @@ impl Hub {
     /// Starts the forwarder of the `$upstream` queue when upstream is configured, unless it
     /// runs already.
     fn start_forwarder(&self, queue: &str) -> Result<(), store::StoreError> {
-        let Some(settings) = &self.upstream else {
+        let (Some(settings), Some((links, _))) = (&self.upstream, &self.links) else {
             return Ok(());
         };
         let Some(backlog) = self.claim_reader(queue)? else {
@@ -461,6 +516,7 @@ impl Hub {
             status: Arc::clone(&self.upstream_status),
             metrics: Arc::clone(&self.metrics),
             lane: Arc::clone(&self.live_lane),
+            links: Arc::clone(links),
         };
         self.spawn(forwarder.run(Lanes { backlog, live }, self.stop.subscribe()));
         tracing::info!(host = %settings.host, port = settings.port, "forwarding $upstream messages");
@@ -615,15 +671,44 @@ impl Hub {
             Ok(pushed) => pushed,
             Err(e) => return Ok(Err(e)),
         };
-        let version = pushed["$version"].as_u64().unwrap_or_default();
-        let topic = topic::desired_patch(version);
-        if let Some((link, qos)) = self.sessions.route(client_id, &topic) {
-            let outbound = Outbound::unacknowledged(topic, pushed.to_string().into(), qos);
-            if link.outbox.try_send(vec![outbound]).is_err() {
-                tracing::warn!(%client_id, "desired patch not pushed (connection busy); the client reads it on its next GET");
-            }
+        Ok(Ok(crate::twin::push_desired(
+            &self.sessions,
+            client_id,
+            &pushed,
+        )))
+    }
+
+    /// Replaces the desired properties of `client_id` whole (a deployment for a child edge
+    /// device's `$edgeHub` or `$edgeAgent`); a `$version` in `desired` is ignored: the twin's
+    /// version goes up by one when anything changed. The change is pushed to the client if it
+    /// is connected and subscribed. Gives the desired version.
+    ///
+    /// # Errors
+    ///
+    /// `Ok(Err(_))` for desired properties IoT Hub would refuse; `Err(_)` when storage fails.
+    pub fn replace_desired(
+        &self,
+        client_id: &str,
+        desired: &serde_json::Value,
+    ) -> Result<Result<u64, PatchError>, StorageError> {
+        let mut desired = desired.clone();
+        if let Some(properties) = desired.as_object_mut() {
+            properties.remove("$version");
         }
-        Ok(Ok(version))
+        let current = |twins: &Twins| -> Result<u64, StorageError> {
+            Ok(twins.get(client_id)?["desired"]["$version"]
+                .as_u64()
+                .unwrap_or(1))
+        };
+        match self.twins.replace_desired(client_id, &desired)? {
+            Ok(Some(patch)) => Ok(Ok(crate::twin::push_desired(
+                &self.sessions,
+                client_id,
+                &patch,
+            ))),
+            Ok(None) => Ok(Ok(current(&self.twins)?)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {

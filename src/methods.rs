@@ -22,7 +22,9 @@ pub struct MethodResult {
 }
 
 impl MethodResult {
-    fn error(status: u32) -> Self {
+    /// A result without a client's answer: `status` and a `null` payload.
+    #[must_use]
+    pub fn error(status: u32) -> Self {
         Self {
             status,
             payload: Value::Null,

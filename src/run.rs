@@ -42,7 +42,20 @@ pub async fn run(config: Config) -> Result<()> {
     let deployment = config
         .load_deployment()
         .context("reading the deployment manifest")?;
-    let routes = EdgeHubRoutes::from_desired(&deployment.edge_hub)
+    // With upstream, the last deployment applied from upstream wins over the local manifest
+    // (an offline restart keeps what upstream deployed).
+    let edge_hub_desired = match config
+        .upstream
+        .as_ref()
+        .and_then(|_| crate::upstream::edge_hub_sync::last_applied(&config.data_dir))
+    {
+        Some(desired) => {
+            tracing::info!(version = %desired["$version"], "starting on the last deployment from upstream");
+            desired
+        }
+        None => deployment.edge_hub.clone(),
+    };
+    let routes = EdgeHubRoutes::from_desired(&edge_hub_desired)
         .map_err(|e| anyhow::anyhow!("the $edgeHub desired properties are invalid: {e}"))?;
     let identities = Arc::new(
         config
@@ -66,8 +79,7 @@ pub async fn run(config: Config) -> Result<()> {
         connect_timeout: HubSettings::CONNECT_TIMEOUT,
         max_connections: config.limits.max_connections,
         upstream: upstream_settings(&config, &identities)?,
-        desired_version: deployment
-            .edge_hub
+        desired_version: edge_hub_desired
             .get("$version")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(1),
@@ -76,6 +88,7 @@ pub async fn run(config: Config) -> Result<()> {
     let auth = Arc::new(SasAuthenticator::new(identities, config.hostnames()));
     let hub = Hub::start(settings, auth).await?;
     let hub = Arc::new(hub);
+    hub.follow_upstream_twin();
     let admin = match crate::admin::Admin::start(&hub, &config, manifest_stamp) {
         Ok(admin) => admin,
         Err(e) => {

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::{Map, Value};
 
+use crate::mqtt::session::{Outbound, Sessions};
+
 /// Why a reported patch is refused (answered with status 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatchError {
@@ -136,6 +138,93 @@ impl Twins {
             }))
     }
 
+    /// Replaces the desired properties of `client_id` whole (a deployment, or the copy of
+    /// upstream's twin a child keeps); `desired` carries its own `$version` (the stored one
+    /// plus one when it has none). Gives the patch that turns the old desired properties into
+    /// the new ones (changed keys, removed ones as `null`, the new `$version`), `None` when
+    /// nothing changed.
+    ///
+    /// # Errors
+    ///
+    /// `Ok(Err(_))` when `desired` is not an object or breaks IoT Hub's limits; `Err(_)` when
+    /// storage fails.
+    pub fn replace_desired(
+        &self,
+        client_id: &str,
+        desired: &Value,
+    ) -> Result<Result<Option<Value>, PatchError>, StorageError> {
+        let Some(new) = desired.as_object() else {
+            return Ok(Err(PatchError::NotAnObject));
+        };
+        let mut new = new.clone();
+        let body = serde_json::to_vec(&strip_version(new.clone())).expect("JSON values serialise");
+        if let Err(e) = validate(&body) {
+            return Ok(Err(e));
+        }
+        let slot = self.slot(client_id);
+        let _writer = lock(&slot.writer);
+        let mut twin = self.current(&slot, client_id)?;
+        let old = twin["desired"].as_object().cloned().unwrap_or_default();
+        let old_version = old.get("$version").and_then(Value::as_u64).unwrap_or(1);
+        let given = new.get("$version").and_then(Value::as_u64);
+        if strip_version(new.clone()) == strip_version(old.clone())
+            && given.is_none_or(|v| v == old_version)
+        {
+            return Ok(Ok(None));
+        }
+        let version = given.unwrap_or(old_version + 1);
+        new.insert("$version".to_owned(), Value::from(version));
+        let mut patch = Map::new();
+        for (key, value) in &new {
+            if old.get(key) != Some(value) {
+                patch.insert(key.clone(), value.clone());
+            }
+        }
+        for key in old.keys().filter(|key| !new.contains_key(*key)) {
+            patch.insert(key.clone(), Value::Null);
+        }
+        twin["desired"] = Value::Object(new);
+        self.save(client_id, &twin)?;
+        *lock(&slot.twin) = Some(twin);
+        Ok(Ok(Some(Value::Object(patch))))
+    }
+
+    /// Merges a desired patch that upstream made at `version` (a child's copy of its
+    /// parent's twin): the stored desired properties take upstream's `$version`.
+    ///
+    /// # Errors
+    ///
+    /// `Ok(Err(_))` for a patch that is not a JSON object or breaks IoT Hub's limits; `Err(_)`
+    /// when storage fails.
+    pub fn merge_desired_at(
+        &self,
+        client_id: &str,
+        patch: &[u8],
+        version: u64,
+    ) -> Result<Result<(), PatchError>, StorageError> {
+        // Upstream's patch carries its `$version`, a name clients may not write.
+        let Ok(Value::Object(patch)) = serde_json::from_slice::<Value>(patch) else {
+            return Ok(Err(PatchError::NotAnObject));
+        };
+        let body = serde_json::to_vec(&strip_version(patch)).expect("JSON values serialise");
+        let patch = match validate(&body) {
+            Ok(patch) => patch,
+            Err(e) => return Ok(Err(e)),
+        };
+        let slot = self.slot(client_id);
+        let _writer = lock(&slot.writer);
+        let mut twin = self.current(&slot, client_id)?;
+        let desired = twin
+            .get_mut("desired")
+            .and_then(Value::as_object_mut)
+            .expect("a loaded twin always holds desired and reported objects");
+        merge(desired, patch);
+        desired.insert("$version".to_owned(), Value::from(version));
+        self.save(client_id, &twin)?;
+        *lock(&slot.twin) = Some(twin);
+        Ok(Ok(()))
+    }
+
     /// Validates `body`, merges it into one section of the twin, bumps that section's
     /// `$version` and persists the twin; returns the patch and the new version.
     fn patch(
@@ -222,6 +311,27 @@ impl Twins {
                 .collect();
         self.dir.join(format!("{name}.json"))
     }
+}
+
+/// Pushes a desired patch (with its `$version`) to `client_id` if it is connected and
+/// subscribed to desired-property updates; a client that is offline or busy reads the twin
+/// on its next GET. Gives the patch's version.
+pub fn push_desired(sessions: &Sessions, client_id: &str, patch: &Value) -> u64 {
+    let version = patch["$version"].as_u64().unwrap_or_default();
+    let topic = crate::mqtt::topic::desired_patch(version);
+    if let Some((link, qos)) = sessions.route(client_id, &topic) {
+        let outbound = Outbound::unacknowledged(topic, patch.to_string().into(), qos);
+        if link.outbox.try_send(vec![outbound]).is_err() {
+            tracing::warn!(%client_id, "desired patch not pushed (connection busy); the client reads it on its next GET");
+        }
+    }
+    version
+}
+
+/// `properties` without its `$version`.
+fn strip_version(mut properties: Map<String, Value>) -> Map<String, Value> {
+    properties.remove("$version");
+    properties
 }
 
 /// A patch as applied, and the section's new `$version`.
@@ -341,6 +451,76 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let twins = Twins::new(dir.path().to_owned());
         assert_eq!(twins.get("d/m").unwrap(), empty_twin());
+    }
+
+    #[test]
+    fn replacing_the_desired_properties_gives_the_difference_and_bumps_the_version() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let twins = Twins::new(dir.path().to_owned());
+        let first = twins
+            .replace_desired("c/$edgeHub", &json!({"routes": {"a": "x", "b": "y"}}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first,
+            Some(json!({"routes": {"a": "x", "b": "y"}, "$version": 2}))
+        );
+        // The same content again: nothing changes.
+        assert_eq!(
+            twins
+                .replace_desired("c/$edgeHub", &json!({"routes": {"a": "x", "b": "y"}}))
+                .unwrap(),
+            Ok(None)
+        );
+        // Removed keys come as null in the difference; upstream's version is taken as is.
+        twins
+            .replace_desired("c/m", &json!({"keep": 1, "drop": 2, "$version": 7}))
+            .unwrap()
+            .unwrap();
+        let patch = twins
+            .replace_desired("c/m", &json!({"keep": 1, "new": 3, "$version": 9}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(patch, Some(json!({"new": 3, "drop": null, "$version": 9})));
+        assert_eq!(
+            Twins::new(dir.path().to_owned()).get("c/m").unwrap()["desired"],
+            json!({"keep": 1, "new": 3, "$version": 9})
+        );
+        assert_eq!(
+            twins
+                .replace_desired("c/m", &json!(["not", "an", "object"]))
+                .unwrap(),
+            Err(PatchError::NotAnObject)
+        );
+        assert!(matches!(
+            twins
+                .replace_desired("c/m", &json!({"bad name": 1}))
+                .unwrap(),
+            Err(PatchError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn a_desired_patch_from_upstream_merges_at_upstreams_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let twins = Twins::new(dir.path().to_owned());
+        twins
+            .merge_desired_at("c/m", br#"{"a": 1, "$version": 5}"#, 5)
+            .unwrap()
+            .unwrap();
+        twins
+            .merge_desired_at("c/m", br#"{"a": null, "b": 2, "$version": 6}"#, 6)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            twins.get("c/m").unwrap()["desired"],
+            serde_json::json!({"b": 2, "$version": 6})
+        );
+        assert_eq!(
+            twins.merge_desired_at("c/m", b"[]", 7).unwrap(),
+            Err(PatchError::NotAnObject)
+        );
     }
 
     #[test]

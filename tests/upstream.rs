@@ -53,23 +53,6 @@ fn child(parent: &HubProcess, route: &Value) -> HubProcess {
     HubProcess::start_device(CHILD, &json!({ "up": route }), &["sensor"], &upstream)
 }
 
-/// MQTT options for module `module` of `device` on `hub`, with a token of its key.
-fn module(hub: &HubProcess, device: &str, module: &str) -> MqttOptions {
-    let key = key_of(&hub.identity(&["add", module]));
-    let token = edgehub::sas::sign(
-        &format!("{HUB_HOST}/devices/{device}/modules/{module}"),
-        &key,
-        epoch_secs(3600),
-    );
-    let mut options = hub.options(
-        &format!("{device}/{module}"),
-        &format!("{HUB_HOST}/{device}/{module}/?api-version=2021-04-12"),
-        &token,
-    );
-    options.set_clean_session(false);
-    options
-}
-
 /// A publisher whose PUBACKs are counted (the hub acknowledges in order, so the count is the
 /// acknowledged prefix of what was sent).
 struct Sensor {
@@ -204,8 +187,8 @@ async fn the_parent_killed_for_20_s_under_a_stream_loses_nothing() {
         &parent,
         &json!("FROM /messages/modules/sensor/* INTO $upstream"),
     );
-    let mut arrivals = counter(module(&parent, "parent", "counter"));
-    let sensor = Sensor::connect(module(&child, CHILD, "sensor"));
+    let mut arrivals = counter(parent.module("parent", "counter"));
+    let sensor = Sensor::connect(child.module(CHILD, "sensor"));
 
     let mut got = Arrivals::new();
     let started = Instant::now();
@@ -268,9 +251,9 @@ async fn messages_stored_by_a_child_restarted_while_the_parent_is_down_leave_onc
         &parent,
         &json!("FROM /messages/modules/sensor/* INTO $upstream"),
     );
-    let counter_options = module(&parent, "parent", "counter");
+    let counter_options = parent.module("parent", "counter");
     parent.kill();
-    let sensor = Sensor::connect(module(&child, CHILD, "sensor"));
+    let sensor = Sensor::connect(child.module(CHILD, "sensor"));
     for seq in 0..N {
         sensor.send(seq).await;
     }
@@ -299,9 +282,9 @@ async fn during_an_outage_exactly_the_messages_whose_ttl_ran_out_are_dropped() {
         &parent,
         &json!({"route": "FROM /messages/modules/sensor/* INTO $upstream", "timeToLiveSecs": 5}),
     );
-    let counter_options = module(&parent, "parent", "counter");
+    let counter_options = parent.module("parent", "counter");
     parent.kill();
-    let sensor = Sensor::connect(module(&child, CHILD, "sensor"));
+    let sensor = Sensor::connect(child.module(CHILD, "sensor"));
     // Batch A goes in as the outage starts; after 10 s its 5 s TTL has run out.
     for seq in 0..50 {
         sensor.send(seq).await;
@@ -340,7 +323,7 @@ async fn during_an_outage_exactly_the_messages_whose_ttl_ran_out_are_dropped() {
 async fn a_refused_identity_is_retried_and_its_messages_kept_until_it_is_accepted() {
     let parent = parent();
     let child = child(&parent, &json!("FROM /messages/* INTO $upstream"));
-    let mut arrivals = counter(module(&parent, "parent", "counter"));
+    let mut arrivals = counter(parent.module("parent", "counter"));
     // A leaf device of the child that the parent does not know yet: its upstream connection is
     // refused (not in the child's scope there), retried with back-off, never dropped.
     let leaf_key = key_of(&child.identity(&["add", "--device", "leaf-7"]));

@@ -294,6 +294,25 @@ async fn with_live_data_first_new_messages_overtake_the_backlog_of_an_outage() {
         .until(&mut counter, 1, Duration::from_secs(60))
         .await;
     assert_eq!(arrivals.order, [0], "the backlog leaves in order");
+    // Upstream keeps up once the child has read a PUBACK (the parent's module may get the
+    // message a moment before): from then on, new messages are live.
+    let mut forwarded = String::new();
+    for _ in 0..100 {
+        forwarded = get_metrics(&child).await;
+        let acknowledged = forwarded
+            .lines()
+            .find_map(|line| line.strip_prefix("edgehub_upstream_forwarded_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if acknowledged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !forwarded.contains("edgehub_upstream_forwarded_total 0\n"),
+        "{forwarded}"
+    );
     for seq in LIVE_BASE..LIVE_BASE + LIVE {
         sensor.send(SENSOR_OUT, seq.to_be_bytes().to_vec()).await;
     }

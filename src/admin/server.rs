@@ -68,7 +68,13 @@ enum Route {
     PatchDesired(String),
     PatchReported(String),
     Deploy,
-    Invoke { client_id: String, method: String },
+    /// A deployment for a child edge device: kept as its `$edgeHub` (and `$edgeAgent`)
+    /// desired properties, which its hub reads.
+    DeployTo(String),
+    Invoke {
+        client_id: String,
+        method: String,
+    },
 }
 
 async fn handle(hub: &Hub, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -94,6 +100,7 @@ async fn dispatch(hub: &Hub, route: Route, body: &[u8]) -> Result<Value, ApiErro
         Route::PatchDesired(client_id) => patch_desired(hub, &client_id, body),
         Route::PatchReported(client_id) => patch_reported(hub, &client_id, body),
         Route::Deploy => deploy(hub, body),
+        Route::DeployTo(device) => deploy_to(hub, &device, body),
         Route::Invoke { client_id, method } => invoke(hub, &client_id, &method, body).await,
     }
 }
@@ -136,6 +143,12 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         },
         ["deployment"] if method == Method::POST => Ok(Route::Deploy),
         ["deployment"] => Err(not_allowed()),
+        ["devices", device, "deployment"] if method == Method::POST => {
+            validate_device_id(device)
+                .map_err(|e| ApiError::bad_request(format!("invalid device id {device:?}: {e}")))?;
+            Ok(Route::DeployTo((*device).to_owned()))
+        }
+        ["devices", _, "deployment"] => Err(not_allowed()),
         ["methods", id @ .., name] if !id.is_empty() => {
             if method != Method::POST {
                 return Err(not_allowed());
@@ -284,6 +297,39 @@ fn deploy(hub: &Hub, body: &[u8]) -> Result<Value, ApiError> {
             format!("the deployment is valid but the store failed to take it: {e}"),
         )),
     }
+}
+
+/// Keeps a deployment for the child edge device `device`: the `$edgeHub` desired properties
+/// (required) and the `$edgeAgent` ones (when the manifest has them) replace those of its
+/// twins; gives their new versions.
+fn deploy_to(hub: &Hub, device: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if device == hub.device_id() {
+        return Err(ApiError::bad_request(
+            "this is the hub's own device: deploy without a device (POST /deployment)",
+        ));
+    }
+    let manifest = parse_json(body)?;
+    let mut versions = serde_json::Map::new();
+    for module in [EDGE_HUB, EDGE_AGENT] {
+        let desired = match crate::manifest::desired_properties(&manifest, module) {
+            Ok(desired) => desired,
+            Err(_) if module == EDGE_AGENT => continue,
+            Err(e) => return Err(ApiError::bad_request(e.to_string())),
+        };
+        match hub.replace_desired(&format!("{device}/{module}"), desired) {
+            Ok(Ok(version)) => {
+                versions.insert(module.to_owned(), json!({"$version": version}));
+            }
+            Ok(Err(e)) => {
+                return Err(ApiError::bad_request(format!(
+                    "the {module} desired properties cannot be kept: {e}"
+                )));
+            }
+            Err(e) => return Err(storage_failure(&e)),
+        }
+    }
+    tracing::info!(%device, "deployment kept for a child edge device");
+    Ok(Value::Object(versions))
 }
 
 async fn invoke(hub: &Hub, client_id: &str, method: &str, body: &[u8]) -> Result<Value, ApiError> {

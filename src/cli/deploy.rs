@@ -22,6 +22,12 @@ pub(super) struct DeployArgs {
     /// without the Azure CLI's `content` wrapper).
     #[arg(value_name = "MANIFEST")]
     manifest: PathBuf,
+    /// A child edge device (nested deployments): the manifest is kept as the desired
+    /// properties of its `$edgeHub` (and `$edgeAgent`) twins, which its hub reads at once when
+    /// connected, at its next connection otherwise. Prints their new versions:
+    /// {"$edgeHub": {"$version": n}, "$edgeAgent": {"$version": m}}.
+    #[arg(long, value_name = "ID")]
+    device: Option<String>,
 }
 
 /// Checks the manifest locally (every bad route is printed with its name, exit 2), then sends
@@ -45,6 +51,9 @@ fn deploy(args: &DeployArgs) -> Result<(), Failure> {
         return Err(invalid(problems.join("\n")));
     }
     let config = args.hub.load()?;
+    if let Some(device) = &args.device {
+        return deploy_to_child(&config, device, &document);
+    }
     // The modules of $edgeAgent, read as `edgehub run` reads its manifest.
     let modules = Config {
         manifest: ManifestSource::File(args.manifest.clone()),
@@ -66,6 +75,31 @@ fn deploy(args: &DeployArgs) -> Result<(), Failure> {
         .and_then(|store| store.add_modules(modules.iter().map(String::as_str)))
         .context("creating the identities of the deployment's modules")
         .map_err(Failure::Io)?;
+    println!("{outcome}");
+    Ok(())
+}
+
+/// Keeps the deployment for the child edge device `device`, registered here with
+/// `edgehub identity add --edge-device`.
+fn deploy_to_child(config: &Config, device: &str, document: &Value) -> Result<(), Failure> {
+    crate::identity::id::validate_device_id(device).map_err(|e| invalid(e.to_string()))?;
+    let registered = config
+        .identity_registry()
+        .and_then(|registry| registry.is_edge_device(device))
+        .context("reading the identity registry")
+        .map_err(Failure::Io)?;
+    if !registered {
+        return Err(invalid(format!(
+            "{device} is not a child edge device of this hub (register it with: edgehub identity add --edge-device {device})"
+        )));
+    }
+    let outcome = twin::call(
+        config,
+        "POST",
+        &format!("/devices/{}/deployment", twin::encode(device)),
+        Some(document),
+        REQUEST_TIMEOUT,
+    )?;
     println!("{outcome}");
     Ok(())
 }

@@ -27,7 +27,8 @@ pub(super) enum MethodCommand {
 pub(super) struct InvokeArgs {
     #[command(flatten)]
     hub: HubArgs,
-    /// The module id, the method name and the JSON payload, e.g. filter reset '{"level": 2}'
+    /// The module id (<deviceId>/<moduleId> for a module of another device, e.g. of a child
+    /// edge device), the method name and the JSON payload, e.g. filter reset '{"level": 2}'
     /// (without the module id with --device; the payload defaults to null).
     #[arg(value_names = ["MODULE_ID", "METHOD", "PAYLOAD"], num_args = 1..=3, required = true)]
     args: Vec<String>,

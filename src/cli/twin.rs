@@ -19,10 +19,12 @@ use crate::identity::id::{EDGE_HUB, validate_device_id, validate_module_id};
 #[derive(Debug, Subcommand)]
 pub(super) enum TwinCommand {
     /// Print the twin of a module of this edge device (`$edgeHub`: the hub's own twin with its
-    /// reported properties), or of a leaf device with --device.
+    /// reported properties), of a module of another device as <deviceId>/<moduleId> (e.g.
+    /// 'child-1/$edgeHub': what a child hub reported), or of a leaf device with --device.
     Get(GetArgs),
-    /// Merge a JSON patch into the desired properties of a module (or of a leaf device with
-    /// --device; then the only argument is the patch); `null` deletes a property. The patch
+    /// Merge a JSON patch into the desired properties of a module (<deviceId>/<moduleId> for a
+    /// module of another device, e.g. of a child edge device; or of a leaf device with
+    /// --device, then the only argument is the patch); `null` deletes a property. The patch
     /// reaches the client at once when it is connected, and on its next twin read otherwise.
     /// Prints the new desired version: {"$version": n}.
     #[command(
@@ -44,7 +46,7 @@ pub(super) struct HubArgs {
 pub(super) struct GetArgs {
     #[command(flatten)]
     hub: HubArgs,
-    /// The module id, or `$edgeHub`.
+    /// The module id, `$edgeHub`, or <deviceId>/<moduleId> for a module of another device.
     #[arg(required_unless_present = "device", conflicts_with = "device")]
     module_id: Option<String>,
     /// A leaf device id, instead of a module.
@@ -121,8 +123,9 @@ impl HubArgs {
     }
 }
 
-/// The client id of a module of this edge device (`$edgeHub` stays as is) or of a leaf
-/// device.
+/// The client id of a module of this edge device (`$edgeHub` stays as is), of a module of
+/// another device named as `<deviceId>/<moduleId>` (the form of an MQTT client id, e.g. a
+/// module of a child edge device), or of a leaf device.
 pub(super) fn client_id(
     config: &Config,
     module_id: Option<&str>,
@@ -130,6 +133,12 @@ pub(super) fn client_id(
 ) -> Result<String, Failure> {
     match (module_id, device) {
         (Some(EDGE_HUB), None) => Ok(EDGE_HUB.to_owned()),
+        (Some(qualified), None) if qualified.contains('/') => {
+            let (device, module_id) = qualified.split_once('/').expect("it holds a slash");
+            validate_device_id(device).map_err(|e| invalid(e.to_string()))?;
+            validate_module_id(module_id).map_err(|e| invalid(e.to_string()))?;
+            Ok(qualified.to_owned())
+        }
         (Some(module_id), None) => {
             validate_module_id(module_id).map_err(|e| invalid(e.to_string()))?;
             Ok(format!("{}/{module_id}", config.device_id))

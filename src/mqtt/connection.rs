@@ -99,6 +99,8 @@ pub struct Services {
     /// Changes when identities may have been removed or keys rotated: each connection then
     /// rechecks its grant ([`Authenticator::recheck`]).
     pub identity_changes: watch::Receiver<u64>,
+    /// With upstream: where accepted reported patches go up.
+    pub mirror: Option<Arc<crate::upstream::mirror::Mirror>>,
 }
 
 /// Why a connection ended.
@@ -578,6 +580,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     .patch_reported(&self.grant.identity.client_id(), &publish.payload);
                 let (status, version) = match result {
                     Ok(Ok(version)) => {
+                        if let Some(mirror) = &self.services.mirror {
+                            let identity = crate::identity::ClientIdentity {
+                                device_id: self.grant.identity.device_id.clone(),
+                                module_id: self.grant.identity.module_id.clone(),
+                            };
+                            mirror.reported(&identity, publish.payload.clone());
+                        }
                         self.notify_twin_change(publish.payload.clone(), version)
                             .await;
                         (204, Some(version))

@@ -6,14 +6,15 @@
 //! and priority, and nothing is dropped because upstream is away. With live data first it
 //! reads two queues, the live one first (see [`super::lanes`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::lanes::LiveLane;
-use super::link::{Link, Publication};
+use super::link::Publication;
+use super::links::Links;
 use super::settings::UpstreamSettings;
 use super::status::UpstreamStatus;
 use crate::identity::ClientIdentity;
@@ -49,6 +50,8 @@ pub struct Forwarder {
     /// Opened while upstream keeps up, closed when a send fails (read by ingest with live
     /// data first).
     pub lane: Arc<LiveLane>,
+    /// The links, one per sender, shared with the mirror.
+    pub links: Arc<Links>,
 }
 
 /// The queues the forwarder reads: the `$upstream` endpoint's own (the backlog) and, with live
@@ -95,8 +98,7 @@ impl Lanes {
 impl Forwarder {
     /// Runs until `stop`: reads the `$upstream` queues (the live one first) and forwards.
     pub async fn run(self, mut lanes: Lanes, mut stop: Stop) {
-        let (link_up, mut links_changed) = watch::channel(0u64);
-        let mut links: HashMap<ClientIdentity, Link> = HashMap::new();
+        let mut links_changed = self.links.link_up();
         // Sent and not acknowledged yet, in the order sent, each with the queue it came from
         // (acknowledgements to each queue stay in that queue's order).
         let mut in_flight: VecDeque<(Lane, InFlight)> = VecDeque::with_capacity(WINDOW);
@@ -153,10 +155,9 @@ impl Forwarder {
                 tokio::time::sleep(READ_RETRY).await;
                 continue;
             }
-            links.retain(|_, link| link.is_alive());
             let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
             for entry in batch {
-                let ack = self.send(&entry, &mut links, &link_up, &stop);
+                let ack = self.send(&entry);
                 in_flight.push_back((
                     ready,
                     InFlight {
@@ -172,13 +173,7 @@ impl Forwarder {
     /// Sends one stored message on its sender's link (opened if needed); the receiver of its
     /// acknowledgement, already failed when it could not be sent, or `None` for a record that
     /// cannot be sent at all (dropped and counted).
-    fn send(
-        &self,
-        entry: &store::Entry,
-        links: &mut HashMap<ClientIdentity, Link>,
-        link_up: &watch::Sender<u64>,
-        stop: &Stop,
-    ) -> Option<oneshot::Receiver<()>> {
+    fn send(&self, entry: &store::Entry) -> Option<oneshot::Receiver<()>> {
         let message = match record::decode(&entry.payload) {
             Ok(message) => message,
             Err(e) => {
@@ -202,15 +197,7 @@ impl Forwarder {
         let bag = encode_upstream_bag(&message.properties, &message.system_properties);
         let topic = telemetry(&sender.device_id, sender.module_id.as_deref(), &bag);
         let (acked, ack) = oneshot::channel();
-        let link = links.entry(sender.clone()).or_insert_with(|| {
-            Link::start(
-                sender,
-                Arc::clone(&self.settings),
-                Arc::clone(&self.status),
-                link_up.clone(),
-                stop.clone(),
-            )
-        });
+        let link = self.links.get(&sender);
         // When the link cannot take it, the publication (and `acked`) is dropped: the
         // acknowledgement fails at once and the forwarder rewinds.
         link.publish(Publication {

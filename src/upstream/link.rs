@@ -2,8 +2,11 @@
 //! closed when idle, renewed before its token expires, reconnected with jittered exponential
 //! back-off.
 //!
-//! A link is a task that owns a rumqttc event loop. It takes publications from its owner
-//! (the forwarder) and completes each one's acknowledgement when upstream's PUBACK comes. It
+//! A link is a task that owns a rumqttc event loop. It takes publications from its owners
+//! (the forwarder, the [`super::mirror`]) and completes each one's acknowledgement when
+//! upstream's PUBACK comes; it keeps the subscriptions its owners ask for on every connection
+//! (a link with subscriptions never idles out), and hands what upstream publishes to it (twin
+//! answers, desired patches, method calls) to its `inbound` channel. It
 //! correlates by order: rumqttc sends the requests of one event loop in the order they were
 //! made and reports each as `Outgoing::Publish(pkid)`; a connection that fails is dropped
 //! whole (no rumqttc replay), failing everything in flight, so the forwarder rewinds and sends
@@ -45,24 +48,52 @@ pub struct Publication {
     pub acked: oneshot::Sender<()>,
 }
 
-/// The owner's handle of a link.
+/// What upstream sent on a link, for the owner of its `inbound` channel.
 #[derive(Debug)]
+pub enum Inbound {
+    /// The link of `identity` connected (again): its subscriptions are in place.
+    Connected(ClientIdentity),
+    /// Upstream published `payload` on `topic` to `identity`.
+    Publish {
+        /// Whose link it came on.
+        identity: ClientIdentity,
+        /// The topic, e.g. `$iothub/methods/POST/reset/?$rid=1`.
+        topic: String,
+        /// The body.
+        payload: Bytes,
+    },
+}
+
+/// What an owner asks of a link.
+#[derive(Debug)]
+enum Command {
+    Publish(Publication),
+    /// Keep exactly these subscriptions (an empty set lets the link close when idle).
+    Subscriptions(Vec<String>),
+}
+
+/// A handle of a link; clones share it. The link's task ends when idle, when the hub stops, or
+/// when every handle is dropped.
+#[derive(Debug, Clone)]
 pub struct Link {
-    publications: mpsc::Sender<Publication>,
+    commands: mpsc::Sender<Command>,
     connected: watch::Receiver<bool>,
 }
 
 impl Link {
     /// Starts the link task of `identity`; it connects at once and bumps `link_up` every time
-    /// it connects. It ends when idle, when `stop` fires, or when this handle is dropped.
+    /// it connects. What upstream publishes to it goes to `inbound` (dropped, and logged, when
+    /// that channel is full). It ends when idle, when `stop` fires, or when every handle is
+    /// dropped.
     pub fn start(
         identity: ClientIdentity,
         settings: Arc<UpstreamSettings>,
         status: Arc<UpstreamStatus>,
         link_up: watch::Sender<u64>,
+        inbound: mpsc::Sender<Inbound>,
         stop: Stop,
     ) -> Self {
-        let (publications, queue) = mpsc::channel(QUEUE);
+        let (commands, queue) = mpsc::channel(QUEUE);
         let (connected_tx, connected) = watch::channel(false);
         let task = LinkTask {
             identity,
@@ -71,18 +102,39 @@ impl Link {
             link_up,
             connected: connected_tx,
             queue,
+            inbound,
+            subscriptions: Vec::new(),
             stop,
         };
         tokio::spawn(task.run());
         Self {
-            publications,
+            commands,
             connected,
         }
     }
 
     /// Whether the link's task still runs (it ends when idle).
     pub fn is_alive(&self) -> bool {
-        !self.publications.is_closed()
+        !self.commands.is_closed()
+    }
+
+    /// Keeps exactly `topics` subscribed upstream, on this connection and every later one; a
+    /// link with subscriptions stays open. `false` when the link is gone or full.
+    pub fn subscribe(&self, topics: Vec<String>) -> bool {
+        self.commands
+            .try_send(Command::Subscriptions(topics))
+            .is_ok()
+    }
+
+    /// Publishes a request (a twin GET or patch, a method's answer) at QoS 1, without waiting
+    /// for its acknowledgement: `false` when the link is not connected, gone or full.
+    pub fn request(&self, topic: String, payload: Bytes) -> bool {
+        let (acked, _) = oneshot::channel();
+        self.publish(Publication {
+            topic,
+            payload,
+            acked,
+        })
     }
 
     /// Whether the link is connected now.
@@ -93,7 +145,11 @@ impl Link {
     /// Hands a publication to the link: `false` (and the publication dropped, so its
     /// acknowledgement fails) when the link is not connected, is gone, or is full.
     pub fn publish(&self, publication: Publication) -> bool {
-        self.is_connected() && self.publications.try_send(publication).is_ok()
+        self.is_connected()
+            && self
+                .commands
+                .try_send(Command::Publish(publication))
+                .is_ok()
     }
 }
 
@@ -103,7 +159,10 @@ struct LinkTask {
     status: Arc<UpstreamStatus>,
     link_up: watch::Sender<u64>,
     connected: watch::Sender<bool>,
-    queue: mpsc::Receiver<Publication>,
+    queue: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<Inbound>,
+    /// The subscriptions made on every connection.
+    subscriptions: Vec<String>,
     stop: Stop,
 }
 
@@ -144,8 +203,13 @@ impl LinkTask {
                     let delay = backoff.next_delay();
                     self.status.link_failed(&client_id, &reason);
                     tracing::warn!(%client_id, %reason, retry_in = ?delay, "upstream connection failed");
-                    // Publications queued meanwhile cannot be sent: fail them now.
-                    while self.queue.try_recv().is_ok() {}
+                    // Publications queued meanwhile cannot be sent: fail them now (the latest
+                    // subscriptions are kept for the next connection).
+                    while let Ok(command) = self.queue.try_recv() {
+                        if let Command::Subscriptions(topics) = command {
+                            self.subscriptions = topics;
+                        }
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = self.stop.stopped() => return,
@@ -177,8 +241,14 @@ impl LinkTask {
             () = self.stop.stopped() => return Ended::Done,
         }
         backoff.reset();
+        for topic in &self.subscriptions {
+            if let Err(e) = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
+                return Ended::Failed(format!("rumqttc refused a subscription: {e}"));
+            }
+        }
         self.connected.send_replace(true);
         self.status.link_connected(&login.client_id);
+        self.deliver(Inbound::Connected(self.identity.clone()));
         self.link_up.send_modify(|n| *n += 1);
         tracing::info!(client_id = %login.client_id, host = %self.settings.host, "upstream connection up");
         let renew_at = login
@@ -193,15 +263,14 @@ impl LinkTask {
         tokio::pin!(idle);
         loop {
             tokio::select! {
-                publication = self.queue.recv() => {
-                    let Some(publication) = publication else {
+                command = self.queue.recv() => {
+                    let Some(command) = command else {
                         let _ = client.try_disconnect();
                         return Ended::Done;
                     };
                     idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
-                    match client.try_publish(publication.topic, QoS::AtLeastOnce, false, publication.payload.to_vec()) {
-                        Ok(()) => flow.requested.push_back(publication.acked),
-                        Err(e) => return Ended::Failed(format!("rumqttc refused a publication: {e}")),
+                    if let Err(reason) = self.command(&client, command, &mut flow) {
+                        return Ended::Failed(reason);
                     }
                 }
                 event = events.poll() => match event {
@@ -210,6 +279,14 @@ impl LinkTask {
                         flow.acknowledged(ack.pkid);
                         idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
                     }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                        self.deliver(Inbound::Publish {
+                            identity: self.identity.clone(),
+                            topic: publish.topic,
+                            payload: publish.payload,
+                        });
+                    }
                     Ok(_) => {}
                     Err(e) => return Ended::Failed(e.to_string()),
                 },
@@ -217,7 +294,7 @@ impl LinkTask {
                     let _ = client.try_disconnect();
                     return Ended::Renew;
                 }
-                () = &mut idle, if flow.is_empty() => {
+                () = &mut idle, if flow.is_empty() && self.subscriptions.is_empty() => {
                     let _ = client.try_disconnect();
                     tracing::info!(client_id = %login.client_id, "upstream connection idle; closed");
                     return Ended::Done;
@@ -227,6 +304,49 @@ impl LinkTask {
                     return Ended::Done;
                 }
             }
+        }
+    }
+
+    /// Carries out an owner's command on the connection; `Err` when rumqttc refuses it.
+    fn command(
+        &mut self,
+        client: &AsyncClient,
+        command: Command,
+        flow: &mut Flow,
+    ) -> Result<(), String> {
+        match command {
+            Command::Publish(publication) => {
+                client
+                    .try_publish(
+                        publication.topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        publication.payload.to_vec(),
+                    )
+                    .map_err(|e| format!("rumqttc refused a publication: {e}"))?;
+                flow.requested.push_back(publication.acked);
+            }
+            Command::Subscriptions(topics) => {
+                for topic in topics.iter().filter(|t| !self.subscriptions.contains(t)) {
+                    client
+                        .try_subscribe(topic.as_str(), QoS::AtLeastOnce)
+                        .map_err(|e| format!("rumqttc refused a subscription: {e}"))?;
+                }
+                for topic in self.subscriptions.iter().filter(|t| !topics.contains(t)) {
+                    client
+                        .try_unsubscribe(topic.as_str())
+                        .map_err(|e| format!("rumqttc refused an unsubscription: {e}"))?;
+                }
+                self.subscriptions = topics;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands what came from upstream to the link's owner; dropped when the owner lags.
+    fn deliver(&self, inbound: Inbound) {
+        if let Err(e) = self.inbound.try_send(inbound) {
+            tracing::warn!(identity = %self.identity, error = %e, "upstream request dropped: its handler lags");
         }
     }
 

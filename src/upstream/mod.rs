@@ -6,14 +6,24 @@
 //! - [`forwarder`]: the pump of the `$upstream` queue: in order, acknowledged to the store only
 //!   once upstream acknowledged, rewound and resent after a failure;
 //! - [`lanes`]: live data first, an option: the live queue leaves before the backlog;
+//! - [`edge_hub_sync`]: this hub's `$edgeHub` twin upstream: deployments from upstream,
+//!   reported properties sent up;
+//! - [`mirror`]: module and device twins and direct methods through the hierarchy: the
+//!   subscriptions of clients here kept on their links, desired patches and method calls
+//!   brought down, reported patches sent up ([`from_upstream`]: the topics it reads);
+//! - [`links`]: the links by identity, shared by the forwarder and the mirror;
 //! - [`link`]: one MQTT connection per identity (D8), opened when needed, closed when idle,
 //!   renewed before its token expires, reconnected with jittered back-off ([`backoff`]);
 //! - [`status`]: what `/metrics` and the `$edgeHub` twin report.
 
 pub mod backoff;
+pub mod edge_hub_sync;
 pub mod forwarder;
+pub mod from_upstream;
 pub mod lanes;
 pub mod link;
+pub mod links;
+pub mod mirror;
 pub mod settings;
 pub mod status;
 

@@ -145,21 +145,50 @@ impl HubProcess {
         std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
     }
 
-    /// `edgehub identity <args> --config <this hub's config>`, which must succeed; its stdout.
-    pub fn identity(&self, args: &[&str]) -> String {
-        let out: Output = Command::new(env!("CARGO_BIN_EXE_edgehub"))
-            .arg("identity")
+    /// `edgehub <args> --config <this hub's config>`: its output, whatever its exit code.
+    pub fn command(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_edgehub"))
             .args(args)
             .arg("--config")
             .arg(self.config())
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `edgehub <args> --config <this hub's config>`, which must succeed; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.command(args);
         assert!(
             out.status.success(),
-            "identity {args:?}: {}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `edgehub identity <args> --config <this hub's config>`, which must succeed; its stdout.
+    pub fn identity(&self, args: &[&str]) -> String {
+        let mut all = vec!["identity"];
+        all.extend_from_slice(args);
+        self.cli(&all)
+    }
+
+    /// MQTT options for module `module` of this hub's device `device` (its identity added
+    /// here), a token of its key valid for an hour, `clean_session=0`.
+    pub fn module(&self, device: &str, module: &str) -> MqttOptions {
+        let key = key_of(&self.identity(&["add", module]));
+        let token = edgehub::sas::sign(
+            &format!("{HUB_HOST}/devices/{device}/modules/{module}"),
+            &key,
+            epoch_secs(3600),
+        );
+        let mut options = self.options(
+            &format!("{device}/{module}"),
+            &format!("{HUB_HOST}/{device}/{module}/?api-version=2021-04-12"),
+            &token,
+        );
+        options.set_clean_session(false);
+        options
     }
 
     /// MQTT options for leaf device `device` with the key of `connection_string`, a token

@@ -1,0 +1,392 @@
+//! Control from upstream (issue 16) between `edgehub` processes on loopback: a deployment made
+//! at the parent reaches a child that has no routes of its own, and the child's report comes
+//! back; desired properties set at the parent reach a module of the child, also when the
+//! module or the child was offline; methods invoked at the parent are answered by a module one
+//! and two layers down.
+
+mod common;
+
+use std::time::Duration;
+
+use common::hubproc::HubProcess;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const CHILD: &str = "child-1";
+
+/// The parent: it routes the child's sensor (by its original identity) to its module
+/// `counter`.
+fn parent() -> HubProcess {
+    HubProcess::start_device(
+        "parent",
+        &json!({"fromChild": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/counter/inputs/in\")"}),
+        &["counter"],
+        "",
+    )
+}
+
+/// A hub of device `device`, registered at `parent` as a child edge device, with no routes
+/// of its own.
+fn child_of(parent: &HubProcess, device: &str, modules: &[&str]) -> HubProcess {
+    let connection_string = parent.identity(&["add", "--edge-device", device]);
+    let upstream = format!(
+        "[upstream]\nconnection_string = \"{}\"\nport = {}\nca = \"{}\"\n",
+        connection_string.trim(),
+        parent.mqtts,
+        parent.ca().display()
+    );
+    HubProcess::start_device(device, &json!({}), modules, &upstream)
+}
+
+/// `edgehub twin get` of `client_id` on `hub`, parsed.
+fn twin(hub: &HubProcess, client_id: &str) -> Value {
+    serde_json::from_str(&hub.cli(&["twin", "get", client_id])).unwrap()
+}
+
+/// Polls `ready` (a blocking check) every 200 ms for up to `within`.
+async fn eventually(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A module connected with `clean_session=0` that answers every direct method with
+/// `{"method": <name>, "payload": <payload>}` (status 200) and hands the desired patches it
+/// receives to the returned channel. Subscribes once, as the Python SDK does (decision D9).
+fn module(options: MqttOptions) -> (AsyncClient, mpsc::UnboundedReceiver<Value>) {
+    let (client, mut events) = AsyncClient::new(options, 100);
+    let (patches_tx, patches) = mpsc::unbounded_channel();
+    let responder = client.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
+                    for filter in [
+                        "$iothub/twin/PATCH/properties/desired/#",
+                        "$iothub/methods/POST/#",
+                        "$iothub/twin/res/#",
+                    ] {
+                        let _ = responder.subscribe(filter, QoS::AtLeastOnce).await;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = p.topic.clone();
+                    if topic.starts_with("$iothub/twin/PATCH/properties/desired/") {
+                        let patch = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if patches_tx.send(patch).is_err() {
+                            return;
+                        }
+                    } else if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/") {
+                        let (name, query) = rest.split_once("/?$rid=").unwrap();
+                        let payload: Value =
+                            serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        let answer = json!({"method": name, "payload": payload});
+                        let _ = responder
+                            .publish(
+                                format!("$iothub/methods/res/200/?$rid={query}"),
+                                QoS::AtLeastOnce,
+                                false,
+                                answer.to_string(),
+                            )
+                            .await;
+                    }
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    (client, patches)
+}
+
+/// Waits for a desired patch that sets `key` to `value`.
+async fn patch_with(
+    patches: &mut mpsc::UnboundedReceiver<Value>,
+    key: &str,
+    value: &Value,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let patch = tokio::time::timeout_at(deadline, patches.recv())
+            .await
+            .unwrap_or_else(|_| panic!("a desired patch with {key} = {value} within 30 s"))
+            .expect("the module runs");
+        if patch.get(key) == Some(value) {
+            return patch;
+        }
+    }
+}
+
+/// `edgehub method invoke` of `client_id` on `hub`, parsed; retried while the answer is 404
+/// (the module's subscription reaches the parent a moment after it connects).
+async fn invoke(hub: &HubProcess, client_id: &str, method: &str, payload: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer: Value = serde_json::from_str(&hub.cli(&[
+            "method",
+            "invoke",
+            client_id,
+            method,
+            payload,
+            "--response-timeout",
+            "10",
+        ]))
+        .unwrap();
+        if answer["status"] != 404 || tokio::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_at_the_parent_runs_on_the_child_and_its_report_comes_back() {
+    let parent = parent();
+    let mut child = child_of(&parent, CHILD, &["sensor"]);
+    let manifest = parent.dir.path().join("child-deployment.json");
+    std::fs::write(
+        &manifest,
+        common::manifest(
+            &json!({"up": "FROM /messages/modules/sensor/* INTO $upstream"}),
+            &["sensor"],
+        )
+        .to_string(),
+    )
+    .unwrap();
+
+    // A device that is not a child edge device is refused before anything is kept.
+    let refused = parent.command(&["deploy", "--device", "stranger", manifest.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a child edge device"));
+
+    let kept: Value = serde_json::from_str(&parent.cli(&[
+        "deploy",
+        "--device",
+        CHILD,
+        manifest.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let version = kept["$edgeHub"]["$version"].as_u64().unwrap();
+    assert!(kept["$edgeAgent"]["$version"].is_u64(), "{kept}");
+
+    // The child applies it and reports back to the parent.
+    eventually(
+        Duration::from_secs(30),
+        "the child reports the deployment",
+        || {
+            let reported = &twin(&parent, "child-1/$edgeHub")["reported"];
+            reported["lastDesiredVersion"] == version
+                && reported["lastDesiredStatus"]["code"] == 200
+        },
+    )
+    .await;
+    assert_eq!(
+        twin(&parent, "child-1/$edgeHub")["desired"]["routes"]["up"],
+        "FROM /messages/modules/sensor/* INTO $upstream"
+    );
+
+    // Its routes carry messages: the sensor's output reaches the parent's counter.
+    let (counter, mut counted) = receiver(
+        parent.module("parent", "counter"),
+        "devices/parent/modules/counter/inputs/#",
+    );
+    let (sensor, mut sensor_events) = AsyncClient::new(child.module(CHILD, "sensor"), 100);
+    tokio::spawn(async move { while sensor_events.poll().await.is_ok() {} });
+    let arrived = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            sensor
+                .publish(
+                    "devices/child-1/modules/sensor/messages/events/",
+                    QoS::AtLeastOnce,
+                    false,
+                    "hello",
+                )
+                .await
+                .unwrap();
+            if let Ok(Some(body)) =
+                tokio::time::timeout(Duration::from_millis(500), counted.recv()).await
+            {
+                return body;
+            }
+        }
+    })
+    .await
+    .expect("the deployed route carries the sensor's messages to the parent within 30 s");
+    assert_eq!(arrived, "hello");
+
+    // A deployment the child cannot apply is refused whole and reported; its routes stay.
+    parent.cli(&[
+        "twin",
+        "set-desired",
+        "child-1/$edgeHub",
+        r#"{"routes": {"broken": "FROM /messages/* WHERE INTO $upstream"}}"#,
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "the child reports the refusal",
+        || twin(&parent, "child-1/$edgeHub")["reported"]["lastDesiredStatus"]["code"] == 400,
+    )
+    .await;
+
+    // Restarted while the parent is away, the child starts on what it was last deployed.
+    child.terminate();
+    drop(counter);
+    let mut parent = parent;
+    parent.kill();
+    child.spawn();
+    assert!(
+        child
+            .log()
+            .contains("starting on the last deployment from upstream"),
+        "{}",
+        child.log()
+    );
+    parent.spawn();
+}
+
+/// A client subscribed to `filter` whose publications' bodies arrive on the returned channel.
+fn receiver(
+    options: MqttOptions,
+    filter: &'static str,
+) -> (AsyncClient, mpsc::UnboundedReceiver<String>) {
+    let (client, mut events) = AsyncClient::new(options, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let subscriber = client.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
+                    let _ = subscriber.subscribe(filter, QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx
+                        .send(String::from_utf8_lossy(&p.payload).into_owned())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    (client, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desired_properties_and_methods_set_at_the_parent_reach_a_module_of_the_child() {
+    let mut parent = parent();
+    let mut child = child_of(&parent, CHILD, &["filter"]);
+    let filter_options = child.module(CHILD, "filter");
+    let (filter, mut patches) = module(filter_options.clone());
+
+    // Desired properties set at the parent reach the module.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut threshold = 30;
+    let patch = loop {
+        // Until the module's subscription is mirrored, the patch waits in the parent's twin
+        // and reaches the module when the child reads it: either way it arrives.
+        parent.cli(&[
+            "twin",
+            "set-desired",
+            "child-1/filter",
+            &json!({"threshold": threshold}).to_string(),
+        ]);
+        if let Ok(Some(patch)) = tokio::time::timeout(Duration::from_secs(2), patches.recv()).await
+        {
+            break patch;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a desired patch reaches the module"
+        );
+        threshold += 1;
+    };
+    assert!(
+        patch["threshold"].is_u64() && patch["$version"].is_u64(),
+        "{patch}"
+    );
+
+    // A method invoked at the parent is answered by the module.
+    let answer = invoke(&parent, "child-1/filter", "reset", r#"{"level": 2}"#).await;
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(
+        answer["payload"],
+        json!({"method": "reset", "payload": {"level": 2}})
+    );
+    // A module connected nowhere: 404.
+    let nowhere = invoke(&parent, "child-1/ghost", "reset", "{}").await;
+    assert_eq!(nowhere["status"], 404, "{nowhere}");
+
+    // What the module reports goes up to the parent's twin.
+    filter
+        .publish(
+            "$iothub/twin/PATCH/properties/reported/?$rid=1",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"temperature": 21}"#,
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the module's report reaches the parent",
+        || twin(&parent, "child-1/filter")["reported"]["temperature"] == 21,
+    )
+    .await;
+
+    // Set while the module is offline: it gets the patch when it reconnects.
+    filter.disconnect().await.unwrap();
+    drop((filter, patches));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    parent.cli(&[
+        "twin",
+        "set-desired",
+        "child-1/filter",
+        r#"{"threshold": 40}"#,
+    ]);
+    let (filter, mut patches) = module(filter_options.clone());
+    patch_with(&mut patches, "threshold", &json!(40)).await;
+
+    // Set while the child is offline: the module gets it once the child is back.
+    filter.disconnect().await.unwrap();
+    drop((filter, patches));
+    child.kill();
+    parent.cli(&[
+        "twin",
+        "set-desired",
+        "child-1/filter",
+        r#"{"threshold": 50}"#,
+    ]);
+    child.spawn();
+    let (filter, mut patches) = module(filter_options);
+    patch_with(&mut patches, "threshold", &json!(50)).await;
+
+    // A twin GET while the parent is away is answered from the child's copy.
+    parent.kill();
+    assert_eq!(twin(&child, "child-1/filter")["desired"]["threshold"], 50);
+    drop(filter);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_invoked_at_the_top_is_answered_two_layers_down() {
+    let top = HubProcess::start_device("top", &json!({}), &[], "");
+    let middle = child_of(&top, "middle", &[]);
+    top.identity(&["add", "--edge-device", "bottom", "--parent", "middle"]);
+    let bottom = child_of(&middle, "bottom", &["filter"]);
+    let (_filter, _patches) = module(bottom.module("bottom", "filter"));
+    let answer = invoke(&top, "bottom/filter", "ping", r#"{"n": 1}"#).await;
+    assert_eq!(answer["status"], 200, "{answer}\n{}", bottom.log());
+    assert_eq!(
+        answer["payload"],
+        json!({"method": "ping", "payload": {"n": 1}})
+    );
+}
