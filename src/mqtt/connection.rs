@@ -562,6 +562,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let Some(rid) = rid.filter(|r| !r.is_empty()) else {
                     return Err(Close::Violation("twin GET without $rid".to_owned()));
                 };
+                if let Some(mirror) = &self.services.mirror {
+                    // Cache-through: upstream's desired properties when it answers in time.
+                    mirror.refresh(&self.client_identity()).await;
+                }
                 let (status, body) = match self.services.twins.get(&self.grant.identity.client_id())
                 {
                     Ok(twin) => (200, twin.to_string().into_bytes()),
@@ -581,11 +585,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let (status, version) = match result {
                     Ok(Ok(version)) => {
                         if let Some(mirror) = &self.services.mirror {
-                            let identity = crate::identity::ClientIdentity {
-                                device_id: self.grant.identity.device_id.clone(),
-                                module_id: self.grant.identity.module_id.clone(),
-                            };
-                            mirror.reported(&identity, publish.payload.clone());
+                            mirror.reported(&self.client_identity(), publish.payload.clone());
                         }
                         self.notify_twin_change(publish.payload.clone(), version)
                             .await;
@@ -673,6 +673,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Err(e) => {
                 tracing::warn!(client_id = %self.grant.identity, error = %e, "will not stored");
             }
+        }
+    }
+
+    /// The connection's identity, as the upstream side names identities.
+    fn client_identity(&self) -> crate::identity::ClientIdentity {
+        crate::identity::ClientIdentity {
+            device_id: self.grant.identity.device_id.clone(),
+            module_id: self.grant.identity.module_id.clone(),
         }
     }
 

@@ -86,10 +86,7 @@ impl EdgeHubSync {
             inbound_tx,
             stop.clone(),
         );
-        link.subscribe(vec![
-            subscriptions::TWIN_RESPONSES.to_owned(),
-            subscriptions::DESIRED.to_owned(),
-        ]);
+        link.subscribe(vec![subscriptions::DESIRED.to_owned()]);
         let sync = Self {
             hub: Arc::downgrade(hub),
             link,

@@ -26,6 +26,8 @@ use super::status::UpstreamStatus;
 use crate::identity::ClientIdentity;
 use crate::stop::Stop;
 
+/// Subscribed on every connection: the answers to twin requests.
+const TWIN_RESPONSES: &str = super::from_upstream::subscriptions::TWIN_RESPONSES;
 /// Publications a link holds before it is connected or while they wait for rumqttc.
 const QUEUE: usize = 256;
 /// A link with nothing to send and nothing in flight for this long closes (D8).
@@ -142,6 +144,11 @@ impl Link {
         *self.connected.borrow()
     }
 
+    /// Follows whether the link is connected.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
     /// Hands a publication to the link: `false` (and the publication dropped, so its
     /// acknowledgement fails) when the link is not connected, is gone, or is full.
     pub fn publish(&self, publication: Publication) -> bool {
@@ -241,6 +248,10 @@ impl LinkTask {
             () = self.stop.stopped() => return Ended::Done,
         }
         backoff.reset();
+        // Answers to twin requests, on every link (they do not keep a link open).
+        if let Err(e) = client.try_subscribe(TWIN_RESPONSES, QoS::AtLeastOnce) {
+            return Ended::Failed(format!("rumqttc refused a subscription: {e}"));
+        }
         for topic in &self.subscriptions {
             if let Err(e) = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
                 return Ended::Failed(format!("rumqttc refused a subscription: {e}"));

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::from_upstream::{self, FromUpstream, subscriptions};
 use super::link::Inbound;
@@ -52,10 +52,23 @@ pub struct Mirror {
     pub twins: Arc<Twins>,
     /// Direct method calls to clients here.
     pub methods: Arc<Methods>,
-    /// Twin GETs sent upstream and not answered yet, by request id.
-    pending_gets: Mutex<HashMap<String, ClientIdentity>>,
+    /// Twin GETs sent upstream and not answered yet, by request id: whose twin, and who waits
+    /// for the answer (a client's own GET, cache-through).
+    pending_gets: Mutex<HashMap<String, PendingGet>>,
     next_rid: AtomicU64,
 }
+
+/// A twin GET sent upstream.
+#[derive(Debug)]
+struct PendingGet {
+    identity: ClientIdentity,
+    answered: Option<oneshot::Sender<()>>,
+}
+
+/// How long a client's twin GET waits for its link to connect, then for upstream's answer,
+/// before it is answered from this hub's copy.
+const REFRESH_CONNECT: Duration = Duration::from_secs(2);
+const REFRESH_ANSWER: Duration = Duration::from_secs(3);
 
 /// What a client here wants from upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +78,9 @@ struct Interest {
 }
 
 impl Interest {
+    /// Beside the twin responses every link subscribes to.
     fn topics(self) -> Vec<String> {
-        let mut topics = vec![subscriptions::TWIN_RESPONSES.to_owned()];
+        let mut topics = Vec::new();
         if self.desired {
             topics.push(subscriptions::DESIRED.to_owned());
         }
@@ -137,6 +151,60 @@ impl Mirror {
         }
     }
 
+    /// Before a client's twin GET is answered here: reads the twin upstream (the link opened
+    /// if needed) and brings this hub's copy of its desired properties up to date. Returns at
+    /// once when the link is failing, after a few seconds at most otherwise; the GET is then
+    /// answered from the copy, whatever happened.
+    pub async fn refresh(&self, identity: &ClientIdentity) {
+        if self
+            .links
+            .find(identity)
+            .is_some_and(|link| !link.is_connected())
+        {
+            // Its link is down (upstream away, or in back-off): no wait.
+            return;
+        }
+        let link = self.links.get(identity);
+        let mut connected = link.connected();
+        let up = tokio::time::timeout(REFRESH_CONNECT, connected.wait_for(|up| *up))
+            .await
+            .is_ok_and(|up| up.is_ok());
+        if !up {
+            return;
+        }
+        let (answered, answer) = oneshot::channel();
+        let rid = self.get(&link, identity, Some(answered));
+        if tokio::time::timeout(REFRESH_ANSWER, answer).await.is_err() {
+            tracing::info!(%identity, "upstream did not answer a twin GET in time; answered from this hub's copy");
+            self.pending().remove(&rid);
+        }
+    }
+
+    /// Sends a twin GET for `identity` on `link`; gives its request id.
+    fn get(
+        &self,
+        link: &super::link::Link,
+        identity: &ClientIdentity,
+        answered: Option<oneshot::Sender<()>>,
+    ) -> String {
+        let rid = self.rid();
+        self.pending().insert(
+            rid.clone(),
+            PendingGet {
+                identity: identity.clone(),
+                answered,
+            },
+        );
+        link.request(from_upstream::twin_get(&rid), Bytes::new());
+        rid
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, PendingGet>> {
+        self.pending_gets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Updates the links' subscriptions to what the clients connected here subscribe to.
     fn follow_clients(&self, mirrored: &mut HashMap<ClientIdentity, Interest>) {
         let desired_topic = topic::desired_patch(1);
@@ -192,12 +260,7 @@ impl Mirror {
         let Some(link) = self.links.find(identity) else {
             return;
         };
-        let rid = self.rid();
-        self.pending_gets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(rid.clone(), identity.clone());
-        link.request(from_upstream::twin_get(&rid), Bytes::new());
+        self.get(&link, identity, None);
         match self.twins.get(&identity.to_string()) {
             Ok(twin) => {
                 let mut reported = twin["reported"].clone();
@@ -222,23 +285,22 @@ impl Mirror {
         let client_id = identity.to_string();
         match FromUpstream::parse(topic) {
             FromUpstream::TwinResponse { status, rid } => {
-                let asked = self
-                    .pending_gets
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(rid);
-                if asked.as_ref() != Some(identity) {
+                let asked = self.pending().remove(rid);
+                let Some(asked) = asked.filter(|asked| asked.identity == *identity) else {
                     // The answer to a reported patch (or to nothing we asked).
                     if status >= 300 {
                         tracing::warn!(%client_id, status, "upstream refused a twin request");
                     }
                     return;
-                }
-                if status != 200 {
+                };
+                if status == 200 {
+                    self.desired_from_upstream(&client_id, &payload);
+                } else {
                     tracing::warn!(%client_id, status, "upstream refused a twin GET");
-                    return;
                 }
-                self.desired_from_upstream(&client_id, &payload);
+                if let Some(answered) = asked.answered {
+                    let _ = answered.send(());
+                }
             }
             FromUpstream::DesiredPatch { version } => {
                 let Some(version) = version else {
@@ -373,19 +435,12 @@ mod tests {
         };
         assert_eq!(
             both.topics(),
-            [
-                subscriptions::TWIN_RESPONSES,
-                subscriptions::DESIRED,
-                subscriptions::METHODS
-            ]
+            [subscriptions::DESIRED, subscriptions::METHODS]
         );
         let methods = Interest {
             desired: false,
             methods: true,
         };
-        assert_eq!(
-            methods.topics(),
-            [subscriptions::TWIN_RESPONSES, subscriptions::METHODS]
-        );
+        assert_eq!(methods.topics(), [subscriptions::METHODS]);
     }
 }

@@ -46,13 +46,25 @@ impl HubProcess {
     /// A hub of device `device_id` with these routes and modules, and `extra` appended to its
     /// configuration (e.g. an `[upstream]` table).
     pub fn start_device(device_id: &str, routes: &Value, modules: &[&str], extra: &str) -> Self {
+        Self::start_device_on(device_id, routes, modules, extra, free_port())
+    }
+
+    /// The same with its MQTT-over-TLS listener on `mqtts` (8883 for the official SDKs, which
+    /// have no port option).
+    pub fn start_device_on(
+        device_id: &str,
+        routes: &Value,
+        modules: &[&str],
+        extra: &str,
+        mqtts: u16,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("deployment.json"),
             super::manifest(routes, modules).to_string(),
         )
         .unwrap();
-        let (mqtt, mqtts, metrics) = (free_port(), free_port(), free_port());
+        let (mqtt, metrics) = (free_port(), free_port());
         std::fs::write(
             dir.path().join("edgehub.toml"),
             format!(

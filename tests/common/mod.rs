@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 pub mod hubproc;
 pub mod inproc;
+pub mod sdk;
 
 /// The route most tests deploy: module `sender`'s output `out1` to module `receiver`'s input `in1`.
 pub const SENDER_TO_RECEIVER: &str = "FROM /messages/modules/sender/outputs/out1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/in1\")";

@@ -3,8 +3,10 @@
 Usage: python scenarios.py SCENARIO
 Environment: CS_A and CS_B (module connection strings), CA_FILE (the hub's CA, PEM),
 SAS_KEY_A (module A's key, for the expired-token scenario), GATEWAY (host name),
-EDGEHUB_BIN and EDGEHUB_CONFIG (the edgehub binary and the hub's configuration, for the
-scenarios that set desired properties as the operator).
+EDGEHUB_BIN and EDGEHUB_CONFIG (the edgehub binary and the configuration of the hub the operator
+uses, for the scenarios that set desired properties or invoke methods as the operator), and
+OPERATOR_TARGET (optional: how that hub names module B, e.g. child-1/filter when the operator
+works at the parent of B's hub; default: B's module id).
 Exits 0 when the scenario holds; prints what went wrong otherwise.
 """
 
@@ -147,6 +149,11 @@ def edgehub(command, subcommand, *args):
     return json.loads(out.stdout)
 
 
+def operator_target():
+    """How the operator's hub names module B."""
+    return os.environ.get("OPERATOR_TARGET") or fields(os.environ["CS_B"])["ModuleId"]
+
+
 def desired():
     """A desired patch set with `edgehub twin set-desired` arrives at the connected module, with
     its $version, and get_twin shows it."""
@@ -154,7 +161,7 @@ def desired():
     b = client(os.environ["CS_B"])
     b.on_twin_desired_properties_patch_received = patches.put
     b.connect()
-    module = fields(os.environ["CS_B"])["ModuleId"]
+    module = operator_target()
     before = b.get_twin()["desired"]["$version"]
     # The SDK subscribes to desired patches in the background once the handler is set: a
     # patch set before that subscription lands is not pushed (the module reads it with its
@@ -190,7 +197,7 @@ def desired():
 def offline_desired():
     """Two desired patches set while the module is disconnected: when it comes back, get_twin
     shows the state after both, with the latest $version."""
-    module = fields(os.environ["CS_B"])["ModuleId"]
+    module = operator_target()
     b = client(os.environ["CS_B"])
     b.connect()
     b.get_twin()
@@ -204,6 +211,29 @@ def offline_desired():
     assert desired["offline"] == 2, desired
     assert desired["kept"] == "yes", desired
     assert desired["$version"] == second, desired
+    b.shutdown()
+
+
+def operator_method():
+    """`edgehub method invoke` at the operator's hub reaches module B (through every hub in
+    between) and prints its answer."""
+    from azure.iot.device import MethodResponse
+
+    b = client(os.environ["CS_B"])
+
+    def answer(request):
+        b.send_method_response(MethodResponse.create_from_method_request(request, 200, {"echo": request.payload}))
+
+    b.on_method_request_received = answer
+    b.connect()
+    deadline = time.monotonic() + 30
+    while True:
+        # The module's method subscription reaches the operator's hub a moment after it connects.
+        result = edgehub("method", "invoke", operator_target(), "echo", json.dumps({"n": 7}))
+        if result["status"] != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result == {"status": 200, "payload": {"echo": {"n": 7}}}, result
     b.shutdown()
 
 
