@@ -109,6 +109,18 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
     fn generation(&self) -> u64 {
         0
     }
+
+    /// The identity registry this authenticator judges by, and the hostnames tokens may name:
+    /// what the device-scope API ([`crate::http::scope`]) answers from. The default has none
+    /// (the API is then not served).
+    fn registry(
+        &self,
+    ) -> Option<(
+        &crate::identity::IdentityRegistry,
+        &crate::identity::Hostnames,
+    )> {
+        None
+    }
 }
 
 /// The hub's authenticator: SAS tokens checked against the identity registry (protocol spec 1.2
@@ -117,6 +129,9 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
 pub struct SasAuthenticator {
     identities: std::sync::Arc<crate::identity::IdentityRegistry>,
     hostnames: crate::identity::Hostnames,
+    /// Woken when a client is refused for an identity or key this hub may not have learned
+    /// yet from upstream (the device-scope sync fetches its scope then).
+    unknown_identity: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl SasAuthenticator {
@@ -128,7 +143,20 @@ impl SasAuthenticator {
         Self {
             identities: identities.into(),
             hostnames,
+            unknown_identity: None,
         }
+    }
+
+    /// Wakes `notify` (one permit, never a queue) whenever a client is refused for an unknown
+    /// identity, a key that matches none, or an on-behalf-of client outside the known scope:
+    /// what the device-scope sync ([`crate::upstream::scope`]) may not have learned yet.
+    #[must_use]
+    pub fn with_unknown_identity_hint(
+        mut self,
+        notify: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Self {
+        self.unknown_identity = Some(notify);
+        self
     }
 }
 
@@ -142,7 +170,19 @@ impl Authenticator for SasAuthenticator {
             &self.hostnames,
             std::time::SystemTime::now(),
         )
-        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        .map_err(|e| {
+            if let Some(notify) = &self.unknown_identity
+                && matches!(
+                    e,
+                    crate::sas::AuthError::UnknownIdentity(_)
+                        | crate::sas::AuthError::BadSignature(_)
+                        | crate::sas::AuthError::NotInScope { .. }
+                )
+            {
+                notify.notify_one();
+            }
+            format!("{:#}", anyhow::Error::from(e))
+        })?;
         let signer = (authenticated.signer != authenticated.identity).then(|| Identity {
             device_id: authenticated.signer.device_id.clone(),
             module_id: authenticated.signer.module_id.clone(),
@@ -160,6 +200,15 @@ impl Authenticator for SasAuthenticator {
                 signer,
             }),
         })
+    }
+
+    fn registry(
+        &self,
+    ) -> Option<(
+        &crate::identity::IdentityRegistry,
+        &crate::identity::Hostnames,
+    )> {
+        Some((&*self.identities, &self.hostnames))
     }
 
     fn generation(&self) -> u64 {

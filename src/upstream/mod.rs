@@ -8,12 +8,15 @@
 //! - [`lanes`]: live data first, an option: the live queue leaves before the backlog;
 //! - [`link`]: one MQTT connection per identity (D8), opened when needed, closed when idle,
 //!   renewed before its token expires, reconnected with jittered back-off ([`backoff`]);
-//! - [`status`]: what `/metrics` and the `$edgeHub` twin report.
+//! - [`status`]: what `/metrics` and the `$edgeHub` twin report;
+//! - [`scope`]: the device-scope sync: the identities of this hub's scope, learned from
+//!   upstream and kept for offline restarts (spec 6.2).
 
 pub mod backoff;
 pub mod forwarder;
 pub mod lanes;
 pub mod link;
+pub mod scope;
 pub mod settings;
 pub mod status;
 
