@@ -208,7 +208,8 @@ fn scope_of(
     })?;
     match crate::identity::scope::answer(&identities, this_device, actor, &request) {
         Ok(result) => {
-            tracing::info!(
+            // Every child asks every few seconds: not worth more than a debug line.
+            tracing::debug!(
                 %actor,
                 devices = result.devices.len(),
                 modules = result.modules.len(),

@@ -230,6 +230,16 @@ impl Authenticator for SasAuthenticator {
                 Err(error) => keep_on_registry_error(identity, &error),
             };
         };
+        // On behalf of: a leaf device must still be registered here (removed at this hub, it
+        // leaves the child's scope: the child learns that at its next scope sync); a child's
+        // module needs no registration of its own.
+        if key.signer.is_some() && identity.module_id.is_none() {
+            match self.identities.get(&identity.device_id, None) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(format!("identity {identity} was removed")),
+                Err(error) => return keep_on_registry_error(identity, &error),
+            }
+        }
         // On behalf of: the acting edge hub's key is what must still hold.
         let identity = key.signer.as_ref().unwrap_or(identity);
         let status = self.identities.key_status(
@@ -480,6 +490,88 @@ mod tests {
         // Added again, with new keys: the old grant's key is not one of them.
         f.cli().add_module("filter").unwrap();
         assert!(f.auth.recheck(&grant).unwrap_err().contains("rotated"));
+    }
+
+    #[test]
+    fn an_on_behalf_of_leaf_is_rechecked_on_its_registration_too() {
+        let f = fixture();
+        let child = f.cli().add_edge_device("child-1", None).unwrap();
+        f.cli().add_device_under("leaf-9", "child-1").unwrap();
+        let grant = |identity: Identity| Grant {
+            identity,
+            valid_until: None,
+            model_id: None,
+            key: Some(GrantKey {
+                slot: KeySlot::Primary,
+                fingerprint: child.primary_key.fingerprint(),
+                signer: Some(Identity {
+                    device_id: "child-1".to_owned(),
+                    module_id: Some("$edgeHub".to_owned()),
+                }),
+            }),
+        };
+        let leaf = grant(Identity {
+            device_id: "leaf-9".to_owned(),
+            module_id: None,
+        });
+        let module = grant(Identity {
+            device_id: "child-1".to_owned(),
+            module_id: Some("sensor".to_owned()),
+        });
+        f.auth.recheck(&leaf).unwrap();
+        f.auth.recheck(&module).unwrap();
+        f.cli().remove(&ClientIdentity::device("leaf-9")).unwrap();
+        assert_eq!(
+            f.auth.recheck(&leaf).unwrap_err(),
+            "identity leaf-9 was removed"
+        );
+        f.auth.recheck(&module).unwrap();
+    }
+
+    #[test]
+    fn refusals_for_what_upstream_may_know_wake_the_scope_sync() {
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        let f = fixture();
+        let auth = SasAuthenticator::new(
+            std::sync::Arc::new(f.cli()),
+            Hostnames {
+                iothub: HUB.to_owned(),
+                gateway: "gw.local".to_owned(),
+            },
+        )
+        .with_unknown_identity_hint(std::sync::Arc::clone(&notify));
+        let woken = || {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable()
+        };
+        let token = crate::sas::sign(
+            &format!("{HUB}/devices/stranger"),
+            &crate::identity::SymmetricKey::from_bytes(vec![7; 32]),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 3600,
+        );
+        let username = format!("{HUB}/stranger/?api-version=2021-04-12");
+        let refused = auth.authenticate(&Credentials {
+            client_id: "stranger",
+            username: Some(&username),
+            password: Some(&token),
+        });
+        assert!(refused.is_err());
+        assert!(woken(), "an unknown identity wakes the sync");
+        // A malformed CONNECT does not.
+        assert!(
+            auth.authenticate(&Credentials {
+                client_id: "x",
+                username: None,
+                password: None,
+            })
+            .is_err()
+        );
+        assert!(!woken());
     }
 
     #[test]
