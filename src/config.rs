@@ -66,6 +66,12 @@ pub struct UpstreamConfig {
     /// before the backlog stored during an outage (order is then kept within each, not across
     /// them).
     pub live_first: bool,
+    /// `https_port` (default 443): upstream's HTTPS port, where its device-scope API is.
+    pub https_port: u16,
+    /// `scope_refresh_secs` (default 30, 1 to 86400): how often the identities of this hub's
+    /// device scope are fetched from upstream (also at start, and at once, at most every few
+    /// seconds, when an unknown identity tries to connect).
+    pub scope_refresh: Duration,
 }
 
 /// The `[limits]` table.
@@ -427,6 +433,8 @@ struct RawUpstream {
     ca: Option<PathBuf>,
     #[serde(default)]
     live_first: bool,
+    https_port: Option<u16>,
+    scope_refresh_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -572,11 +580,27 @@ impl RawUpstream {
         if self.port == Some(0) {
             return Err(v.invalid("upstream.port", "must be a port number (1 to 65535)"));
         }
+        if self.https_port == Some(0) {
+            return Err(v.invalid("upstream.https_port", "must be a port number (1 to 65535)"));
+        }
+        let refresh = self
+            .scope_refresh_secs
+            .unwrap_or(crate::upstream::scope::DEFAULT_REFRESH.as_secs());
+        if !(1..=86_400).contains(&refresh) {
+            return Err(v.invalid(
+                "upstream.scope_refresh_secs",
+                "must be from 1 to 86400 seconds",
+            ));
+        }
         Ok(UpstreamConfig {
             connection_string,
             port: self.port.unwrap_or(crate::upstream::settings::DEFAULT_PORT),
             ca: self.ca.map(|ca| v.path("upstream.ca", &ca)).transpose()?,
             live_first: self.live_first,
+            https_port: self
+                .https_port
+                .unwrap_or(crate::upstream::scope::DEFAULT_HTTPS_PORT),
+            scope_refresh: Duration::from_secs(refresh),
         })
     }
 }
@@ -742,6 +766,35 @@ manifest = "deployment.json"
             invalid_key("[limits]\nmax_connections = 0\n"),
             "limits.max_connections"
         );
+    }
+
+    #[test]
+    fn the_device_scope_keys_of_upstream_are_read_and_checked() {
+        let connection_string = "HostName=hub.example.net;DeviceId=edge-1;ModuleId=$edgeHub;SharedAccessKey=c2VjcmV0;GatewayHostName=parent.local";
+        let upstream = |extra: &str| {
+            format!("[upstream]\nconnection_string = \"{connection_string}\"\n{extra}")
+        };
+        let defaults = parse(&upstream("")).unwrap().upstream.unwrap();
+        assert_eq!(defaults.https_port, 443);
+        assert_eq!(defaults.scope_refresh, Duration::from_secs(30));
+        let set = parse(&upstream("https_port = 10443\nscope_refresh_secs = 2\n"))
+            .unwrap()
+            .upstream
+            .unwrap();
+        assert_eq!(set.https_port, 10443);
+        assert_eq!(set.scope_refresh, Duration::from_secs(2));
+        assert_eq!(
+            invalid_key(&upstream("https_port = 0\n")),
+            "upstream.https_port"
+        );
+        for bad in ["0", "86401"] {
+            assert_eq!(
+                invalid_key(&upstream(&format!("scope_refresh_secs = {bad}\n"))),
+                "upstream.scope_refresh_secs"
+            );
+        }
+        assert!(parse(&upstream("https_port = 70000\n")).is_err());
+        assert!(parse(&upstream("scope_refresh_secs = -1\n")).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::hub::{Hub, HubSettings};
 use crate::identity::IdentityRegistry;
 use crate::mqtt::auth::SasAuthenticator;
 use crate::upstream::UpstreamSettings;
+use crate::upstream::scope::{ScopeSync, ScopeSyncSettings};
 
 /// Runs the hub described by `config` until SIGTERM or SIGINT, then shuts it down cleanly
 /// (stop accepting, close connections, close the store).
@@ -85,13 +86,22 @@ pub async fn run(config: Config) -> Result<()> {
             .unwrap_or(1),
         strict_topics: config.strict_topics,
     };
-    let auth = Arc::new(SasAuthenticator::new(identities, config.hostnames()));
+    let unknown_identity = Arc::new(tokio::sync::Notify::new());
+    let scope_sync = scope_sync(&config, &identities, &unknown_identity)?;
+    let auth = Arc::new(
+        SasAuthenticator::new(Arc::clone(&identities), config.hostnames())
+            .with_unknown_identity_hint(unknown_identity),
+    );
     let hub = Hub::start(settings, auth).await?;
     let hub = Arc::new(hub);
     hub.follow_upstream_twin();
+    let scope_sync = scope_sync.map(ScopeSync::spawn);
     let admin = match crate::admin::Admin::start(&hub, &config, manifest_stamp) {
         Ok(admin) => admin,
         Err(e) => {
+            if let Some(sync) = scope_sync {
+                sync.stop().await;
+            }
             stop(hub).await?;
             return Err(e).context("binding the admin socket");
         }
@@ -99,6 +109,9 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(device_id = %config.device_id, gateway = %config.gateway_hostname, "edgehub running");
     let signalled = shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Some(sync) = scope_sync {
+        sync.stop().await;
+    }
     admin.stop().await;
     stop(hub).await?;
     signalled
@@ -130,6 +143,30 @@ fn upstream_settings(
     .context("setting up the upstream connection")?;
     settings.live_first = upstream.live_first;
     Ok(Some(settings))
+}
+
+/// The device-scope sync of the `[upstream]` table (not started yet), woken by
+/// `unknown_identity`.
+fn scope_sync(
+    config: &Config,
+    identities: &Arc<IdentityRegistry>,
+    unknown_identity: &Arc<tokio::sync::Notify>,
+) -> Result<Option<ScopeSync>> {
+    let Some(upstream) = &config.upstream else {
+        return Ok(None);
+    };
+    let settings = ScopeSyncSettings::new(
+        &upstream.connection_string,
+        upstream.https_port,
+        upstream.ca.as_deref(),
+        upstream.scope_refresh,
+    )
+    .context("setting up the device scope sync")?;
+    Ok(Some(ScopeSync::new(
+        settings,
+        Arc::clone(identities),
+        Arc::clone(unknown_identity),
+    )))
 }
 
 fn store_config(config: &Config) -> store::StoreConfig {

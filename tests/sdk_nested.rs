@@ -21,9 +21,10 @@ fn the_python_sdk_on_a_child_hub_is_reached_from_the_parent() {
     let parent = HubProcess::start_device("parent", &json!({}), &[], "");
     let connection_string = parent.identity(&["add", "--edge-device", "child-1"]);
     let upstream = format!(
-        "[upstream]\nconnection_string = \"{}\"\nport = {}\nca = \"{}\"\n",
+        "[upstream]\nconnection_string = \"{}\"\nport = {}\nhttps_port = {}\nca = \"{}\"\n",
         connection_string.trim(),
         parent.mqtts,
+        parent.https,
         parent.ca().display()
     );
     let child =

@@ -31,9 +31,10 @@ fn parent() -> HubProcess {
 fn child_of(parent: &HubProcess, device: &str, modules: &[&str]) -> HubProcess {
     let connection_string = parent.identity(&["add", "--edge-device", device]);
     let upstream = format!(
-        "[upstream]\nconnection_string = \"{}\"\nport = {}\nca = \"{}\"\n",
+        "[upstream]\nconnection_string = \"{}\"\nport = {}\nhttps_port = {}\nca = \"{}\"\n",
         connection_string.trim(),
         parent.mqtts,
+        parent.https,
         parent.ca().display()
     );
     HubProcess::start_device(device, &json!({}), modules, &upstream)

@@ -13,14 +13,16 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::INVALID;
 use crate::config::{Config, ConfigError};
 use crate::identity::id::is_system_module;
-use crate::identity::{ClientIdentity, IdentityError, IdentityRegistry, KeySlot};
+use crate::identity::{ClientIdentity, IdentityError, IdentityRegistry, KeySlot, Origin};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum IdentityCommand {
-    /// Create the identity of a module of this edge device (or of a leaf device with
-    /// --device), or find the existing one, and print its connection string.
+    /// Create the identity of a module of this edge device (or of a child edge device's module
+    /// named `<deviceId>/<moduleId>`, or of a leaf device with --device), or find the existing
+    /// one, and print its connection string.
     Add(AddArgs),
-    /// List the identities: one line each, `<id>  module|device`; keys are not shown.
+    /// List the identities: one line each, `<id>  module|device`, followed by `  upstream` for
+    /// one learned from the parent hub; keys are not shown.
     List(ListArgs),
     /// Remove the identity of a module (or of a leaf device with --device); a running hub
     /// closes its connections within seconds. A module of the deployment gets a new identity
@@ -38,7 +40,7 @@ pub(super) struct AddArgs {
     /// The hub's configuration; without it, the embedded default (data folder ./data).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The module id.
+    /// The module id, or `<deviceId>/<moduleId>` for a module of a child edge device.
     #[arg(
         required_unless_present_any = ["device", "edge_device"],
         conflicts_with_all = ["device", "edge_device"]
@@ -62,7 +64,7 @@ pub(super) struct RemoveArgs {
     /// The hub's configuration; without it, the embedded default (data folder ./data).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The module id.
+    /// The module id, or `<deviceId>/<moduleId>` for a module of a child edge device.
     #[arg(required_unless_present = "device", conflicts_with = "device")]
     module_id: Option<String>,
     /// A leaf device id, instead of a module.
@@ -75,7 +77,7 @@ pub(super) struct RotateArgs {
     /// The hub's configuration; without it, the embedded default (data folder ./data).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The module id.
+    /// The module id, or `<deviceId>/<moduleId>` for a module of a child edge device.
     #[arg(required_unless_present = "device", conflicts_with = "device")]
     module_id: Option<String>,
     /// A leaf device id, instead of a module.
@@ -127,7 +129,12 @@ pub(super) fn run(command: IdentityCommand) -> Result<ExitCode> {
 }
 
 fn add(args: &AddArgs) -> Result<(), Failure> {
-    if let Some(module_id) = args.module_id.as_deref().filter(|m| is_system_module(m)) {
+    if let Some(module_id) = args
+        .module_id
+        .as_deref()
+        .map(|m| split_module(m).1)
+        .filter(|m| is_system_module(m))
+    {
         return Err(Failure::Invalid(format!(
             "{module_id} is the runtime's own module; its identity is not handed out"
         )));
@@ -136,7 +143,18 @@ fn add(args: &AddArgs) -> Result<(), Failure> {
     let store = config.identity_registry()?;
     let parent = args.parent.as_deref();
     let identity = match (&args.module_id, &args.device, &args.edge_device) {
-        (Some(module_id), _, _) => store.add_module(module_id)?,
+        (Some(module_id), _, _) => match split_module(module_id) {
+            (None, module_id) => store.add_module(module_id)?,
+            // A module of a child edge device: its hub learns it through the device scope.
+            (Some(device_id), module_id) => {
+                store
+                    .add_module_of(device_id, module_id)
+                    .map_err(|error| match error {
+                        IdentityError::NotAnEdgeDevice(_) => Failure::Invalid(chain(error)),
+                        error => Failure::from(error),
+                    })?
+            }
+        },
         (None, Some(device_id), _) => match parent {
             Some(parent) => store.add_device_under(device_id, parent)?,
             None => store.add_device(device_id)?,
@@ -156,7 +174,10 @@ fn list(args: &ListArgs) -> Result<(), Failure> {
         } else {
             "device"
         };
-        println!("{}  {kind}", identity.id);
+        match identity.origin {
+            Origin::Local => println!("{}  {kind}", identity.id),
+            Origin::Upstream => println!("{}  {kind}  upstream", identity.id),
+        }
     }
     Ok(())
 }
@@ -193,19 +214,32 @@ fn target(
     module_id: Option<&str>,
     device_id: Option<&str>,
 ) -> Result<(Config, IdentityRegistry, ClientIdentity), Failure> {
-    if let Some(module_id) = module_id.filter(|m| is_system_module(m)) {
+    if let Some(module_id) = module_id
+        .map(|m| split_module(m).1)
+        .filter(|m| is_system_module(m))
+    {
         return Err(Failure::Invalid(format!(
             "{module_id} is the runtime's own module; its identity is not managed here"
         )));
     }
     let config = Config::load_or_default(config)?;
     let store = config.identity_registry()?;
-    let id = match (module_id, device_id) {
-        (Some(module_id), _) => store.module_identity(module_id),
+    let id = match (module_id.map(split_module), device_id) {
+        (Some((None, module_id)), _) => store.module_identity(module_id),
+        (Some((Some(device_id), module_id)), _) => ClientIdentity::module(device_id, module_id),
         (None, Some(device_id)) => ClientIdentity::device(device_id),
         (None, None) => unreachable!("clap requires a module id or --device"),
     };
     Ok((config, store, id))
+}
+
+/// A module named `<deviceId>/<moduleId>` (the form of an MQTT client id: a module of a child
+/// edge device) or by its bare id (a module of this hub's own device).
+fn split_module(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('/') {
+        Some((device_id, module_id)) => (Some(device_id), module_id),
+        None => (None, name),
+    }
 }
 
 /// How a command fails: input it rejects (exit code 2, the message names the culprit) or an
@@ -227,7 +261,9 @@ impl From<ConfigError> for Failure {
 impl From<IdentityError> for Failure {
     fn from(error: IdentityError) -> Self {
         match error {
-            IdentityError::InvalidId(_) | IdentityError::Unknown(_) => Self::Invalid(chain(error)),
+            IdentityError::InvalidId(_)
+            | IdentityError::Unknown(_)
+            | IdentityError::FromUpstream(_) => Self::Invalid(chain(error)),
             _ => Self::Io(error.into()),
         }
     }

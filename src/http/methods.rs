@@ -36,14 +36,23 @@ pub struct MethodsEndpoint {
     pub sessions: Arc<Sessions>,
 }
 
-/// Serves one (TLS) connection of the direct-methods listener.
+/// Serves one (TLS) connection of the HTTPS listener: direct methods, and the device-scope
+/// API ([`super::scope`]) for paths under `/devices/`.
 pub async fn serve_connection<IO>(io: IO, endpoint: Arc<MethodsEndpoint>, stop: Stop)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<Incoming>| {
         let endpoint = Arc::clone(&endpoint);
-        async move { Ok::<_, Infallible>(method_call(&endpoint, request).await) }
+        async move {
+            // The same listener serves the device-scope API to child hubs (spec 6.2).
+            let response = if super::scope::is_scope_path(request.uri().path()) {
+                super::scope::serve(&*endpoint.auth, &endpoint.device_id, request).await
+            } else {
+                method_call(&endpoint, request).await
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
     super::serve_connection(io, service, stop).await;
 }

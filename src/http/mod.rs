@@ -1,12 +1,14 @@
 //! The hub's HTTP/1.1 endpoints (hyper), each in its own file:
 //! - [`metrics`]: `GET /metrics` in the Prometheus text format, on the `metrics` address;
 //! - [`methods`]: direct methods between modules over HTTPS on the `https` address;
+//! - [`scope`]: the device-scope API on the same address, for child hubs (spec 6.2);
 //!
 //! and what they share: serving one connection until the hub stops, and JSON responses. The
 //! operator's admin endpoint on the unix socket is [`crate::admin`].
 
 pub mod methods;
 pub mod metrics;
+pub mod scope;
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -43,6 +43,48 @@ pub struct Identity {
     /// child edge device (nested deployments, spec 6.2); `None` for this hub's own leaf
     /// devices and for modules.
     pub parent: Option<String>,
+    /// Where it comes from: registered here, or learned from the parent hub's device scope.
+    pub origin: Origin,
+}
+
+/// Where an identity of the registry comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Origin {
+    /// Registered on this hub (`edgehub identity add`, the deployment's modules): only this
+    /// hub's command line changes or removes it.
+    #[default]
+    Local,
+    /// Learned from the parent hub's device scope ([`crate::upstream::scope`]): the next sync
+    /// updates or removes it; the command line does not change it.
+    Upstream,
+}
+
+impl Origin {
+    fn is_local(&self) -> bool {
+        *self == Self::Local
+    }
+}
+
+/// What [`IdentityRegistry::replace_upstream`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamChanges {
+    /// Identities learned for the first time.
+    pub added: usize,
+    /// Identities whose keys or parent changed.
+    pub updated: usize,
+    /// Identities gone from upstream's answer, removed here.
+    pub removed: usize,
+    /// Identities upstream names that exist here as local ones: the local one is kept.
+    pub conflicts: Vec<ClientIdentity>,
+}
+
+impl UpstreamChanges {
+    /// Whether the registry changed.
+    #[must_use]
+    pub fn changed(&self) -> bool {
+        self.added + self.updated + self.removed > 0
+    }
 }
 
 impl Identity {
@@ -102,6 +144,7 @@ impl Identity {
             primary_key: SymmetricKey::generate()?,
             secondary_key: SymmetricKey::generate()?,
             parent: None,
+            origin: Origin::Local,
         })
     }
 }
@@ -139,6 +182,9 @@ pub enum IdentityError {
     /// A device was to be registered under a device that is not a child edge device here.
     #[error("{0} is not an edge device of this hub (add it with --edge-device first)")]
     NotAnEdgeDevice(String),
+    /// The identity was learned from the parent hub (remove, rotate): it is managed there.
+    #[error("{0} comes from the parent hub's device scope; change it on the parent hub")]
+    FromUpstream(ClientIdentity),
 }
 
 /// Whether a key that authenticated a connection still does, as
@@ -216,6 +262,8 @@ struct Record {
     secondary_key: SymmetricKey,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Origin::is_local")]
+    origin: Origin,
 }
 
 const FORMAT_VERSION: u32 = 1;
@@ -347,6 +395,81 @@ impl IdentityRegistry {
             .remove(0))
     }
 
+    /// The identity of module `module_id` of device `device_id`, created with new keys if it
+    /// does not exist yet: a module of this edge device, or of a child edge device registered
+    /// here (whose hub then learns it through the device scope, spec 6.2).
+    ///
+    /// # Errors
+    ///
+    /// An invalid id, [`IdentityError::NotAnEdgeDevice`] when `device_id` is neither this edge
+    /// device nor a child edge device here, or a failure to read or write the file.
+    pub fn add_module_of(
+        &self,
+        device_id: &str,
+        module_id: &str,
+    ) -> Result<Identity, IdentityError> {
+        if device_id == self.edge_device_id {
+            return self.add_module(module_id);
+        }
+        validate_device_id(device_id)?;
+        validate_module_id(module_id)?;
+        let id = ClientIdentity::module(device_id, module_id);
+        Ok(self.add_under(vec![id], Some(device_id))?.remove(0))
+    }
+
+    /// Makes the identities learned from upstream exactly `learned` (each marked
+    /// [`Origin::Upstream`]), in one atomic write, only when something changed: learned ones
+    /// gone from `learned` are removed (a running hub then closes their connections), new ones
+    /// added, changed ones replaced. Local identities are never removed or replaced: an id that
+    /// exists here as a local identity keeps its local keys and is reported as a conflict.
+    ///
+    /// # Errors
+    ///
+    /// A failure to read or write the file.
+    pub fn replace_upstream(
+        &self,
+        learned: impl IntoIterator<Item = Identity>,
+    ) -> Result<UpstreamChanges, IdentityError> {
+        let _lock = self.lock_writers()?;
+        let mut fresh = self.read()?;
+        let mut changes = UpstreamChanges::default();
+        let mut wanted = BTreeMap::new();
+        for mut identity in learned {
+            identity.origin = Origin::Upstream;
+            match fresh.identities.get(&identity.id) {
+                Some(existing) if existing.origin == Origin::Local => {
+                    changes.conflicts.push(identity.id);
+                }
+                _ => {
+                    wanted.insert(identity.id.clone(), identity);
+                }
+            }
+        }
+        fresh.identities.retain(|id, identity| {
+            let keep = identity.origin == Origin::Local || wanted.contains_key(id);
+            changes.removed += usize::from(!keep);
+            keep
+        });
+        for (id, identity) in wanted {
+            match fresh.identities.get(&id) {
+                None => changes.added += 1,
+                Some(old) if *old != identity => changes.updated += 1,
+                Some(_) => continue,
+            }
+            fresh.identities.insert(id, identity);
+        }
+        if !changes.changed() {
+            return Ok(changes);
+        }
+        self.write(&fresh.identities)?;
+        fresh.stamp = self.stamp()?;
+        tracing::info!(path = %self.path.display(), "identity registry updated from upstream");
+        *self.lock_loaded() = fresh;
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(changes)
+    }
+
     /// Whether `device_id` is a child edge device here (it has a `$edgeHub` identity).
     ///
     /// # Errors
@@ -445,13 +568,16 @@ impl IdentityRegistry {
     ///
     /// # Errors
     ///
-    /// [`IdentityError::Unknown`] when there is no such identity (nothing is written), or a
-    /// failure to read or write the file.
+    /// [`IdentityError::Unknown`] when there is no such identity, [`IdentityError::FromUpstream`]
+    /// when it was learned from the parent hub (nothing is written then), or a failure to read
+    /// or write the file.
     pub fn remove(&self, id: &ClientIdentity) -> Result<Identity, IdentityError> {
         self.change(id, |identities| {
-            identities
-                .remove(id)
-                .ok_or_else(|| IdentityError::Unknown(id.clone()))
+            match identities.get(id).map(|identity| identity.origin) {
+                None => Err(IdentityError::Unknown(id.clone())),
+                Some(Origin::Upstream) => Err(IdentityError::FromUpstream(id.clone())),
+                Some(Origin::Local) => Ok(identities.remove(id).expect("just found")),
+            }
         })
     }
 
@@ -461,14 +587,18 @@ impl IdentityRegistry {
     ///
     /// # Errors
     ///
-    /// [`IdentityError::Unknown`] when there is no such identity (nothing is written), no
-    /// random bytes, or a failure to read or write the file.
+    /// [`IdentityError::Unknown`] when there is no such identity, [`IdentityError::FromUpstream`]
+    /// when it was learned from the parent hub (nothing is written then), no random bytes, or a
+    /// failure to read or write the file.
     pub fn rotate(&self, id: &ClientIdentity, slot: KeySlot) -> Result<Identity, IdentityError> {
         let key = SymmetricKey::generate()?;
         self.change(id, |identities| {
             let identity = identities
                 .get_mut(id)
                 .ok_or_else(|| IdentityError::Unknown(id.clone()))?;
+            if identity.origin == Origin::Upstream {
+                return Err(IdentityError::FromUpstream(id.clone()));
+            }
             match slot {
                 KeySlot::Primary => identity.primary_key = key,
                 KeySlot::Secondary => identity.secondary_key = key,
@@ -648,6 +778,7 @@ impl IdentityRegistry {
                     primary_key: r.primary_key,
                     secondary_key: r.secondary_key,
                     parent: r.parent,
+                    origin: r.origin,
                 };
                 (id, identity)
             })
@@ -670,6 +801,7 @@ impl IdentityRegistry {
                     primary_key: identity.primary_key.clone(),
                     secondary_key: identity.secondary_key.clone(),
                     parent: identity.parent.clone(),
+                    origin: identity.origin,
                 })
                 .collect(),
         };
@@ -968,5 +1100,131 @@ mod tests {
         assert_eq!(ids, ["alpha", "edge/filter", "zeta"]);
         let debug = format!("{module:?}");
         assert!(!debug.contains(&module.primary_key.to_base64()), "{debug}");
+    }
+
+    fn learned(id: ClientIdentity, parent: Option<&str>) -> Identity {
+        Identity {
+            id,
+            primary_key: SymmetricKey::generate().unwrap(),
+            secondary_key: SymmetricKey::generate().unwrap(),
+            parent: parent.map(str::to_owned),
+            origin: Origin::Upstream,
+        }
+    }
+
+    #[test]
+    fn upstream_identities_are_replaced_whole_and_local_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = IdentityRegistry::open(dir.path(), "child").unwrap();
+        let local = hub.add_device("local").unwrap();
+        let clash = hub.add_device("clash").unwrap();
+        let leaf = learned(ClientIdentity::device("leaf"), None);
+        let grand = learned(ClientIdentity::device("grand"), None);
+        let grand_hub = learned(ClientIdentity::module("grand", EDGE_HUB), None);
+        let under = learned(ClientIdentity::device("under"), Some("grand"));
+        let changes = hub
+            .replace_upstream([
+                leaf.clone(),
+                grand,
+                grand_hub,
+                under,
+                learned(ClientIdentity::device("clash"), None),
+            ])
+            .unwrap();
+        assert_eq!(changes.added, 4);
+        assert_eq!(changes.conflicts, [ClientIdentity::device("clash")]);
+        assert_eq!(
+            hub.get("clash", None).unwrap(),
+            Some(clash),
+            "the local one stays"
+        );
+        assert_eq!(hub.get("leaf", None).unwrap(), Some(leaf.clone()));
+        assert!(hub.is_edge_device("grand").unwrap());
+        assert_eq!(hub.parent_of("under").unwrap().as_deref(), Some("grand"));
+
+        // An answer without grand removes grand, its hub and its leaf; the same answer again
+        // writes nothing.
+        let generation = hub.generation().unwrap();
+        let again = hub.replace_upstream([leaf.clone()]).unwrap();
+        assert_eq!((again.added, again.removed), (0, 3));
+        let generation_after = hub.generation().unwrap();
+        assert_ne!(generation, generation_after);
+        assert!(!hub.replace_upstream([leaf.clone()]).unwrap().changed());
+        assert_eq!(hub.generation().unwrap(), generation_after);
+
+        // Kept across a restart, marked; a new key replaces the old one.
+        let reopened = IdentityRegistry::open(dir.path(), "child").unwrap();
+        assert_eq!(
+            reopened.get("leaf", None).unwrap().unwrap().origin,
+            Origin::Upstream
+        );
+        assert_eq!(reopened.get("local", None).unwrap(), Some(local.clone()));
+        let rotated = learned(ClientIdentity::device("leaf"), None);
+        assert_eq!(
+            reopened
+                .replace_upstream([rotated.clone()])
+                .unwrap()
+                .updated,
+            1
+        );
+        assert_eq!(hub.get("leaf", None).unwrap(), Some(rotated));
+
+        // An empty answer removes every learned identity, and only those.
+        assert_eq!(hub.replace_upstream([]).unwrap().removed, 1);
+        let ids: Vec<String> = hub
+            .list()
+            .unwrap()
+            .iter()
+            .map(|i| i.id.to_string())
+            .collect();
+        assert_eq!(ids, ["clash", "local"]);
+    }
+
+    #[test]
+    fn the_command_line_does_not_change_learned_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = IdentityRegistry::open(dir.path(), "child").unwrap();
+        hub.replace_upstream([learned(ClientIdentity::module("child", "filter"), None)])
+            .unwrap();
+        let id = hub.module_identity("filter");
+        assert!(matches!(
+            hub.remove(&id),
+            Err(IdentityError::FromUpstream(_))
+        ));
+        assert!(matches!(
+            hub.rotate(&id, KeySlot::Primary),
+            Err(IdentityError::FromUpstream(_))
+        ));
+        assert!(hub.get("child", Some("filter")).unwrap().is_some());
+        // Adding it finds the learned one, unchanged.
+        assert_eq!(hub.add_module("filter").unwrap().origin, Origin::Upstream);
+    }
+
+    #[test]
+    fn modules_of_a_child_edge_device_need_the_edge_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = IdentityRegistry::open(dir.path(), "parent").unwrap();
+        assert!(matches!(
+            hub.add_module_of("child-1", "filter"),
+            Err(IdentityError::NotAnEdgeDevice(d)) if d == "child-1"
+        ));
+        hub.add_device("leaf").unwrap();
+        assert!(matches!(
+            hub.add_module_of("leaf", "filter"),
+            Err(IdentityError::NotAnEdgeDevice(_))
+        ));
+        hub.add_edge_device("child-1", None).unwrap();
+        let filter = hub.add_module_of("child-1", "filter").unwrap();
+        assert_eq!(filter.id, ClientIdentity::module("child-1", "filter"));
+        assert_eq!(filter.parent, None);
+        assert_eq!(hub.add_module_of("child-1", "filter").unwrap(), filter);
+        assert_eq!(
+            hub.add_module_of("parent", "own").unwrap().id,
+            ClientIdentity::module("parent", "own")
+        );
+        assert!(matches!(
+            hub.add_module_of("child-1", "a/b"),
+            Err(IdentityError::InvalidId(_))
+        ));
     }
 }

@@ -109,6 +109,18 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
     fn generation(&self) -> u64 {
         0
     }
+
+    /// The identity registry this authenticator judges by, and the hostnames tokens may name:
+    /// what the device-scope API ([`crate::http::scope`]) answers from. The default has none
+    /// (the API is then not served).
+    fn registry(
+        &self,
+    ) -> Option<(
+        &crate::identity::IdentityRegistry,
+        &crate::identity::Hostnames,
+    )> {
+        None
+    }
 }
 
 /// The hub's authenticator: SAS tokens checked against the identity registry (protocol spec 1.2
@@ -117,6 +129,9 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
 pub struct SasAuthenticator {
     identities: std::sync::Arc<crate::identity::IdentityRegistry>,
     hostnames: crate::identity::Hostnames,
+    /// Woken when a client is refused for an identity or key this hub may not have learned
+    /// yet from upstream (the device-scope sync fetches its scope then).
+    unknown_identity: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl SasAuthenticator {
@@ -128,7 +143,20 @@ impl SasAuthenticator {
         Self {
             identities: identities.into(),
             hostnames,
+            unknown_identity: None,
         }
+    }
+
+    /// Wakes `notify` (one permit, never a queue) whenever a client is refused for an unknown
+    /// identity, a key that matches none, or an on-behalf-of client outside the known scope:
+    /// what the device-scope sync ([`crate::upstream::scope`]) may not have learned yet.
+    #[must_use]
+    pub fn with_unknown_identity_hint(
+        mut self,
+        notify: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Self {
+        self.unknown_identity = Some(notify);
+        self
     }
 }
 
@@ -142,7 +170,19 @@ impl Authenticator for SasAuthenticator {
             &self.hostnames,
             std::time::SystemTime::now(),
         )
-        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        .map_err(|e| {
+            if let Some(notify) = &self.unknown_identity
+                && matches!(
+                    e,
+                    crate::sas::AuthError::UnknownIdentity(_)
+                        | crate::sas::AuthError::BadSignature(_)
+                        | crate::sas::AuthError::NotInScope { .. }
+                )
+            {
+                notify.notify_one();
+            }
+            format!("{:#}", anyhow::Error::from(e))
+        })?;
         let signer = (authenticated.signer != authenticated.identity).then(|| Identity {
             device_id: authenticated.signer.device_id.clone(),
             module_id: authenticated.signer.module_id.clone(),
@@ -160,6 +200,15 @@ impl Authenticator for SasAuthenticator {
                 signer,
             }),
         })
+    }
+
+    fn registry(
+        &self,
+    ) -> Option<(
+        &crate::identity::IdentityRegistry,
+        &crate::identity::Hostnames,
+    )> {
+        Some((&*self.identities, &self.hostnames))
     }
 
     fn generation(&self) -> u64 {
@@ -181,6 +230,16 @@ impl Authenticator for SasAuthenticator {
                 Err(error) => keep_on_registry_error(identity, &error),
             };
         };
+        // On behalf of: a leaf device must still be registered here (removed at this hub, it
+        // leaves the child's scope: the child learns that at its next scope sync); a child's
+        // module needs no registration of its own.
+        if key.signer.is_some() && identity.module_id.is_none() {
+            match self.identities.get(&identity.device_id, None) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(format!("identity {identity} was removed")),
+                Err(error) => return keep_on_registry_error(identity, &error),
+            }
+        }
         // On behalf of: the acting edge hub's key is what must still hold.
         let identity = key.signer.as_ref().unwrap_or(identity);
         let status = self.identities.key_status(
@@ -431,6 +490,88 @@ mod tests {
         // Added again, with new keys: the old grant's key is not one of them.
         f.cli().add_module("filter").unwrap();
         assert!(f.auth.recheck(&grant).unwrap_err().contains("rotated"));
+    }
+
+    #[test]
+    fn an_on_behalf_of_leaf_is_rechecked_on_its_registration_too() {
+        let f = fixture();
+        let child = f.cli().add_edge_device("child-1", None).unwrap();
+        f.cli().add_device_under("leaf-9", "child-1").unwrap();
+        let grant = |identity: Identity| Grant {
+            identity,
+            valid_until: None,
+            model_id: None,
+            key: Some(GrantKey {
+                slot: KeySlot::Primary,
+                fingerprint: child.primary_key.fingerprint(),
+                signer: Some(Identity {
+                    device_id: "child-1".to_owned(),
+                    module_id: Some("$edgeHub".to_owned()),
+                }),
+            }),
+        };
+        let leaf = grant(Identity {
+            device_id: "leaf-9".to_owned(),
+            module_id: None,
+        });
+        let module = grant(Identity {
+            device_id: "child-1".to_owned(),
+            module_id: Some("sensor".to_owned()),
+        });
+        f.auth.recheck(&leaf).unwrap();
+        f.auth.recheck(&module).unwrap();
+        f.cli().remove(&ClientIdentity::device("leaf-9")).unwrap();
+        assert_eq!(
+            f.auth.recheck(&leaf).unwrap_err(),
+            "identity leaf-9 was removed"
+        );
+        f.auth.recheck(&module).unwrap();
+    }
+
+    #[test]
+    fn refusals_for_what_upstream_may_know_wake_the_scope_sync() {
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        let f = fixture();
+        let auth = SasAuthenticator::new(
+            std::sync::Arc::new(f.cli()),
+            Hostnames {
+                iothub: HUB.to_owned(),
+                gateway: "gw.local".to_owned(),
+            },
+        )
+        .with_unknown_identity_hint(std::sync::Arc::clone(&notify));
+        let woken = || {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable()
+        };
+        let token = crate::sas::sign(
+            &format!("{HUB}/devices/stranger"),
+            &crate::identity::SymmetricKey::from_bytes(vec![7; 32]),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 3600,
+        );
+        let username = format!("{HUB}/stranger/?api-version=2021-04-12");
+        let refused = auth.authenticate(&Credentials {
+            client_id: "stranger",
+            username: Some(&username),
+            password: Some(&token),
+        });
+        assert!(refused.is_err());
+        assert!(woken(), "an unknown identity wakes the sync");
+        // A malformed CONNECT does not.
+        assert!(
+            auth.authenticate(&Credentials {
+                client_id: "x",
+                username: None,
+                password: None,
+            })
+            .is_err()
+        );
+        assert!(!woken());
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! - [`links`]: the links by identity, shared by the forwarder and the mirror;
 //! - [`link`]: one MQTT connection per identity (D8), opened when needed, closed when idle,
 //!   renewed before its token expires, reconnected with jittered back-off ([`backoff`]);
-//! - [`status`]: what `/metrics` and the `$edgeHub` twin report.
+//! - [`status`]: what `/metrics` and the `$edgeHub` twin report;
+//! - [`scope`]: the device-scope sync: the identities of this hub's scope, learned from
+//!   upstream and kept for offline restarts (spec 6.2).
 
 pub mod backoff;
 pub mod edge_hub_sync;
@@ -24,6 +26,7 @@ pub mod lanes;
 pub mod link;
 pub mod links;
 pub mod mirror;
+pub mod scope;
 pub mod settings;
 pub mod status;
 

@@ -26,6 +26,8 @@ pub struct HubProcess {
     pub mqtts: u16,
     /// Its metrics port on 127.0.0.1.
     pub metrics: u16,
+    /// Its HTTPS port (direct methods, the device-scope API) on 127.0.0.1.
+    pub https: u16,
 }
 
 impl HubProcess {
@@ -64,14 +66,14 @@ impl HubProcess {
             super::manifest(routes, modules).to_string(),
         )
         .unwrap();
-        let (mqtt, metrics) = (free_port(), free_port());
+        let (mqtt, metrics, https) = (free_port(), free_port(), free_port());
         std::fs::write(
             dir.path().join("edgehub.toml"),
             format!(
                 "device_id = \"{device_id}\"\niothub_hostname = \"{HUB_HOST}\"\n\
                  gateway_hostname = \"localhost\"\ndata_dir = \"data\"\n\
                  manifest = \"deployment.json\"\n{extra}\n[listen]\nmqtt = \"127.0.0.1:{mqtt}\"\n\
-                 mqtts = \"127.0.0.1:{mqtts}\"\nhttps = \"127.0.0.1:0\"\n\
+                 mqtts = \"127.0.0.1:{mqtts}\"\nhttps = \"127.0.0.1:{https}\"\n\
                  metrics = \"127.0.0.1:{metrics}\"\n"
             ),
         )
@@ -82,6 +84,7 @@ impl HubProcess {
             mqtt,
             mqtts,
             metrics,
+            https,
         };
         hub.spawn();
         hub
