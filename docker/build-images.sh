@@ -5,6 +5,7 @@
 #
 #   docker/build-images.sh            # builds target/release/edgehub first if it is missing
 #   EDGEHUB_BIN=/path/to/edgehub docker/build-images.sh
+#   docker/build-images.sh edgehub:nested-test-42     # another tag (or EDGEHUB_IMAGE=...)
 #
 # The image runs `edgehub run --config /etc/edgehub/edgehub.toml` in /etc/edgehub: mount the
 # folder of the hub's configuration there (a relative data_dir then resolves inside it, the
@@ -14,6 +15,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
 bin="${EDGEHUB_BIN:-$target/release/edgehub}"
+tag="${1:-${EDGEHUB_IMAGE:-edgehub:local}}"
 if [ ! -x "$bin" ]; then
     (cd "$root" && cargo build --release -p edgehub --bin edgehub >&2)
 fi
@@ -36,5 +38,5 @@ tar -C "$rootfs" -c . | docker import \
     --change 'CMD ["run", "--config", "/etc/edgehub/edgehub.toml"]' \
     --change 'WORKDIR /etc/edgehub' \
     --change 'EXPOSE 8883' \
-    - edgehub:local >/dev/null
-echo edgehub:local
+    - "$tag" >/dev/null
+echo "$tag"

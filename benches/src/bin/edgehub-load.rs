@@ -17,10 +17,12 @@
 //! edgehub-load --config edgehub.toml -n 1000000 --phase publish --state state.json
 //! edgehub-load --config edgehub.toml -n 1000000 --phase drain --state state.json
 //! edgehub-load --extra-routes 999 --extra-route-kind same-source --write-deployment d.json
+//! # Upstream (benches/upstream.sh): publishers on a child hub, subscribers on its parent:
+//! edgehub-load --config child.toml --subscribers-config parent.toml -n 100000
 //! ```
 
 use std::num::NonZeroU64;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -121,6 +123,12 @@ struct Args {
     /// `same-source` (the publishers' outputs, with conditions that are false).
     #[arg(long, value_enum, default_value_t = ExtraRoutes::OtherSources)]
     extra_route_kind: ExtraRoutes,
+    /// Hub mode: the subscribers connect to the hub of this configuration instead (its plain
+    /// MQTT listener on 127.0.0.1, or its mqtts listener with --tls; as modules of its device,
+    /// their identities created in its store), e.g. the parent hub to which the hub of
+    /// --config forwards its `$upstream` messages. --host, --port and --ca stay with --config.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["plain", "phase"])]
+    subscribers_config: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -206,11 +214,21 @@ fn extras(args: &Args) -> Result<Extras> {
     if args.phase.is_some() && (args.idle_clients > 0 || args.ready_file.is_some()) {
         bail!("--phase runs without --idle-clients and --ready-file");
     }
+    let subscribers_at = match &args.subscribers_config {
+        Some(path) => {
+            let names: Vec<String> = (0..args.subscribers)
+                .map(load::topology::subscriber_module)
+                .collect();
+            Some(hub_target_of(path, args.tls, None, None, None, &names)?)
+        }
+        None => None,
+    };
     Ok(Extras {
         idle_clients: args.idle_clients,
         connect_concurrency: args.connect_concurrency,
         ready_file: args.ready_file.clone(),
         phase: args.phase.zip(args.state.clone()),
+        subscribers_at,
     })
 }
 
@@ -234,20 +252,36 @@ fn hub_target(args: &Args) -> Result<(Endpoint, Auth)> {
             "hub mode needs --config FILE (the hub's configuration); use --plain for other brokers"
         );
     };
+    let mut names = load::client_names(args.publishers, args.subscribers);
+    names.extend((0..args.idle_clients).map(load::idle::idle_module));
+    hub_target_of(
+        path,
+        args.tls,
+        args.host.clone(),
+        args.port,
+        args.ca.clone(),
+        &names,
+    )
+}
+
+/// The endpoint and the module identities of `names` (created when missing) of the hub
+/// configured at `path`; `host`, `port` and `ca` override what the configuration implies.
+fn hub_target_of(
+    path: &Path,
+    tls: bool,
+    host: Option<String>,
+    port: Option<u16>,
+    ca: Option<PathBuf>,
+    names: &[String],
+) -> Result<(Endpoint, Auth)> {
     let config = Config::load(path)?;
-    let (host, port, tls) = if args.tls {
-        let ca = args
-            .ca
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("certs").join("ca.pem"));
-        let host = args
-            .host
-            .clone()
-            .unwrap_or_else(|| config.gateway_hostname.clone());
-        let port = args.port.unwrap_or(config.listen.mqtts.port());
+    let (host, port, tls) = if tls {
+        let ca = ca.unwrap_or_else(|| config.data_dir.join("certs").join("ca.pem"));
+        let host = host.unwrap_or_else(|| config.gateway_hostname.clone());
+        let port = port.unwrap_or(config.listen.mqtts.port());
         (host, port, Some(load::connect::tls_trusting(&ca)?))
     } else {
-        let port = match (args.port, config.listen.mqtt) {
+        let port = match (port, config.listen.mqtt) {
             (Some(port), _) => port,
             (None, Some(addr)) => addr.port(),
             (None, None) => bail!(
@@ -255,16 +289,14 @@ fn hub_target(args: &Args) -> Result<(Endpoint, Auth)> {
                 path.display()
             ),
         };
-        let host = args.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        let host = host.unwrap_or_else(|| "127.0.0.1".to_owned());
         (host, port, None)
     };
     let store = config
         .identity_registry()
         .context("opening the hub's identity store")?;
-    let mut names = load::client_names(args.publishers, args.subscribers);
-    names.extend((0..args.idle_clients).map(load::idle::idle_module));
     let modules =
-        HubModules::from_store(&store, &config.device_id, &config.iothub_hostname, &names)?;
+        HubModules::from_store(&store, &config.device_id, &config.iothub_hostname, names)?;
     Ok((Endpoint { host, port, tls }, Auth::Hub(modules)))
 }
 
@@ -348,6 +380,33 @@ mod tests {
         .expect("parses");
         assert_eq!(args.extra_routes, 999);
         assert_eq!(args.extra_route_kind, ExtraRoutes::SameSource);
+    }
+
+    #[test]
+    fn subscribers_elsewhere_go_with_hub_mode_and_a_whole_run() {
+        assert!(parse(&["--plain", "--subscribers-config", "parent.toml"]).is_err());
+        let split = [
+            "--config",
+            "child.toml",
+            "--subscribers-config",
+            "parent.toml",
+            "--phase",
+            "drain",
+            "--state",
+            "s.json",
+        ];
+        assert!(parse(&split).is_err());
+        let args = parse(&[
+            "--config",
+            "child.toml",
+            "--subscribers-config",
+            "parent.toml",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.subscribers_config.as_deref(),
+            Some(Path::new("parent.toml"))
+        );
     }
 
     fn extras_error(args: &Args) -> String {

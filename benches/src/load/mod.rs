@@ -102,6 +102,11 @@ pub struct Extras {
     pub ready_file: Option<PathBuf>,
     /// One phase of a run split in two processes, and its state file.
     pub phase: Option<(Phase, PathBuf)>,
+    /// Where the subscribers connect when not where the publishers do ([`Settings::endpoint`]
+    /// and [`Settings::auth`]): another broker, e.g. the parent hub to which the publishers'
+    /// hub forwards its `$upstream` messages. Idle clients stay with the publishers. Not with
+    /// [`Extras::phase`].
+    pub subscribers_at: Option<(Endpoint, Auth)>,
 }
 
 impl Default for Extras {
@@ -111,6 +116,7 @@ impl Default for Extras {
             connect_concurrency: DEFAULT_CONNECT_CONCURRENCY,
             ready_file: None,
             phase: None,
+            subscribers_at: None,
         }
     }
 }
@@ -197,6 +203,11 @@ pub async fn run(settings: &Settings) -> Result<Report, LoadError> {
 /// not match the settings (drain phase), and a ready file that cannot be written.
 pub async fn run_with(settings: &Settings, extras: &Extras) -> Result<Report, LoadError> {
     check(settings)?;
+    if extras.phase.is_some() && extras.subscribers_at.is_some() {
+        return Err(LoadError::Settings(
+            "a split run (phase) keeps its subscribers with the publishers".to_owned(),
+        ));
+    }
     match &extras.phase {
         Some((Phase::Publish, state)) => publish_phase(settings, state).await,
         Some((Phase::Drain, state)) => drain_phase(settings, &PhaseState::load(state)?).await,
@@ -270,6 +281,10 @@ async fn whole_run(settings: &Settings, extras: &Extras) -> Result<Report, LoadE
     let mut started = Started::new();
 
     let staged = extras.staged();
+    let subscribers_at = extras
+        .subscribers_at
+        .as_ref()
+        .map_or((&settings.endpoint, &settings.auth), |(e, a)| (e, a));
     let connecting = Instant::now();
     let idle_ready = start_idle(settings, extras, deadline, &mut started)?;
     let (start_tx, start_rx) = watch::channel(None);
@@ -295,7 +310,7 @@ async fn whole_run(settings: &Settings, extras: &Extras) -> Result<Report, LoadE
     let subscribed = start_subscribers(
         settings,
         &counters,
-        |index| subscriber_plan(settings, index, run_id, clock, deadline),
+        |index| subscriber_plan(settings, subscribers_at, index, run_id, clock, deadline),
         &mut started,
     )
     .await;
@@ -567,7 +582,16 @@ async fn drain_phase(settings: &Settings, state: &PhaseState) -> Result<Report, 
     start_subscribers(
         settings,
         &counters,
-        |index| subscriber_plan(settings, index, state.run_id, clock, deadline),
+        |index| {
+            subscriber_plan(
+                settings,
+                (&settings.endpoint, &settings.auth),
+                index,
+                state.run_id,
+                clock,
+                deadline,
+            )
+        },
         &mut started,
     )
     .await?;
@@ -630,23 +654,25 @@ fn inflight(window: usize) -> u16 {
     u16::try_from(window).unwrap_or(u16::MAX)
 }
 
+/// The plan of subscriber `index`, connecting to `endpoint` as `auth` says.
 fn subscriber_plan(
     settings: &Settings,
+    (endpoint, auth): (&Endpoint, &Auth),
     index: u32,
     run_id: u32,
     clock: Clock,
     deadline: Instant,
 ) -> Result<SubscriberPlan, LoadError> {
     let senders = settings.topology.senders_of(index, settings.publishers);
-    let filters = match &settings.auth {
+    let filters = match auth {
         Auth::Plain => senders.iter().map(|&s| topology::plain_topic(s)).collect(),
         Auth::Hub(modules) => vec![topology::hub_inputs_filter(&modules.device_id, index)],
     };
     Ok(SubscriberPlan {
         index,
         options: connect::options(
-            &settings.endpoint,
-            &settings.auth,
+            endpoint,
+            auth,
             &topology::subscriber_module(index),
             settings.payload_bytes,
             inflight(settings.window),
