@@ -122,6 +122,11 @@ impl Forwarder {
                             self.lane.open();
                         }
                     } else {
+                        if tokio::time::Instant::now() >= front.deadline {
+                            // Sent and never acknowledged: the connection may be dead without
+                            // knowing it (cut off without a reset); make it again.
+                            self.links.recycle_stalled();
+                        }
                         // Not sent or not acknowledged: everything after it goes again, in
                         // order, once a link is up; meanwhile new messages join the backlog.
                         self.lane.close();

@@ -32,6 +32,9 @@ const TWIN_RESPONSES: &str = super::from_upstream::subscriptions::TWIN_RESPONSES
 const QUEUE: usize = 256;
 /// A link with nothing to send and nothing in flight for this long closes (D8).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// MQTT keep-alive of a link: a connection that died silently is noticed within about 1.5
+/// times this.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// A connection is renewed this long before its token expires.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
 /// First and longest wait between attempts to connect: the cap bounds how long a link that
@@ -72,6 +75,9 @@ enum Command {
     Publish(Publication),
     /// Keep exactly these subscriptions (an empty set lets the link close when idle).
     Subscriptions(Vec<String>),
+    /// Upstream let a publication wait too long: if this connection has any in flight, it is
+    /// dropped and made again (a link cut off without a reset looks alive for minutes).
+    Recycle,
 }
 
 /// A handle of a link; clones share it. The link's task ends when idle, when the hub stops, or
@@ -126,6 +132,12 @@ impl Link {
         self.commands
             .try_send(Command::Subscriptions(topics))
             .is_ok()
+    }
+
+    /// Drops the connection and makes it again if publications wait on it (see
+    /// [`Command::Recycle`]); `false` when the link is gone or full.
+    pub fn recycle_if_stalled(&self) -> bool {
+        self.commands.try_send(Command::Recycle).is_ok()
     }
 
     /// Publishes a request (a twin GET or patch, a method's answer) at QoS 1, without waiting
@@ -337,6 +349,11 @@ impl LinkTask {
                     .map_err(|e| format!("rumqttc refused a publication: {e}"))?;
                 flow.requested.push_back(publication.acked);
             }
+            Command::Recycle => {
+                if !flow.is_empty() {
+                    return Err("upstream did not acknowledge in time".to_owned());
+                }
+            }
             Command::Subscriptions(topics) => {
                 for topic in topics.iter().filter(|t| !self.subscriptions.contains(t)) {
                     client
@@ -366,7 +383,7 @@ impl LinkTask {
             MqttOptions::new(&login.client_id, &self.settings.host, self.settings.port);
         options.set_credentials(&login.username, &login.password);
         options.set_clean_session(true);
-        options.set_keep_alive(Duration::from_secs(60));
+        options.set_keep_alive(KEEP_ALIVE);
         options.set_max_packet_size(
             crate::mqtt::limits::MAX_PACKET,
             crate::mqtt::limits::MAX_PACKET,
