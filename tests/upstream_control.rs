@@ -31,7 +31,7 @@ fn parent() -> HubProcess {
 fn child_of(parent: &HubProcess, device: &str, modules: &[&str]) -> HubProcess {
     let connection_string = parent.identity(&["add", "--edge-device", device]);
     let upstream = format!(
-        "[upstream]\nconnection_string = \"{}\"\nport = {}\nhttps_port = {}\nca = \"{}\"\n",
+        "[upstream]\nconnection_string = \"{}\"\nport = {}\nhttps_port = {}\nca = \"{}\"\nscope_refresh_secs = 2\n",
         connection_string.trim(),
         parent.mqtts,
         parent.https,
@@ -378,11 +378,18 @@ async fn desired_properties_and_methods_set_at_the_parent_reach_a_module_of_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_method_invoked_at_the_top_is_answered_two_layers_down() {
-    let top = HubProcess::start_device("top", &json!({}), &[], "");
+async fn the_top_deploys_two_layers_down_reaches_a_module_there_and_gets_a_leafs_messages() {
+    let top = HubProcess::start_device(
+        "top",
+        &json!({"fromLeaf": "FROM /messages/* WHERE $connectionDeviceId = 'leaf-9' INTO BrokeredEndpoint(\"/modules/counter/inputs/in\")"}),
+        &["counter"],
+        "",
+    );
     let middle = child_of(&top, "middle", &[]);
     top.identity(&["add", "--edge-device", "bottom", "--parent", "middle"]);
     let bottom = child_of(&middle, "bottom", &["filter"]);
+
+    // A method invoked at the top is answered by a module two layers down.
     let (_filter, _patches) = module(bottom.module("bottom", "filter"));
     let answer = invoke(&top, "bottom/filter", "ping", r#"{"n": 1}"#).await;
     assert_eq!(answer["status"], 200, "{answer}\n{}", bottom.log());
@@ -390,4 +397,68 @@ async fn a_method_invoked_at_the_top_is_answered_two_layers_down() {
         answer["payload"],
         json!({"method": "ping", "payload": {"n": 1}})
     );
+
+    // Deployments made at the top reach the middle and, through it, the bottom.
+    let upward = top.dir.path().join("upward.json");
+    std::fs::write(
+        &upward,
+        common::manifest(&json!({"up": "FROM /messages/* INTO $upstream"}), &[]).to_string(),
+    )
+    .unwrap();
+    for device in ["middle", "bottom"] {
+        top.cli(&["deploy", "--device", device, upward.to_str().unwrap()]);
+    }
+    for (hub, device) in [(&top, "middle"), (&top, "bottom")] {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{device} reports the deployment"),
+            || {
+                twin(hub, &format!("{device}/$edgeHub"))["reported"]["lastDesiredStatus"]["code"]
+                    == 200
+            },
+        )
+        .await;
+    }
+
+    // A leaf device registered only at the top, under the bottom hub, connects to the bottom
+    // hub (its identity learned through the middle) and its messages reach the top.
+    let leaf = top.identity(&["add", "--device", "leaf-9", "--parent", "bottom"]);
+    let (_counter, mut counted) = receiver(
+        top.module("top", "counter"),
+        "devices/top/modules/counter/inputs/#",
+    );
+    let (sender, mut events) = AsyncClient::new(bottom.leaf("leaf-9", &leaf), 100);
+    tokio::spawn(async move {
+        loop {
+            if events.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let arrived = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let _ = sender
+                .publish(
+                    "devices/leaf-9/messages/events/",
+                    QoS::AtLeastOnce,
+                    false,
+                    "from the bottom",
+                )
+                .await;
+            if let Ok(Some(body)) =
+                tokio::time::timeout(Duration::from_secs(1), counted.recv()).await
+            {
+                return body;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the leaf's message reaches the top within 60 s\nbottom:\n{}\nmiddle:\n{}",
+            bottom.log(),
+            middle.log()
+        )
+    });
+    assert_eq!(arrived, "from the bottom");
 }

@@ -1,8 +1,8 @@
 //! The mirror: module and device twins and direct methods through the hierarchy (issue 16).
 //!
 //! For every client connected here that subscribes to desired-property updates or to direct
-//! methods (a module of this device, a leaf device, or an identity of a child hub connected
-//! on its behalf), the mirror keeps the same subscriptions on that identity's upstream link,
+//! methods (a module of this device, a leaf device, an identity of a child hub connected on
+//! its behalf, or a child hub's own `$edgeHub`, which follows its deployments), the mirror keeps the same subscriptions on that identity's upstream link,
 //! so that upstream (IoT Hub, or the parent hub standing where IoT Hub stands) reaches it:
 //!
 //! - **desired patches** from upstream are merged into this hub's copy of the twin (at
@@ -30,7 +30,6 @@ use super::from_upstream::{self, FromUpstream, subscriptions};
 use super::link::Inbound;
 use super::links::Links;
 use crate::identity::ClientIdentity;
-use crate::identity::id::EDGE_HUB;
 use crate::methods::{MAX_TIMEOUT, Methods};
 use crate::mqtt::session::Sessions;
 use crate::mqtt::topic;
@@ -211,10 +210,9 @@ impl Mirror {
         let method_topic = topic::method_request("m", "1");
         let mut now = HashMap::new();
         for client in self.sessions.clients().into_iter().filter(|c| c.connected) {
+            // A child hub's own `$edgeHub` is mirrored too: deployments from further up reach
+            // it through this hub.
             let identity = identity_of(&client.client_id);
-            if identity.module_id.as_deref() == Some(EDGE_HUB) {
-                continue;
-            }
             let interest = Interest {
                 desired: self
                     .sessions

@@ -122,6 +122,7 @@ impl UpstreamSettings {
                 iothub_hostname: connection_string.iothub_hostname.clone(),
                 edge_device_id: connection_string.device_id.clone(),
                 edge_hub_key: connection_string.key.clone(),
+                registry: registry.clone(),
             },
             None => Credentials::OwnKeys {
                 iothub_hostname: connection_string.iothub_hostname.clone(),
@@ -196,6 +197,9 @@ pub enum Credentials {
         edge_device_id: String,
         /// The key of this hub's `$edgeHub`.
         edge_hub_key: SymmetricKey,
+        /// Where the parents of devices further down are (a leaf device of a grandchild edge
+        /// device connects through it); without it, chains have one hop below this hub.
+        registry: Option<Arc<IdentityRegistry>>,
     },
     /// To IoT Hub: every identity signs its own token with its key from the registry.
     OwnKeys {
@@ -240,10 +244,11 @@ impl Credentials {
                 iothub_hostname,
                 edge_device_id,
                 edge_hub_key,
+                registry,
             } => {
                 let audience =
                     format!("{iothub_hostname}/devices/{edge_device_id}/modules/{EDGE_HUB}");
-                let chain = auth_chain(target, edge_device_id);
+                let chain = auth_chain(target, edge_device_id, registry.as_deref());
                 Ok(Login {
                     username: format!(
                         "{iothub_hostname}/{client_id}/?api-version={API_VERSION}&auth-chain={chain}"
@@ -283,13 +288,31 @@ impl Credentials {
 }
 
 /// The `auth-chain` of `target` connecting through this edge device, URL-encoded for the
-/// username: `{target};[{target's edge device};]{this edge device}`. A module of a device
-/// further down (a grandchild edge device) names that device as its first hop, so that the
-/// parent can check the path in its device scope.
-fn auth_chain(target: &ClientIdentity, edge_device_id: &str) -> String {
+/// username: `{target};[{edge device};...]{this edge device}`. A module of a device further
+/// down (a grandchild edge device) names that device as its first hop, and a device further
+/// down names the edge devices it sits under, as `registry` knows them, so that the parent can
+/// check the path in its device scope.
+fn auth_chain(
+    target: &ClientIdentity,
+    edge_device_id: &str,
+    registry: Option<&IdentityRegistry>,
+) -> String {
+    /// The most hops a chain names (the parent refuses longer ones).
+    const MAX_HOPS: usize = 8;
     let mut hops = vec![client_id(target)];
     if target.module_id.is_some() && target.device_id != edge_device_id {
         hops.push(target.device_id.clone());
+    }
+    let mut below = target.device_id.clone();
+    while let Some(parent) = registry
+        .and_then(|registry| registry.parent_of(&below).ok().flatten())
+        .filter(|parent| parent != edge_device_id && !hops.contains(parent))
+    {
+        if hops.len() >= MAX_HOPS {
+            break;
+        }
+        hops.push(parent.clone());
+        below = parent;
     }
     hops.push(edge_device_id.to_owned());
     percent_encoding::utf8_percent_encode(&hops.join(";"), percent_encoding::NON_ALPHANUMERIC)
@@ -370,6 +393,7 @@ mod tests {
             iothub_hostname: "hub.example.net".into(),
             edge_device_id: "child-1".into(),
             edge_hub_key: SymmetricKey::from_base64(KEY).unwrap(),
+            registry: None,
         };
         let target = ClientIdentity {
             device_id: "child-1".into(),
@@ -389,5 +413,31 @@ mod tests {
         );
         assert!(token.is_signed_with(&SymmetricKey::from_base64(KEY).unwrap()));
         assert_eq!(login.expires, now + TOKEN_LIFETIME);
+    }
+
+    #[test]
+    fn a_device_further_down_names_the_edge_devices_it_sits_under() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = IdentityRegistry::open(dir.path(), "middle").unwrap();
+        registry.add_edge_device("bottom", None).unwrap();
+        registry.add_device_under("leaf-9", "bottom").unwrap();
+        registry.add_device("leaf-1").unwrap();
+        let chain = |device: &str, module: Option<&str>| {
+            let target = ClientIdentity {
+                device_id: device.into(),
+                module_id: module.map(Into::into),
+            };
+            percent_encoding::percent_decode_str(&auth_chain(&target, "middle", Some(&registry)))
+                .decode_utf8()
+                .unwrap()
+                .into_owned()
+        };
+        assert_eq!(chain("leaf-9", None), "leaf-9;bottom;middle");
+        assert_eq!(chain("leaf-1", None), "leaf-1;middle");
+        assert_eq!(
+            chain("bottom", Some("filter")),
+            "bottom/filter;bottom;middle"
+        );
+        assert_eq!(chain("middle", Some("sensor")), "middle/sensor;middle");
     }
 }
