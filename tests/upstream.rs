@@ -367,3 +367,63 @@ async fn a_refused_identity_is_retried_and_its_messages_kept_until_it_is_accepte
     assert_eq!(got.seen, expected);
     assert!(got.in_order());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_link_backs_off_and_its_messages_wait_until_upstream_takes_it() {
+    // The parent takes two connections at most: its module `counter` and a `hog` hold both,
+    // so the child's link is closed as soon as it is accepted (the way a busy IoT Hub or
+    // parent sheds load), again and again.
+    let parent = HubProcess::start_device(
+        "parent",
+        &json!({"fromChild": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/counter/inputs/in\")"}),
+        &["counter", "hog"],
+        "[limits]\nmax_connections = 2\n",
+    );
+    let mut arrivals = counter(parent.module("parent", "counter"));
+    let (hog, mut hog_events) = AsyncClient::new(parent.module("parent", "hog"), 10);
+    let (hog_up, hog_connected) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut hog_up = Some(hog_up);
+        while let Ok(event) = hog_events.poll().await {
+            if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                hog_up.take().map(|up| up.send(()));
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), hog_connected)
+        .await
+        .expect("the hog connects")
+        .unwrap();
+    let child = child(
+        &parent,
+        &json!("FROM /messages/modules/sensor/* INTO $upstream"),
+    );
+    let sensor = Sensor::connect(child.module(CHILD, "sensor"));
+    for seq in 0..20 {
+        sensor.send(seq).await;
+    }
+    sensor.wait_acked(20).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        arrivals.try_recv().is_err(),
+        "nothing passes while the parent sheds the link"
+    );
+    assert!(
+        child.log().contains("upstream connection failed"),
+        "the refusal is logged:\n{}",
+        child.log()
+    );
+
+    // The hog leaves: the next attempt of the back-off gets through, nothing lost.
+    hog.disconnect().await.unwrap();
+    let mut got = Arrivals::new();
+    let expected: BTreeSet<u32> = (0..20).collect();
+    got.until(&mut arrivals, &expected, Duration::from_secs(60))
+        .await;
+    assert_eq!(got.seen, expected, "every acknowledged message arrives");
+    assert!(got.in_order());
+    println!(
+        "throttled link: 20 sent, 20 arrived once the parent took the link, {} duplicated",
+        got.duplicates
+    );
+}
