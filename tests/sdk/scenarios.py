@@ -214,6 +214,17 @@ def offline_desired():
     b.shutdown()
 
 
+def desired_on_connect():
+    """Connecting, module B reads its twin: the desired property EXPECT_KEY is EXPECT_VALUE (a
+    JSON value), set while B's hub was offline."""
+    b = client(os.environ["CS_B"])
+    b.connect()
+    desired = b.get_twin()["desired"]
+    expected = json.loads(os.environ["EXPECT_VALUE"])
+    assert desired.get(os.environ["EXPECT_KEY"]) == expected, desired
+    b.shutdown()
+
+
 def operator_method():
     """`edgehub method invoke` at the operator's hub reaches module B (through every hub in
     between) and prints its answer."""
