@@ -75,6 +75,9 @@ pub struct StoreConfig {
     pub quota: Quota,
     /// Source of time for enqueue stamps and expiry.
     pub clock: Arc<dyn Clock>,
+    /// Failures injected into the epochs the writer opens (unit tests only).
+    #[cfg(test)]
+    pub(crate) faults: Option<Arc<crate::backend::faults::Faults>>,
 }
 
 impl StoreConfig {
@@ -96,6 +99,8 @@ impl StoreConfig {
             compaction_delay: Duration::from_secs(2),
             quota: Quota::default(),
             clock: Arc::new(SystemClock),
+            #[cfg(test)]
+            faults: None,
         }
     }
 

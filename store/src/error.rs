@@ -121,3 +121,10 @@ pub enum AckError {
         seq: u64,
     },
 }
+
+impl EnqueueError {
+    /// The error a ticket fails with when the write or flush of its message failed.
+    pub(crate) fn from_write(e: BackendError) -> Self {
+        Self::Backend(e)
+    }
+}

@@ -36,6 +36,10 @@ pub struct StoreStats {
     pub compacted: u64,
     /// Databases moved aside because they could not be opened (at this open).
     pub quarantined: u64,
+    /// Writes or flushes of an epoch that failed since open. Each failure seals the epoch
+    /// being written (it stays readable) and writing continues in a new one; the messages
+    /// of the failed write were refused (their tickets failed).
+    pub write_failures: u64,
     /// Whether the quota is exhausted right now.
     pub over_quota: bool,
 }
@@ -52,6 +56,7 @@ pub(crate) struct Counters {
     pub quarantined: AtomicU64,
     pub lost: AtomicU64,
     pub compacted: AtomicU64,
+    pub write_failures: AtomicU64,
 }
 
 impl Counters {
@@ -73,6 +78,7 @@ impl Counters {
             quarantined: get(&self.quarantined),
             lost: get(&self.lost),
             compacted: get(&self.compacted),
+            write_failures: get(&self.write_failures),
             over_quota,
         }
     }

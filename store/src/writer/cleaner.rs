@@ -46,12 +46,13 @@ impl Writer {
     pub(super) fn delete_consumed_epochs(&mut self) {
         let mut deleted = 0;
         let mut i = 0;
-        while i + 1 < self.epochs.len() && deleted < EPOCHS_PER_CLEANUP {
-            if Arc::strong_count(&self.epochs[i]) > 1 {
+        let current = self.current_id();
+        while i < self.epochs.len() && deleted < EPOCHS_PER_CLEANUP {
+            let id = self.epochs[i].id;
+            if Arc::strong_count(&self.epochs[i]) > 1 || Some(id) == current {
                 i += 1;
                 continue;
             }
-            let id = self.epochs[i].id;
             // Remember the checkpoints that released it before its data goes.
             self.save_checkpoints();
             self.store.epochs.remove(id);
@@ -127,11 +128,12 @@ impl Writer {
         if self.epochs.len() == 1 {
             self.rotate();
         }
+        let current = self.current_id();
         let Some(id) = self
             .epochs
             .front()
             .map(|t| t.id)
-            .filter(|&id| id != self.current.id)
+            .filter(|&id| Some(id) != current)
         else {
             return;
         };
