@@ -104,6 +104,13 @@ impl Durable {
         Ok(())
     }
 
+    /// Writes a small probe record (key `p`, which nothing reads) and flushes: whether the
+    /// database can write and sync at all, after a failure.
+    fn probe(&self) -> Result<(), BackendError> {
+        self.db.insert(b"p", &[0u8; 512][..])?;
+        self.flush()
+    }
+
     /// Notes a write (unit tests: counts writes to a database whose flush failed).
     #[cfg(test)]
     fn note_write(&self) {
@@ -274,6 +281,11 @@ impl EpochDb {
         self.durable.flush()
     }
 
+    /// See `Durable::probe`.
+    pub fn probe(&self) -> Result<(), BackendError> {
+        self.durable.probe()
+    }
+
     /// Makes this database fail as `faults` says (unit tests).
     #[cfg(test)]
     pub fn inject(&mut self, faults: Option<Arc<faults::Faults>>) {
@@ -348,6 +360,17 @@ impl MetaDb {
 
     pub fn open(path: &Path) -> Result<Self, OpenFailure> {
         Durable::open(path, 1 << 20, LOCK_WAIT).map(|durable| Self { durable })
+    }
+
+    /// Like [`open`](Self::open), but fails at once with [`OpenFailure::Locked`] if the file
+    /// lock is still held (reopening after a write error: the writer retries later).
+    pub fn try_open(path: &Path) -> Result<Self, OpenFailure> {
+        Durable::open(path, 1 << 20, Duration::ZERO).map(|durable| Self { durable })
+    }
+
+    /// See `Durable::probe`.
+    pub fn probe(&self) -> Result<(), BackendError> {
+        self.durable.probe()
     }
 
     pub fn load(&self) -> Result<MetaContents, BackendError> {

@@ -83,6 +83,6 @@ pub use epoch::Quarantined;
 pub use error::{AckError, BackendError, EnqueueError, OpenError, StoreError};
 pub use reader::{Reader, Ready};
 pub use recovery::RecoveryReport;
-pub use stats::{EndpointStats, StoreStats};
+pub use stats::{EndpointStats, Health, StoreStats};
 pub use store::Store;
 pub use ticket::Ticket;

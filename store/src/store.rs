@@ -1,6 +1,6 @@
 //! The store handle: opening, enqueueing, endpoints, readers, statistics, closing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
@@ -15,7 +15,7 @@ use crate::error::{EnqueueError, OpenError, StoreError};
 use crate::reader::Reader;
 use crate::recovery::{RecoveryReport, recover};
 use crate::state::StoreState;
-use crate::stats::{Counters, EndpointStats, StoreStats};
+use crate::stats::{Counters, EndpointStats, Health, StoreStats};
 use crate::ticket::{Ticket, ticket};
 use crate::writer::{Command, Destination, Enqueue, Writer};
 
@@ -61,6 +61,7 @@ impl Store {
             epochs,
             counters,
             over_quota: AtomicBool::new(false),
+            health: AtomicU8::new(Health::Writable.to_u8()),
         });
         let writer = Writer::new(Arc::clone(&state), layout.clone(), commands, recovered)?;
         let handle = std::thread::Builder::new()
@@ -152,6 +153,7 @@ impl Store {
         if targets.is_empty() {
             return Err(EnqueueError::NoTargets);
         }
+        self.check_health()?;
         self.check_quota()?;
         check_targets(targets)?;
         let now_ms = self.state.config.clock.now_ms();
@@ -173,6 +175,24 @@ impl Store {
         Ok((enqueue, ticket))
     }
 
+    /// Refuses the enqueue at once while the store cannot write (full disk, storage failure).
+    fn check_health(&self) -> Result<(), EnqueueError> {
+        let refusal = match self.state.health() {
+            Health::Writable => return Ok(()),
+            Health::DiskFull => EnqueueError::DiskFull,
+            Health::Failing => EnqueueError::Unavailable,
+        };
+        Counters::add(&self.state.counters.refused, 1);
+        Err(refusal)
+    }
+
+    /// Whether the store can take new messages right now: [`Health::Writable`], or why not.
+    /// Cheap (an atomic load): the hub may poll it for a metric and its reported properties.
+    /// Entering and leaving a degraded state is logged once each by the store.
+    pub fn health(&self) -> Health {
+        self.state.health()
+    }
+
     /// Refuses the enqueue at once when the quota is exhausted under the `reject` policy.
     fn check_quota(&self) -> Result<(), EnqueueError> {
         if self.state.over_quota.load(Ordering::Relaxed)
@@ -192,7 +212,9 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// Refusals known at once: [`EnqueueError::QuotaExceeded`] (`reject` policy),
+    /// Refusals known at once: [`EnqueueError::DiskFull`] and [`EnqueueError::Unavailable`]
+    /// while [`health`](Store::health) says the store cannot write,
+    /// [`EnqueueError::QuotaExceeded`] (`reject` policy),
     /// `UnknownEndpoint` (a removed endpoint's handle), `DuplicateTarget`, `NoTargets`,
     /// `Closed`. Failures to store come through the ticket.
     pub fn enqueue(&self, payload: Bytes, targets: &[Target<'_>]) -> Result<Ticket, EnqueueError> {
@@ -268,9 +290,10 @@ impl Store {
 
     /// Totals for the store; `disk_bytes` is as of the last cleaner run.
     pub fn stats(&self) -> StoreStats {
-        self.state
-            .counters
-            .snapshot(self.state.over_quota.load(Ordering::Relaxed))
+        self.state.counters.snapshot(
+            self.state.over_quota.load(Ordering::Relaxed),
+            self.state.health(),
+        )
     }
 
     /// Blocks until everything enqueued before is durable and acknowledged entries are

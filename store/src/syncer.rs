@@ -60,7 +60,12 @@ pub(crate) fn run(jobs: &Receiver<SyncJob>, failures: &Sender<FlushFailure>) {
             if let Err(e) = &result
                 && reported.insert(job.epoch)
             {
-                tracing::error!(error = %e, epoch = job.epoch, "flush failed; this group is not acknowledged and its epoch is sealed");
+                if e.is_disk_full() {
+                    // The writer logs the episode once.
+                    tracing::debug!(error = %e, epoch = job.epoch, "flush failed: disk full");
+                } else {
+                    tracing::error!(error = %e, epoch = job.epoch, "flush failed; this group is not acknowledged and its epoch is sealed");
+                }
                 // Blocks only if the writer left 64 failures unread, which needs 64 epochs
                 // failing in a row while it waits on this thread: it reads them every turn.
                 let _ = failures.send((job.epoch, e.clone()));

@@ -31,6 +31,7 @@ use crate::ticket::Completer;
 
 mod cleaner;
 mod compaction;
+mod health;
 
 /// Sequence numbers reserved in the meta database at a time, so that a crash can never make
 /// the store reuse a number that a persisted checkpoint already covers.
@@ -98,7 +99,10 @@ pub(crate) struct Writer {
     store: Arc<StoreState>,
     layout: Layout,
     inbox: Receiver<Command>,
-    meta: MetaDb,
+    /// The meta database; `None` after a write error until the store recovers.
+    meta: Option<MetaDb>,
+    /// Set while the store cannot write (see `health`).
+    degraded: Option<health::Degraded>,
     /// Epochs on disk, oldest first; the last is `current` when there is one.
     epochs: VecDeque<Arc<EpochToken>>,
     /// The epoch being written; `None` after writing failed until a new one could be opened.
@@ -147,12 +151,6 @@ impl Writer {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = endpoints;
         let config = &store.config;
-        let seq_reserved = next_seq + SEQ_RESERVATION;
-        meta.reserve_seq(seq_reserved)
-            .map_err(|e| OpenError::Create {
-                path: layout.meta.clone(),
-                reason: e.to_string(),
-            })?;
         let (failed, failures) = crossbeam_channel::bounded(64);
         let syncer = match config.durability {
             Durability::Sync => {
@@ -173,13 +171,15 @@ impl Writer {
             store,
             layout,
             inbox,
-            meta,
+            meta: Some(meta),
+            degraded: None,
             epochs,
             current: None,
             next_epoch,
             failures,
             next_seq,
-            seq_reserved,
+            // Reserved below, before any use.
+            seq_reserved: 0,
             next_endpoint,
             syncer,
             to_close: Vec::new(),
@@ -192,10 +192,31 @@ impl Writer {
             next_cleanup: now,
             disk_estimate: 0,
         };
-        writer.start_epoch().map_err(|e| OpenError::Create {
-            path: writer.layout.epoch_dir(next_epoch),
-            reason: e.to_string(),
-        })?;
+        if let Err(e) = writer.make_reserve() {
+            tracing::warn!(error = %e, "cannot allocate the store's reserve file");
+        }
+        // On a full disk the store opens degraded (refusing enqueues, serving what it holds)
+        // and recovers by itself once there is room; any other failure fails the open.
+        if let Err(e) = writer.reserve_seqs(SEQ_RESERVATION)
+            && !e.is_disk_full()
+        {
+            return Err(OpenError::Create {
+                path: writer.layout.meta.clone(),
+                reason: e.to_string(),
+            });
+        }
+        if writer.degraded.is_none()
+            && let Err(e) = writer.start_epoch()
+        {
+            let e = e.into_backend();
+            if !e.is_disk_full() {
+                return Err(OpenError::Create {
+                    path: writer.layout.epoch_dir(next_epoch),
+                    reason: e.to_string(),
+                });
+            }
+            writer.degrade(&e);
+        }
         writer.cleanup();
         Ok(writer)
     }
@@ -233,6 +254,9 @@ impl Writer {
 
     fn next_deadline(&self) -> Instant {
         let mut deadline = self.next_checkpoint.min(self.next_cleanup);
+        if let Some(recovery) = self.recovery_deadline() {
+            deadline = deadline.min(recovery);
+        }
         if let Durability::Periodic { interval } = self.store.config.durability
             && self.unflushed
         {
@@ -267,29 +291,28 @@ impl Writer {
         // A flush that failed meanwhile seals its epoch before anything more goes into it.
         self.take_failures();
         if self.current.is_none()
+            && !self.is_degraded()
             && let Err(e) = self.start_epoch()
         {
-            tracing::error!(error = %e, "cannot open an epoch to write; enqueues fail");
-            let e = BackendError::from(std::io::Error::other(e.to_string()));
-            for enqueue in batch.drain(..) {
-                enqueue
-                    .completer
-                    .complete(Err(EnqueueError::from_write(e.clone())));
-            }
-            return;
+            self.degrade(&e.into_backend());
         }
-        if let Err(e) = self.reserve_seqs(batch.len() as u64) {
-            tracing::error!(error = %e, "cannot reserve sequence numbers; enqueues fail");
+        let reserved = if self.is_degraded() {
+            Err(self.unwritable())
+        } else {
+            self.reserve_seqs(batch.len() as u64)
+        };
+        if reserved.is_err() {
+            // Sent before the store found it could not write; those sent later are refused
+            // by `Store::enqueue` itself.
+            let refusal = self.refusal();
             for enqueue in batch.drain(..) {
-                enqueue
-                    .completer
-                    .complete(Err(EnqueueError::Backend(e.clone())));
+                enqueue.completer.complete(Err(refusal.clone()));
             }
             return;
         }
         let packed = self.pack(batch);
         if let Err(e) = self.write_segments(&packed.sealed) {
-            tracing::error!(error = %e, "segment write failed; enqueues fail");
+            tracing::debug!(error = %e, "segment write failed; enqueues fail");
             for c in packed.completers {
                 c.complete(Err(EnqueueError::from_write(e.clone())));
             }
@@ -324,7 +347,10 @@ impl Writer {
         let needed = self.next_seq + count;
         if needed > self.seq_reserved {
             let upto = needed + SEQ_RESERVATION;
-            self.meta.reserve_seq(upto)?;
+            if let Err(e) = self.meta().and_then(|meta| meta.reserve_seq(upto)) {
+                self.meta_failed(&e);
+                return Err(e);
+            }
             self.seq_reserved = upto;
         }
         Ok(())
@@ -470,14 +496,15 @@ impl Writer {
         if let Some(current) = &self.current
             && let Err(e) = current.db.flush()
         {
-            tracing::error!(error = %e, epoch = current.id, "flush before rotation failed");
             let epoch = current.id;
             self.write_failed(epoch, &e);
             return;
         }
         self.seal_current();
-        if let Err(e) = self.start_epoch() {
-            tracing::error!(error = %e, "cannot open a new epoch; the next write tries again");
+        if !self.is_degraded()
+            && let Err(e) = self.start_epoch()
+        {
+            self.degrade(&e.into_backend());
         }
     }
 
@@ -550,15 +577,22 @@ impl Writer {
     /// dropped the failed pages (and report the next sync as a success), and sled remembers
     /// the first write error of a database for good, so nothing acknowledged may depend on
     /// that database again. What it holds that was acknowledged before stays readable.
+    ///
+    /// A full disk (or a failure to start the new epoch) makes the store degraded: it
+    /// refuses enqueues and recovers by itself (see `health`).
     fn write_failed(&mut self, epoch: u64, error: &BackendError) {
         Counters::add(&self.store.counters.write_failures, 1);
         if self.current_id() != Some(epoch) {
             return;
         }
-        tracing::error!(epoch, %error, "writing the current epoch failed; it is sealed and writing continues in a new one");
         self.seal_current();
+        if error.is_disk_full() || self.is_degraded() {
+            self.degrade(error);
+            return;
+        }
+        tracing::error!(epoch, %error, "writing the current epoch failed; it is sealed and writing continues in a new one");
         if let Err(e) = self.start_epoch() {
-            tracing::error!(error = %e, "cannot open a new epoch; the next write tries again");
+            self.degrade(&e.into_backend());
         }
     }
 
@@ -573,6 +607,7 @@ impl Writer {
 
     fn timers(&mut self) {
         let now = Instant::now();
+        self.maybe_recover(now);
         if let Durability::Periodic { interval } = self.store.config.durability
             && self.unflushed
             && now >= self.last_flush + interval
@@ -606,6 +641,10 @@ impl Writer {
     }
 
     fn save_checkpoints(&mut self) {
+        if self.meta.is_none() {
+            // Closed after a write error: they stay dirty, saved once it is reopened.
+            return;
+        }
         let mut list = Vec::new();
         for endpoint in self.endpoints() {
             let mut state = endpoint.lock();
@@ -623,11 +662,15 @@ impl Writer {
             return;
         }
         if let Err(e) = self
-            .meta
-            .save_checkpoints(&list)
-            .and_then(|()| self.meta.flush())
+            .meta()
+            .and_then(|meta| meta.save_checkpoints(&list).and_then(|()| meta.flush()))
         {
-            tracing::error!(error = %e, "saving checkpoints failed; acknowledged entries may be delivered again after a restart");
+            // Saved again once the meta database is reopened (a crash before that delivers
+            // those entries again: at-least-once).
+            for endpoint in self.endpoints() {
+                endpoint.lock().checkpoints_dirty = true;
+            }
+            self.meta_failed(&e);
         }
     }
 
@@ -637,8 +680,13 @@ impl Writer {
             return Ok(endpoint);
         }
         let num = self.next_endpoint;
-        self.meta.add_endpoint(&name, num)?;
+        // Used up even if recording fails: the record may have reached the disk anyway, and
+        // two names must never share a number.
         self.next_endpoint += 1;
+        if let Err(e) = self.meta().and_then(|meta| meta.add_endpoint(&name, num)) {
+            self.meta_failed(&e);
+            return Err(e.into());
+        }
         let endpoint = Arc::new(Endpoint::new(name.clone(), num, Default::default()));
         self.store
             .endpoints
@@ -665,7 +713,13 @@ impl Writer {
             bytes = dropped.bytes,
             "endpoint removed with its entries"
         );
-        self.meta.remove_endpoint(name, endpoint.num)?;
+        if let Err(e) = self
+            .meta()
+            .and_then(|meta| meta.remove_endpoint(name, endpoint.num))
+        {
+            self.meta_failed(&e);
+            return Err(e.into());
+        }
         Ok(true)
     }
 
@@ -697,7 +751,10 @@ impl Writer {
             }
         }
         self.save_checkpoints();
-        self.meta.flush()?;
+        if let Err(e) = self.meta().and_then(MetaDb::flush) {
+            self.meta_failed(&e);
+            return Err(e.into());
+        }
         Ok(())
     }
 

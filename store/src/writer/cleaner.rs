@@ -74,8 +74,11 @@ impl Writer {
 
     fn measure_disk(&mut self) -> Option<u64> {
         let root = &self.store.config.dir;
+        // The reserve file is space kept for emergencies, not the store's data.
+        let reserve = quota::disk_usage(&self.reserve_path()).unwrap_or(0);
         match quota::disk_usage(root) {
             Ok(bytes) => {
+                let bytes = bytes.saturating_sub(reserve);
                 self.disk_estimate = bytes;
                 self.store
                     .counters

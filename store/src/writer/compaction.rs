@@ -16,7 +16,7 @@ impl Writer {
     /// forward into the current epoch, so that a few slow entries do not pin a whole directory
     /// (disk then follows the live backlog even when consumers run at different speeds).
     pub(super) fn maybe_compact(&mut self) {
-        if self.current.is_none() {
+        if self.current.is_none() || self.is_degraded() {
             return;
         }
         let mut live = HashMap::new();
