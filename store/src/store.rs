@@ -29,6 +29,8 @@ pub struct Store {
     state: Arc<StoreState>,
     inbox: Option<Sender<Command>>,
     writer: Option<JoinHandle<()>>,
+    /// Opens sealed epochs for readers (see `EpochTable::run_opener`).
+    opener: Option<JoinHandle<()>>,
     report: RecoveryReport,
 }
 
@@ -64,6 +66,16 @@ impl Store {
             health: AtomicU8::new(Health::Writable.to_u8()),
         });
         let writer = Writer::new(Arc::clone(&state), layout.clone(), commands, recovered)?;
+        let opener = {
+            let state = Arc::clone(&state);
+            std::thread::Builder::new()
+                .name("store-opener".into())
+                .spawn(move || state.epochs.run_opener())
+                .map_err(|source| OpenError::Io {
+                    path: layout.epoch_dir(0),
+                    source,
+                })?
+        };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
@@ -82,6 +94,7 @@ impl Store {
             state,
             inbox: Some(inbox),
             writer: Some(handle),
+            opener: Some(opener),
             report,
         })
     }
@@ -317,10 +330,17 @@ impl Store {
 
     fn stop(&mut self) -> Result<(), StoreError> {
         self.inbox = None;
-        match self.writer.take() {
+        let writer = match self.writer.take() {
             Some(handle) => handle.join().map_err(|_| StoreError::Closed),
             None => Ok(()),
+        };
+        self.state.epochs.shutdown();
+        if let Some(opener) = self.opener.take()
+            && opener.join().is_err()
+        {
+            tracing::error!("store opener thread panicked");
         }
+        writer
     }
 }
 

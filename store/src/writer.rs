@@ -832,7 +832,10 @@ mod tests {
         );
         assert_eq!(store.stats().write_failures, 1);
         let mut reader = store.reader("e").expect("reader");
-        let batch = reader.read(10, usize::MAX).expect("read");
+        let mut batch = Vec::new();
+        while batch.len() < 3 && reader.wait(Duration::from_secs(10)) {
+            batch.extend(reader.read(10, usize::MAX).expect("read"));
+        }
         assert_eq!(
             payloads(&batch),
             ["a", "c", "d"],

@@ -120,6 +120,7 @@ fn ttl_is_fixed_at_enqueue_and_survives_reopen() {
     clock.advance(Duration::from_secs(60));
     let store = Store::open(config(dir.path(), &clock)).expect("reopen");
     let mut reader = store.reader("e").expect("reader");
+    assert!(reader.wait(Duration::from_secs(10)), "the epoch opens");
     let batch = reader.read(10, usize::MAX).expect("read");
     assert_eq!(payloads(&batch), ["y"]);
     assert_eq!(batch[0].enqueued_at_ms, T0);

@@ -73,7 +73,7 @@ impl Writer {
             let segment = self
                 .store
                 .epochs
-                .with(id, |db| db.read(segno))
+                .with_blocking(id, |db| db.read(segno))
                 .and_then(Result::ok)
                 .flatten()
                 .and_then(|data| Segment::decode(data).ok());
