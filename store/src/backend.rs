@@ -331,6 +331,8 @@ pub(crate) struct MetaContents {
     pub seq_reserved: u64,
     /// (endpoint number, priority, checkpoint)
     pub checkpoints: Vec<(u32, u32, u64)>,
+    /// The store's time when it was last saved (0: never).
+    pub time_ms: u64,
 }
 
 /// The small records: endpoints, checkpoints, reserved sequence numbers.
@@ -392,6 +394,7 @@ impl MetaDb {
         }
         contents.next_endpoint = self.db().get(b"n")?.and_then(|v| be_u32(&v)).unwrap_or(0);
         contents.seq_reserved = self.db().get(b"q")?.and_then(|v| be_u64(&v)).unwrap_or(0);
+        contents.time_ms = self.db().get(b"t")?.and_then(|v| be_u64(&v)).unwrap_or(0);
         Ok(contents)
     }
 
@@ -422,6 +425,12 @@ impl MetaDb {
             batch.insert(&checkpoint_key(endpoint, priority), &seq.to_be_bytes());
         }
         self.db().apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Records the store's time (not flushed), for the next open (see `StoreTime`).
+    pub fn save_time(&self, now_ms: u64) -> Result<(), BackendError> {
+        self.db().insert(b"t", &now_ms.to_be_bytes())?;
         Ok(())
     }
 

@@ -83,8 +83,14 @@ pub struct StoreConfig {
     /// database after it was written) and deliver what is stored. Not counted in
     /// `StoreStats::disk_bytes` nor in the quota. 0: no reserve.
     pub reserve_bytes: u64,
-    /// Source of time for enqueue stamps and expiry.
+    /// Source of time for enqueue stamps and expiry: the wall clock is read at open, the
+    /// monotonic clock measures time while the store runs (see `max_downtime`).
     pub clock: Arc<dyn Clock>,
+    /// At open, the most time between the previous run's last saved time and the wall clock
+    /// that counts toward ages (TTL): a wall clock further ahead is not believed (a clock
+    /// set forward must not expire the whole backlog). A wall clock behind the previous run
+    /// counts as no time at all. One hour by default.
+    pub max_downtime: Duration,
     /// Failures injected into the epochs the writer opens (unit tests only).
     #[cfg(test)]
     pub(crate) faults: Option<Arc<crate::backend::faults::Faults>>,
@@ -111,6 +117,7 @@ impl StoreConfig {
             resume_free_bytes: 4 << 20,
             reserve_bytes: 2 << 20,
             clock: Arc::new(SystemClock),
+            max_downtime: Duration::from_secs(3600),
             #[cfg(test)]
             faults: None,
         }

@@ -117,7 +117,7 @@ impl Reader {
     ///
     /// `EndpointRemoved`, `Closed`, or a storage failure.
     pub fn read(&mut self, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
-        let now_ms = self.store.config.clock.now_ms();
+        let now_ms = self.store.time.now_ms();
         let endpoint = Arc::clone(&self.endpoint);
         let mut state = endpoint.lock();
         if endpoint.is_removed() {

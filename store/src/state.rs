@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
+use crate::clock::StoreTime;
 use crate::config::StoreConfig;
 use crate::endpoint::Endpoint;
 use crate::epoch::EpochTable;
@@ -22,6 +23,8 @@ pub(crate) struct StoreState {
     /// [`EndpointHandle`](crate::EndpointHandle)s.
     pub endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
     pub epochs: EpochTable,
+    /// The store's time: enqueue stamps, expiry, ages.
+    pub time: StoreTime,
     pub counters: Counters,
     /// Set by the writer when the quota is exhausted.
     pub over_quota: AtomicBool,

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
 
+use crate::clock::StoreTime;
 use crate::config::{QuotaPolicy, StoreConfig};
 use crate::endpoint::EndpointHandle;
 use crate::entry::Target;
@@ -54,6 +55,11 @@ impl Store {
             config.clock.now_ms(),
         )?;
         let report = recovered.report.clone();
+        let time = StoreTime::start(
+            Arc::clone(&config.clock),
+            recovered.last_time_ms,
+            config.max_downtime,
+        );
         let counters = Counters::default();
         Counters::add(&counters.quarantined, report.quarantined.len() as u64);
         let (inbox, commands) = crossbeam_channel::bounded(config.inbox_capacity);
@@ -61,6 +67,7 @@ impl Store {
             config,
             endpoints: RwLock::default(),
             epochs,
+            time,
             counters,
             over_quota: AtomicBool::new(false),
             health: AtomicU8::new(Health::Writable.to_u8()),
@@ -169,7 +176,7 @@ impl Store {
         self.check_health()?;
         self.check_quota()?;
         check_targets(targets)?;
-        let now_ms = self.state.config.clock.now_ms();
+        let now_ms = self.state.time.now_ms();
         let destinations = targets
             .iter()
             .map(|t| Destination {
@@ -292,7 +299,7 @@ impl Store {
     /// Backlog of endpoint `id`, or `None` if there is no such endpoint.
     pub fn endpoint_stats(&self, id: &str) -> Option<EndpointStats> {
         let endpoint = self.state.endpoint(id)?;
-        Some(endpoint.stats(self.state.config.clock.now_ms()))
+        Some(endpoint.stats(self.state.time.now_ms()))
     }
 
     /// Entries waiting in endpoint `id`, per priority (highest first, empty queues left out);

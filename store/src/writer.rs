@@ -37,6 +37,10 @@ mod health;
 /// the store reuse a number that a persisted checkpoint already covers.
 const SEQ_RESERVATION: u64 = 1 << 20;
 
+/// How often the store's time is saved when no checkpoint save carries it: a restart after a
+/// crash loses at most this much of the time that passed (see `StoreTime`).
+const TIME_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A segment ready to be written: number in the current epoch, data, summary.
 type Sealed = (u64, Vec<u8>, Summary);
 
@@ -125,6 +129,8 @@ pub(crate) struct Writer {
     last_flush: Instant,
     next_checkpoint: Instant,
     next_cleanup: Instant,
+    /// When the store's time was last saved in the meta database.
+    time_saved: Instant,
     /// Disk usage at the last measurement plus what was written since.
     disk_estimate: u64,
 }
@@ -144,6 +150,7 @@ impl Writer {
             next_seq,
             next_endpoint,
             next_epoch,
+            last_time_ms: _,
             report: _,
         } = recovered;
         *store
@@ -190,6 +197,7 @@ impl Writer {
             last_flush: now,
             next_checkpoint: now,
             next_cleanup: now,
+            time_saved: now,
             disk_estimate: 0,
         };
         if let Err(e) = writer.make_reserve() {
@@ -630,6 +638,9 @@ impl Writer {
             self.delete_consumed_epochs();
             self.next_checkpoint = now + self.store.config.checkpoint_interval;
         }
+        if now >= self.time_saved + TIME_SAVE_INTERVAL {
+            self.save_time();
+        }
         if now >= self.next_cleanup {
             self.cleanup();
             self.next_cleanup = now + self.store.config.cleanup_interval;
@@ -661,15 +672,32 @@ impl Writer {
         if list.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .meta()
-            .and_then(|meta| meta.save_checkpoints(&list).and_then(|()| meta.flush()))
-        {
+        let now_ms = self.store.time.now_ms();
+        if let Err(e) = self.meta().and_then(|meta| {
+            meta.save_checkpoints(&list)?;
+            meta.save_time(now_ms)?;
+            meta.flush()
+        }) {
             // Saved again once the meta database is reopened (a crash before that delivers
             // those entries again: at-least-once).
             for endpoint in self.endpoints() {
                 endpoint.lock().checkpoints_dirty = true;
             }
+            self.meta_failed(&e);
+        }
+    }
+
+    /// Saves the store's time (see `StoreTime`): a restart starts from it at the earliest.
+    fn save_time(&mut self) {
+        self.time_saved = Instant::now();
+        if self.meta.is_none() {
+            return;
+        }
+        let now_ms = self.store.time.now_ms();
+        if let Err(e) = self
+            .meta()
+            .and_then(|meta| meta.save_time(now_ms).and_then(|()| meta.flush()))
+        {
             self.meta_failed(&e);
         }
     }
@@ -751,7 +779,11 @@ impl Writer {
             }
         }
         self.save_checkpoints();
-        if let Err(e) = self.meta().and_then(MetaDb::flush) {
+        let now_ms = self.store.time.now_ms();
+        if let Err(e) = self
+            .meta()
+            .and_then(|meta| meta.save_time(now_ms).and_then(|()| meta.flush()))
+        {
             self.meta_failed(&e);
             return Err(e.into());
         }

@@ -16,7 +16,7 @@ const EPOCHS_PER_CLEANUP: usize = 16;
 impl Writer {
     /// Expiry, deletion of consumed epochs, quota: bounded work.
     pub(super) fn cleanup(&mut self) {
-        let now_ms = self.store.config.clock.now_ms();
+        let now_ms = self.store.time.now_ms();
         let mut budget = self.store.config.cleanup_budget;
         let mut expired = Dropped::default();
         for endpoint in self.endpoints() {
