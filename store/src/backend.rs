@@ -12,6 +12,9 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+#[cfg(test)]
+use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,6 +51,11 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 struct Durable {
     db: sled::Db,
     log: std::fs::File,
+    /// The error of the first flush that failed, returned by every later flush.
+    failed: OnceLock<BackendError>,
+    /// Injected failures (unit tests only: no cost in the built library).
+    #[cfg(test)]
+    faults: Option<Arc<faults::Faults>>,
 }
 
 impl Durable {
@@ -62,14 +70,96 @@ impl Durable {
                 sync_dir(parent).map_err(BackendError::from)?;
             }
         }
-        Ok(Self { db, log })
+        Ok(Self {
+            db,
+            log,
+            failed: OnceLock::new(),
+            #[cfg(test)]
+            faults: None,
+        })
     }
 
     /// Makes everything written so far durable: sled's flush, then `fdatasync` of its log.
+    ///
+    /// Once a flush failed, every later one fails with the same error, without trying: after
+    /// an `fdatasync` error the kernel may have dropped the dirty pages it could not write and
+    /// report the next `fdatasync` as a success (PostgreSQL's lesson of 2018), so no later
+    /// flush of this database can prove that a write is on disk. (sled does the same with
+    /// its own write errors.)
     fn flush(&self) -> Result<(), BackendError> {
+        if let Some(e) = self.failed.get() {
+            return Err(e.clone());
+        }
+        self.flush_inner()
+            .inspect_err(|e| drop(self.failed.set(e.clone())))
+    }
+
+    fn flush_inner(&self) -> Result<(), BackendError> {
         self.db.flush()?;
+        #[cfg(test)]
+        if let Some(faults) = &self.faults {
+            faults.sync()?;
+        }
         self.log.sync_data()?;
         Ok(())
+    }
+
+    /// Writes a small probe record (key `p`, which nothing reads) and flushes: whether the
+    /// database can write and sync at all, after a failure.
+    fn probe(&self) -> Result<(), BackendError> {
+        self.db.insert(b"p", &[0u8; 512][..])?;
+        self.flush()
+    }
+
+    /// Notes a write (unit tests: counts writes to a database whose flush failed).
+    #[cfg(test)]
+    fn note_write(&self) {
+        if let Some(faults) = &self.faults
+            && self.failed.get().is_some()
+        {
+            faults.note_write_after_failed_flush();
+        }
+    }
+}
+
+/// Fault injection for unit tests, compiled only with `cfg(test)`.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    /// Failures to inject into the databases that carry it.
+    #[derive(Debug, Default)]
+    pub(crate) struct Faults {
+        /// The next this many log syncs (`fdatasync`) fail with `EIO`.
+        pub fail_syncs: AtomicU32,
+        /// Writes made to a database after one of its flushes failed.
+        pub writes_after_failed_flush: AtomicU64,
+    }
+
+    impl Faults {
+        /// Fails the next `n` syncs.
+        pub fn fail_next_syncs(&self, n: u32) {
+            self.fail_syncs.store(n, Ordering::SeqCst);
+        }
+
+        pub(super) fn sync(&self) -> std::io::Result<()> {
+            let failing = self
+                .fail_syncs
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            match failing {
+                Ok(_) => Err(std::io::Error::from_raw_os_error(5)),
+                Err(_) => Ok(()),
+            }
+        }
+
+        pub(super) fn note_write_after_failed_flush(&self) {
+            self.writes_after_failed_flush
+                .fetch_add(1, Ordering::SeqCst);
+        }
+
+        pub fn writes_after_failed_flush(&self) -> u64 {
+            self.writes_after_failed_flush.load(Ordering::SeqCst)
+        }
     }
 }
 
@@ -173,6 +263,8 @@ impl EpochDb {
     /// `sled::Batch`: sled writes out and syncs its I/O buffer twice to open a batch, which
     /// made three disk writes of every group commit instead of one.
     pub fn write(&self, segments: &[SegmentWrite<'_>]) -> Result<(), BackendError> {
+        #[cfg(test)]
+        self.durable.note_write();
         for seg in segments {
             for (part, chunk) in seg.data.chunks(PART_BYTES).enumerate() {
                 let part = u16::try_from(part).expect("segments are far smaller than 65,536 parts");
@@ -187,6 +279,17 @@ impl EpochDb {
     /// Makes everything written so far durable (sled's flush, then `fdatasync`).
     pub fn flush(&self) -> Result<(), BackendError> {
         self.durable.flush()
+    }
+
+    /// See `Durable::probe`.
+    pub fn probe(&self) -> Result<(), BackendError> {
+        self.durable.probe()
+    }
+
+    /// Makes this database fail as `faults` says (unit tests).
+    #[cfg(test)]
+    pub fn inject(&mut self, faults: Option<Arc<faults::Faults>>) {
+        self.durable.faults = faults;
     }
 
     /// The data of segment `segno`, or `None` if it is not there.
@@ -228,6 +331,8 @@ pub(crate) struct MetaContents {
     pub seq_reserved: u64,
     /// (endpoint number, priority, checkpoint)
     pub checkpoints: Vec<(u32, u32, u64)>,
+    /// The store's time when it was last saved (0: never).
+    pub time_ms: u64,
 }
 
 /// The small records: endpoints, checkpoints, reserved sequence numbers.
@@ -259,6 +364,17 @@ impl MetaDb {
         Durable::open(path, 1 << 20, LOCK_WAIT).map(|durable| Self { durable })
     }
 
+    /// Like [`open`](Self::open), but fails at once with [`OpenFailure::Locked`] if the file
+    /// lock is still held (reopening after a write error: the writer retries later).
+    pub fn try_open(path: &Path) -> Result<Self, OpenFailure> {
+        Durable::open(path, 1 << 20, Duration::ZERO).map(|durable| Self { durable })
+    }
+
+    /// See `Durable::probe`.
+    pub fn probe(&self) -> Result<(), BackendError> {
+        self.durable.probe()
+    }
+
     pub fn load(&self) -> Result<MetaContents, BackendError> {
         let mut contents = MetaContents::default();
         for item in self.db().scan_prefix(b"e") {
@@ -278,6 +394,7 @@ impl MetaDb {
         }
         contents.next_endpoint = self.db().get(b"n")?.and_then(|v| be_u32(&v)).unwrap_or(0);
         contents.seq_reserved = self.db().get(b"q")?.and_then(|v| be_u64(&v)).unwrap_or(0);
+        contents.time_ms = self.db().get(b"t")?.and_then(|v| be_u64(&v)).unwrap_or(0);
         Ok(contents)
     }
 
@@ -308,6 +425,12 @@ impl MetaDb {
             batch.insert(&checkpoint_key(endpoint, priority), &seq.to_be_bytes());
         }
         self.db().apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Records the store's time (not flushed), for the next open (see `StoreTime`).
+    pub fn save_time(&self, now_ms: u64) -> Result<(), BackendError> {
+        self.db().insert(b"t", &now_ms.to_be_bytes())?;
         Ok(())
     }
 
@@ -369,5 +492,18 @@ mod tests {
         assert_eq!(c.endpoints, vec![("iothub".to_owned(), 0)]);
         assert_eq!(c.checkpoints, vec![(0, 2, 40)]);
         assert_eq!((c.next_endpoint, c.seq_reserved), (2, 1_000));
+    }
+
+    #[test]
+    fn a_database_whose_flush_failed_never_flushes_successfully_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = EpochDb::open(dir.path(), 1 << 20).expect("open");
+        let faults = Arc::new(faults::Faults::default());
+        db.inject(Some(Arc::clone(&faults)));
+        db.flush().expect("healthy");
+        faults.fail_next_syncs(1);
+        assert!(db.flush().is_err());
+        // The next fdatasync would succeed, but the pages of the failed one may be gone.
+        assert!(db.flush().is_err(), "the failure is remembered");
     }
 }

@@ -73,8 +73,27 @@ pub struct StoreConfig {
     pub compaction_delay: Duration,
     /// Disk quota.
     pub quota: Quota,
-    /// Source of time for enqueue stamps and expiry.
+    /// After the disk was found full, the store tries to write again only once its file
+    /// system has at least this many bytes free beyond `reserve_bytes` (then a probe write
+    /// must succeed too).
+    pub resume_free_bytes: u64,
+    /// Size of the file `<dir>/reserve` the store keeps allocated while it can write and
+    /// deletes when the disk is full, so that readers can still open sealed epochs (sled
+    /// pads its log, up to 512 KiB, and writes a snapshot file the first time it opens a
+    /// database after it was written) and deliver what is stored. Not counted in
+    /// `StoreStats::disk_bytes` nor in the quota. 0: no reserve.
+    pub reserve_bytes: u64,
+    /// Source of time for enqueue stamps and expiry: the wall clock is read at open, the
+    /// monotonic clock measures time while the store runs (see `max_downtime`).
     pub clock: Arc<dyn Clock>,
+    /// At open, the most time between the previous run's last saved time and the wall clock
+    /// that counts toward ages (TTL): a wall clock further ahead is not believed (a clock
+    /// set forward must not expire the whole backlog). A wall clock behind the previous run
+    /// counts as no time at all. One hour by default.
+    pub max_downtime: Duration,
+    /// Failures injected into the epochs the writer opens (unit tests only).
+    #[cfg(test)]
+    pub(crate) faults: Option<Arc<crate::backend::faults::Faults>>,
 }
 
 impl StoreConfig {
@@ -95,7 +114,12 @@ impl StoreConfig {
             cleanup_budget: 1024,
             compaction_delay: Duration::from_secs(2),
             quota: Quota::default(),
+            resume_free_bytes: 4 << 20,
+            reserve_bytes: 2 << 20,
             clock: Arc::new(SystemClock),
+            max_downtime: Duration::from_secs(3600),
+            #[cfg(test)]
+            faults: None,
         }
     }
 
@@ -120,6 +144,18 @@ impl StoreConfig {
     /// Sets the quota.
     pub fn with_quota(mut self, quota: Quota) -> Self {
         self.quota = quota;
+        self
+    }
+
+    /// Sets the free space needed to write again after the disk was full.
+    pub fn with_resume_free_bytes(mut self, bytes: u64) -> Self {
+        self.resume_free_bytes = bytes;
+        self
+    }
+
+    /// Sets the size of the reserve file deleted when the disk is full.
+    pub fn with_reserve_bytes(mut self, bytes: u64) -> Self {
+        self.reserve_bytes = bytes;
         self
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
+use crate::epoch::EpochTable;
 use crate::queue::{Dropped, Queue, SegRef};
 use crate::stats::EndpointStats;
 
@@ -52,12 +53,6 @@ pub(crate) struct EndpointState {
     pub checkpoints_dirty: bool,
 }
 
-impl EndpointState {
-    pub fn has_unread(&self) -> bool {
-        self.queues.values().any(Queue::has_unread)
-    }
-}
-
 /// One endpoint of the store.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
@@ -94,9 +89,20 @@ impl Endpoint {
         self.removed.load(Ordering::Acquire)
     }
 
-    /// Whether a waiting reader should return: work, or nothing more will ever come.
-    pub fn is_ready(&self, state: &EndpointState) -> bool {
-        self.is_removed() || state.closed || state.has_unread()
+    /// Whether a waiting reader should return: work it can read now, or nothing more will
+    /// ever come. Work in a closed epoch is not ready: the opener thread is asked to open it
+    /// and wakes the reader when it is open.
+    pub fn is_ready(self: &Arc<Self>, state: &EndpointState, epochs: &EpochTable) -> bool {
+        if self.is_removed() || state.closed {
+            return true;
+        }
+        // Like `Reader::read`: strict priority order, so the first queue with something
+        // unread decides.
+        state
+            .queues
+            .values()
+            .find_map(Queue::unread_seg)
+            .is_some_and(|seg| epochs.available(seg.epoch.id, self))
     }
 
     /// Marks the endpoint removed, drops its entries and wakes its reader; returns what was
@@ -137,14 +143,14 @@ impl Endpoint {
     }
 
     /// Waits until the endpoint is ready or `timeout` passes; returns whether it is ready.
-    pub fn wait_ready(&self, timeout: Duration) -> bool {
+    pub fn wait_ready(self: &Arc<Self>, epochs: &EpochTable, timeout: Duration) -> bool {
         let state = self.lock();
         let state = self
             .ready
-            .wait_timeout_while(state, timeout, |s| !self.is_ready(s))
+            .wait_timeout_while(state, timeout, |s| !self.is_ready(s, epochs))
             .unwrap_or_else(PoisonError::into_inner)
             .0;
-        self.is_ready(&state)
+        self.is_ready(&state, epochs)
     }
 
     /// Entries waiting per priority, highest priority (lowest number) first.

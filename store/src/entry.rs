@@ -76,9 +76,11 @@ pub struct Entry {
     pub id: EntryId,
     /// The message bytes exactly as enqueued.
     pub payload: Bytes,
-    /// When the store accepted the message, in milliseconds since the Unix epoch.
+    /// When the store accepted the message, in milliseconds since the Unix epoch, in the
+    /// store's time: the wall clock at open, advanced by a monotonic clock (it does not follow
+    /// jumps of the wall clock; see `StoreConfig::max_downtime`).
     pub enqueued_at_ms: u64,
-    /// When the entry expires, in milliseconds since the Unix epoch; `None` if never.
+    /// When the entry expires, in the same time; `None` if never.
     pub expires_at_ms: Option<u64>,
 }
 

@@ -13,10 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::backend::{EpochDb, OpenFailure};
+use crate::endpoint::Endpoint;
 use crate::error::OpenError;
 
 /// Liveness of an epoch: every queue segment in the epoch holds an `Arc` of its token, so the
@@ -132,6 +136,12 @@ impl Layout {
 /// The epochs readers may read from, shared between the writer (which adds, closes and
 /// removes) and the readers (which read a segment they hold a reference to).
 ///
+/// Readers never open an epoch on their own thread (they run on the hub's async threads, and
+/// opening replays a sled log): a reader that needs a closed epoch registers as a waiter and
+/// gets `None`; the store's opener thread ([`run_opener`](Self::run_opener)) opens it and
+/// wakes the waiters. An epoch that cannot be opened (its lock is still held, or it fails) is
+/// tried again after a delay that doubles up to [`RETRY_MAX`].
+///
 /// Only the current epoch and a few sealed ones are open at a time: an open sled database
 /// keeps megabytes in memory, and a backlog may span hundreds of epochs. The writer closes an
 /// epoch when it seals it; a reader opens a closed epoch when it needs one of its segments,
@@ -142,6 +152,13 @@ impl Layout {
 #[derive(Debug)]
 pub(crate) struct EpochTable {
     table: RwLock<Table>,
+    /// Rung when an open is requested (capacity 1: a ring that is not answered yet is enough).
+    doorbell: (Sender<()>, Receiver<()>),
+    /// Set when the store closes: the opener thread returns.
+    stopped: AtomicBool,
+    /// Opens done (unit tests check on which thread).
+    #[cfg(test)]
+    opened_on: std::sync::Mutex<Vec<String>>,
     /// Ticks of use, to find the epoch used least recently.
     clock: AtomicU64,
     layout: Layout,
@@ -150,6 +167,23 @@ pub(crate) struct EpochTable {
 
 /// Sealed epochs kept open for readers at most (beyond those a handle still holds).
 pub(crate) const OPEN_FOR_READERS: usize = 8;
+
+/// First delay before an epoch that could not be opened is tried again (a lock that a handle
+/// closed a moment ago still holds usually goes within a millisecond or two).
+const RETRY_MIN: Duration = Duration::from_millis(1);
+/// Longest delay between attempts to open an epoch.
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// An epoch readers wait for.
+#[derive(Debug)]
+struct Pending {
+    waiters: Vec<Arc<Endpoint>>,
+    /// Failed attempts so far.
+    attempts: u32,
+    next_try: Instant,
+    /// Whether a failure (other than a held lock) was logged.
+    logged: bool,
+}
 
 #[derive(Debug)]
 struct Open {
@@ -165,8 +199,8 @@ struct Table {
     /// Epochs opened by readers (the others open are the current one and those the writer
     /// has yet to close).
     opened_for_readers: BTreeSet<u64>,
-    /// Epochs whose opening failed for another reason than a held lock, said once each.
-    failed: BTreeSet<u64>,
+    /// Closed epochs readers wait for, to be opened by the opener thread.
+    pending: BTreeMap<u64, Pending>,
 }
 
 impl Table {
@@ -212,17 +246,176 @@ impl EpochTable {
     pub fn new(layout: Layout, cache_bytes: u64) -> Self {
         Self {
             table: RwLock::default(),
+            doorbell: crossbeam_channel::bounded(1),
+            stopped: AtomicBool::new(false),
+            #[cfg(test)]
+            opened_on: std::sync::Mutex::default(),
             clock: AtomicU64::new(0),
             layout,
             cache_bytes,
         }
     }
 
-    /// Runs `f` on epoch `id`'s database, opening it if it is closed; `None` if it is not on
-    /// disk or cannot be opened right now (a handle closed a moment ago still holds its file
-    /// lock: the reader tries again later). The database is opened without holding the
-    /// table's lock: replaying its log takes a while.
-    pub fn with<R>(&self, id: u64, f: impl FnOnce(&EpochDb) -> R) -> Option<R> {
+    /// Runs `f` on epoch `id`'s database if it is open. If it is closed, `waiter` is woken
+    /// once the opener thread has opened it, and the result is `None` (also if it is not on
+    /// disk). Never opens a database on the caller's thread.
+    pub fn with<R>(
+        &self,
+        id: u64,
+        waiter: &Arc<Endpoint>,
+        f: impl FnOnce(&EpochDb) -> R,
+    ) -> Option<R> {
+        {
+            let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(open) = table.open.get(&id) {
+                open.last_used.store(self.tick(), Ordering::Relaxed);
+                return Some(f(&open.db));
+            }
+            if !table.closed.contains(&id) {
+                return None;
+            }
+        }
+        self.request(id, waiter);
+        None
+    }
+
+    /// Whether epoch `id` can be read now: open, or not an epoch this table knows (nothing to
+    /// wait for). If it is closed, asks the opener thread to open it and wake `waiter`.
+    pub fn available(&self, id: u64, waiter: &Arc<Endpoint>) -> bool {
+        {
+            let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+            if table.open.contains_key(&id) || !table.closed.contains(&id) {
+                return true;
+            }
+        }
+        !self.request(id, waiter)
+    }
+
+    /// Asks the opener thread to open closed epoch `id` and wake `waiter`; `false` if it is
+    /// not closed (any more).
+    fn request(&self, id: u64, waiter: &Arc<Endpoint>) -> bool {
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        if !table.closed.contains(&id) {
+            return false;
+        }
+        let pending = table.pending.entry(id).or_insert_with(|| Pending {
+            waiters: Vec::new(),
+            attempts: 0,
+            next_try: Instant::now(),
+            logged: false,
+        });
+        if !pending.waiters.iter().any(|w| Arc::ptr_eq(w, waiter)) {
+            pending.waiters.push(Arc::clone(waiter));
+        }
+        let due = pending.attempts == 0;
+        drop(table);
+        if due {
+            let _ = self.doorbell.0.try_send(());
+        }
+        true
+    }
+
+    /// Body of the store's opener thread: opens the epochs readers wait for, retrying those
+    /// that cannot be opened with a delay that doubles each time (up to [`RETRY_MAX`]), and
+    /// wakes their readers. Returns after [`shutdown`](Self::shutdown).
+    pub fn run_opener(&self) {
+        while !self.stopped.load(Ordering::Acquire) {
+            let now = Instant::now();
+            let (due, next) = {
+                let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+                let due: Vec<u64> = table
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.next_try <= now)
+                    .map(|(&id, _)| id)
+                    .collect();
+                let next = table
+                    .pending
+                    .values()
+                    .filter(|p| p.next_try > now)
+                    .map(|p| p.next_try)
+                    .min();
+                (due, next)
+            };
+            for id in due {
+                self.open_pending(id);
+            }
+            if !self
+                .table
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pending
+                .values()
+                .any(|p| p.next_try <= Instant::now())
+            {
+                let wait = next.map_or(RETRY_MAX, |t| t.saturating_duration_since(Instant::now()));
+                let _ = self.doorbell.1.recv_timeout(wait);
+            }
+        }
+    }
+
+    /// One attempt to open a pending epoch; wakes its waiters if it opened (or went away).
+    fn open_pending(&self, id: u64) {
+        let opened = EpochDb::try_open(&self.layout.epoch_dir(id), self.cache_bytes);
+        #[cfg(test)]
+        self.opened_on
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(std::thread::current().name().unwrap_or("").to_owned());
+        let waiters = {
+            let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            if !table.closed.contains(&id) {
+                // Deleted meanwhile (or opened by the writer): nothing to wait for.
+                table.pending.remove(&id).map(|p| p.waiters)
+            } else {
+                match opened {
+                    Ok(db) => {
+                        let db = Arc::new(db);
+                        table.make_room_for_readers();
+                        table.closed.remove(&id);
+                        table.open.insert(id, self.entry(&db));
+                        table.opened_for_readers.insert(id);
+                        let pending = table.pending.remove(&id);
+                        if pending.as_ref().is_some_and(|p| p.logged) {
+                            tracing::info!(
+                                epoch = id,
+                                "a sealed epoch that could not be opened is open now"
+                            );
+                        }
+                        pending.map(|p| p.waiters)
+                    }
+                    Err(e) => {
+                        if let Some(p) = table.pending.get_mut(&id) {
+                            p.attempts = p.attempts.saturating_add(1);
+                            let delay = RETRY_MIN
+                                .saturating_mul(1 << p.attempts.min(16))
+                                .min(RETRY_MAX);
+                            p.next_try = Instant::now() + delay;
+                            if !matches!(e, OpenFailure::Locked) && !p.logged {
+                                p.logged = true;
+                                tracing::error!(epoch = id, error = %e, "a sealed epoch cannot be opened; its readers wait, retrying");
+                            }
+                        }
+                        None
+                    }
+                }
+            }
+        };
+        for endpoint in waiters.into_iter().flatten() {
+            endpoint.wake(endpoint.lock());
+        }
+    }
+
+    /// Stops the opener thread.
+    pub fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let _ = self.doorbell.0.try_send(());
+    }
+
+    /// Runs `f` on epoch `id`'s database, opening it on this thread if it is closed (the
+    /// writer's compaction); `None` if it is not on disk or cannot be opened right now. The
+    /// database is opened without holding the table's lock: replaying its log takes a while.
+    pub fn with_blocking<R>(&self, id: u64, f: impl FnOnce(&EpochDb) -> R) -> Option<R> {
         {
             let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(open) = table.open.get(&id) {
@@ -242,15 +435,12 @@ impl EpochTable {
                 Ok(db) => Arc::new(db),
                 Err(OpenFailure::Locked) => return None,
                 Err(e) => {
-                    if table.failed.insert(id) {
-                        tracing::error!(epoch = id, error = %e, "a sealed epoch cannot be opened; its readers wait, retrying");
-                    }
+                    tracing::warn!(epoch = id, error = %e, "a sealed epoch cannot be opened");
                     return None;
                 }
             };
             table.make_room_for_readers();
             table.closed.remove(&id);
-            table.failed.remove(&id);
             table.open.insert(id, self.entry(&db));
             table.opened_for_readers.insert(id);
             db
@@ -297,7 +487,12 @@ impl EpochTable {
         table.open.remove(&id);
         table.closed.remove(&id);
         table.opened_for_readers.remove(&id);
-        table.failed.remove(&id);
+        let waiters = table.pending.remove(&id);
+        drop(table);
+        // Nothing of it is left to read: let its readers look again.
+        for endpoint in waiters.into_iter().flat_map(|p| p.waiters) {
+            endpoint.wake(endpoint.lock());
+        }
     }
 
     /// Closes a sealed epoch if nobody else holds a handle; `false` if somebody does (a sync
@@ -334,13 +529,18 @@ impl EpochTable {
         table.open.clear();
         table.closed.clear();
         table.opened_for_readers.clear();
-        table.failed.clear();
+        let pending = std::mem::take(&mut table.pending);
+        drop(table);
+        for endpoint in pending.into_values().flat_map(|p| p.waiters) {
+            endpoint.wake(endpoint.lock());
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A table over `epochs` empty epoch databases created on disk, all closed.
     fn table_of(dir: &Path, epochs: u64) -> EpochTable {
@@ -357,7 +557,7 @@ mod tests {
     /// Reads epoch `id`, retrying while a handle closed a moment ago still holds its lock.
     fn read(table: &EpochTable, id: u64) -> bool {
         for _ in 0..500 {
-            if let Some(found) = table.with(id, |db| db.read(0).expect("read").is_none()) {
+            if let Some(found) = table.with_blocking(id, |db| db.read(0).expect("read").is_none()) {
                 return found;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
@@ -377,7 +577,7 @@ mod tests {
         // Going back to an epoch closed meanwhile opens it again.
         assert!(read(&table, 1));
         assert!(
-            table.with(99, |_| ()).is_none(),
+            table.with_blocking(99, |_| ()).is_none(),
             "an unknown epoch is not opened"
         );
     }
@@ -412,5 +612,97 @@ mod tests {
         assert!(table.close(1));
         assert_eq!(table.open_count(), 0);
         assert!(read(&table, 1), "a closed epoch opens again for a reader");
+    }
+
+    /// An endpoint whose only queue waits for segment 0 of epoch `id`.
+    fn endpoint_waiting_in(id: u64) -> Arc<Endpoint> {
+        let mut queue = crate::queue::Queue::default();
+        queue.push(crate::queue::SegRef {
+            epoch: Arc::new(EpochToken { id }),
+            segno: 0,
+            first_seq: 1,
+            last_seq: 1,
+            enqueued_ms: 0,
+            max_expiry_ms: u64::MAX,
+            count: 1,
+            bytes: 1,
+        });
+        Arc::new(Endpoint::new(
+            "e".to_owned(),
+            0,
+            BTreeMap::from([(0, queue)]),
+        ))
+    }
+
+    fn spawn_opener(table: &Arc<EpochTable>) -> std::thread::JoinHandle<()> {
+        let table = Arc::clone(table);
+        std::thread::Builder::new()
+            .name("store-opener".into())
+            .spawn(move || table.run_opener())
+            .expect("spawn")
+    }
+
+    fn opens(table: &EpochTable) -> Vec<String> {
+        table
+            .opened_on
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    #[test]
+    fn readers_never_open_an_epoch_the_opener_thread_does_and_wakes_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = Arc::new(table_of(dir.path(), 1));
+        let endpoint = endpoint_waiting_in(1);
+        assert!(
+            table.with(1, &endpoint, |_| ()).is_none(),
+            "a read of a closed epoch does not open it"
+        );
+        assert!(
+            !endpoint.is_ready(&endpoint.lock(), &table),
+            "work in a closed epoch is not ready yet"
+        );
+        assert!(
+            opens(&table).is_empty(),
+            "nothing opened on the caller's thread"
+        );
+        let opener = spawn_opener(&table);
+        assert!(
+            endpoint.wait_ready(&table, Duration::from_secs(10)),
+            "the reader is woken once the epoch is open"
+        );
+        assert!(table.is_open(1));
+        assert!(opens(&table).iter().all(|t| t == "store-opener"));
+        assert_eq!(table.with(1, &endpoint, |_| 7), Some(7));
+        table.shutdown();
+        opener.join().expect("opener");
+    }
+
+    #[test]
+    fn an_epoch_that_cannot_be_opened_is_retried_with_growing_delays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = Arc::new(table_of(dir.path(), 1));
+        // Another handle holds the epoch's file lock: every attempt fails.
+        let held = EpochDb::open(&Layout::new(dir.path()).epoch_dir(1), 1 << 20).expect("open");
+        let endpoint = endpoint_waiting_in(1);
+        let opener = spawn_opener(&table);
+        assert!(
+            !endpoint.wait_ready(&table, Duration::from_secs(1)),
+            "the reader waits while the epoch cannot be opened"
+        );
+        let attempts = opens(&table).len();
+        // 1, 2, 4, ... ms: about 10 attempts in a second (polling every 5 ms made 200).
+        assert!(
+            (1..=12).contains(&attempts),
+            "{attempts} attempts in a second"
+        );
+        drop(held);
+        assert!(
+            endpoint.wait_ready(&table, RETRY_MAX * 2),
+            "opened once the lock is free, and the reader woken"
+        );
+        table.shutdown();
+        opener.join().expect("opener");
     }
 }

@@ -76,6 +76,18 @@ pub enum EnqueueError {
     /// The store was closed before the message was durable.
     #[error("store closed")]
     Closed,
+    /// The file system holding the store is full: the message was not stored. Refused at once
+    /// while [`Store::health`](crate::Store::health) is [`Health::DiskFull`](crate::Health::DiskFull)
+    /// (counted in [`StoreStats::refused`](crate::StoreStats::refused)), or the ticket of a
+    /// message whose write hit the full disk. The store recovers by itself when space
+    /// returns; the publisher should keep the message and retry later (no PUBACK).
+    #[error("the store's disk is full")]
+    DiskFull,
+    /// The store cannot write at the moment (a storage failure other than a full disk) and is
+    /// retrying on a fresh database; the message was not stored. Refused at once while
+    /// [`Store::health`](crate::Store::health) is [`Health::Failing`](crate::Health::Failing).
+    #[error("the store cannot write at the moment")]
+    Unavailable,
     /// The write or the flush failed; the message must be considered not stored.
     #[error("storage failure: {0}")]
     Backend(#[from] BackendError),
@@ -120,4 +132,36 @@ pub enum AckError {
         /// Sequence number named by the ack.
         seq: u64,
     },
+}
+
+impl BackendError {
+    /// Whether the storage said it is full: `ENOSPC` or an exhausted disk quota (`EDQUOT`).
+    /// sled remembers the first write error of a database and repeats it (with the same
+    /// kind) for every later write, so this also holds for those repetitions.
+    pub fn is_disk_full(&self) -> bool {
+        match &self.0 {
+            sled::Error::Io(e) => {
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `ENOSPC` and `EDQUOT` on Linux (the store's platform; no libc dependency for two numbers).
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
+impl EnqueueError {
+    /// The error a ticket fails with when the write or flush of its message failed.
+    pub(crate) fn from_write(e: BackendError) -> Self {
+        if e.is_disk_full() {
+            Self::DiskFull
+        } else {
+            Self::Backend(e)
+        }
+    }
 }

@@ -42,12 +42,15 @@
 //! - `writer`: the writer thread, sole owner of the write side; group commit, epoch rotation,
 //!   compaction, the cleaner (expiry, deletion of consumed epochs, quota) and checkpoint saving.
 //! - `syncer`: in `sync` mode, fsyncs groups, then publishes and acknowledges them.
+//! - `writer::health`: write failures (full disk, failed sync), the degraded state and
+//!   recovery from it.
 //! - `reader`: per-endpoint batches, acks, waiting.
 //! - `queue`: per-queue bookkeeping (segments, checkpoint, cursor, exact counts), no I/O.
 //! - `endpoint`: an endpoint's queues behind one mutex, its wake-ups, and the
 //!   [`EndpointHandle`] callers name it by.
 //! - `segment`: the on-disk format of segments and their summaries.
-//! - `epoch`: directory layout, epoch liveness, quarantine of unreadable databases.
+//! - `epoch`: directory layout, epoch liveness, quarantine of unreadable databases, and the
+//!   table of open epochs with the opener thread that opens sealed ones for readers.
 //! - `backend`: everything sled-specific (the seam to change engine).
 //! - `recovery`: rebuilding the queues at open.
 //! - `quota`, `clock`, `ticket`, `stats`, `config`, `error`, `entry`: what their names say.
@@ -83,6 +86,6 @@ pub use epoch::Quarantined;
 pub use error::{AckError, BackendError, EnqueueError, OpenError, StoreError};
 pub use reader::{Reader, Ready};
 pub use recovery::RecoveryReport;
-pub use stats::{EndpointStats, StoreStats};
+pub use stats::{EndpointStats, Health, StoreStats};
 pub use store::Store;
 pub use ticket::Ticket;

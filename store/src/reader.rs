@@ -2,6 +2,8 @@
 //!
 //! Reads run on the caller's thread: a batch costs a few sled reads of 16-64 KiB segments,
 //! usually from the page cache (tens of microseconds), and holds the endpoint's mutex that long.
+//! Opening a sealed epoch (a sled log replay, milliseconds) never happens on the caller's
+//! thread: the store's opener thread does it and wakes the reader (see `epoch::EpochTable`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,7 +45,8 @@ pub struct Reader {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub struct Ready<'a> {
-    endpoint: &'a Endpoint,
+    endpoint: &'a Arc<Endpoint>,
+    store: &'a StoreState,
 }
 
 impl Future for Ready<'_> {
@@ -51,7 +54,7 @@ impl Future for Ready<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = self.endpoint.lock();
-        if self.endpoint.is_ready(&state) {
+        if self.endpoint.is_ready(&state, &self.store.epochs) {
             Poll::Ready(())
         } else {
             state.waker = Some(cx.waker().clone());
@@ -92,27 +95,29 @@ impl Reader {
     pub fn ready(&self) -> Ready<'_> {
         Ready {
             endpoint: &self.endpoint,
+            store: &self.store,
         }
     }
 
     /// Blocks until there is something to read (or removal or close), at most `timeout`;
     /// returns whether it is ready.
     pub fn wait(&self, timeout: Duration) -> bool {
-        self.endpoint.wait_ready(timeout)
+        self.endpoint.wait_ready(&self.store.epochs, timeout)
     }
 
     /// The next entries, at most `max_entries` and about `max_bytes` of payload (at least one
     /// entry if any is waiting), highest priority first and in enqueue order within a
     /// priority. Expired entries are skipped, never returned. Empty if nothing is waiting, and
     /// possibly also right after [`ready`](Reader::ready) when what is waiting had expired or
-    /// sits in an epoch that cannot be opened at this moment (a handle closed a moment ago
-    /// still holds its file lock): read again after waiting a little.
+    /// sits in a sealed epoch that is not open at this moment: never blocks to open one (the
+    /// store's opener thread does, and [`ready`](Reader::ready) completes once it is open).
+    /// Wait again, then read.
     ///
     /// # Errors
     ///
     /// `EndpointRemoved`, `Closed`, or a storage failure.
     pub fn read(&mut self, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
-        let now_ms = self.store.config.clock.now_ms();
+        let now_ms = self.store.time.now_ms();
         let endpoint = Arc::clone(&self.endpoint);
         let mut state = endpoint.lock();
         if endpoint.is_removed() {
@@ -135,8 +140,9 @@ impl Reader {
                 moved = true;
                 let segment = match self.load(epoch, segno) {
                     Ok(Some(segment)) => segment,
-                    // The epoch cannot be opened at this moment: this queue waits a little.
-                    Ok(None) => break,
+                    // The epoch is not open: the opener thread opens it and wakes this reader.
+                    // Lower priorities wait too (strict priority order).
+                    Ok(None) => break 'queues,
                     Err(reason) => {
                         tracing::error!(endpoint = %endpoint.name, epoch, segno, %reason, "segment unreadable; its entries are dropped");
                         let lost = q.drop_unreadable(seg_last);
@@ -256,7 +262,11 @@ impl Reader {
         {
             return Ok(Some(Arc::clone(&c.segment)));
         }
-        let Some(data) = self.store.epochs.with(epoch, |db| db.read(segno)) else {
+        let Some(data) = self
+            .store
+            .epochs
+            .with(epoch, &self.endpoint, |db| db.read(segno))
+        else {
             return Ok(None);
         };
         let data = data.map_err(|e| e.to_string())?.ok_or("segment missing")?;

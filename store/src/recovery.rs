@@ -47,6 +47,9 @@ pub(crate) struct Recovered {
     pub next_seq: u64,
     pub next_endpoint: u32,
     pub next_epoch: u64,
+    /// The latest time the store knew of (its saved time, or an enqueue stamp on disk); 0 if
+    /// none: the floor of its time for this run (see `StoreTime`).
+    pub last_time_ms: u64,
     pub report: RecoveryReport,
 }
 
@@ -176,6 +179,8 @@ struct Scanned {
     segments: HashMap<(u32, u32), Vec<SegRef>>,
     /// Highest sequence number in a summary.
     max_seq: u64,
+    /// Latest enqueue stamp in a summary.
+    max_enqueued_ms: u64,
     /// Above every epoch id on disk.
     next_epoch: u64,
 }
@@ -186,6 +191,7 @@ impl Scanned {
             epochs: VecDeque::new(),
             segments: HashMap::new(),
             max_seq: 0,
+            max_enqueued_ms: 0,
             next_epoch: 1,
         }
     }
@@ -200,6 +206,7 @@ impl Scanned {
     ) {
         for (segno, summary) in summaries {
             self.max_seq = self.max_seq.max(summary.last_seq);
+            self.max_enqueued_ms = self.max_enqueued_ms.max(summary.enqueued_ms);
             for group in &summary.groups {
                 if let Some(seg) = live_part(db, token, segno, &summary, group, known) {
                     self.segments
@@ -239,6 +246,7 @@ pub(crate) fn recover(
         next_seq: known.max_seq.max(scanned.max_seq) + 1,
         next_endpoint: known.next_endpoint(contents.next_endpoint),
         next_epoch: scanned.next_epoch,
+        last_time_ms: contents.time_ms.max(scanned.max_enqueued_ms),
         report,
     })
 }

@@ -1,12 +1,13 @@
 //! The store handle: opening, enqueueing, endpoints, readers, statistics, closing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
 
+use crate::clock::StoreTime;
 use crate::config::{QuotaPolicy, StoreConfig};
 use crate::endpoint::EndpointHandle;
 use crate::entry::Target;
@@ -15,7 +16,7 @@ use crate::error::{EnqueueError, OpenError, StoreError};
 use crate::reader::Reader;
 use crate::recovery::{RecoveryReport, recover};
 use crate::state::StoreState;
-use crate::stats::{Counters, EndpointStats, StoreStats};
+use crate::stats::{Counters, EndpointStats, Health, StoreStats};
 use crate::ticket::{Ticket, ticket};
 use crate::writer::{Command, Destination, Enqueue, Writer};
 
@@ -29,6 +30,8 @@ pub struct Store {
     state: Arc<StoreState>,
     inbox: Option<Sender<Command>>,
     writer: Option<JoinHandle<()>>,
+    /// Opens sealed epochs for readers (see `EpochTable::run_opener`).
+    opener: Option<JoinHandle<()>>,
     report: RecoveryReport,
 }
 
@@ -52,6 +55,11 @@ impl Store {
             config.clock.now_ms(),
         )?;
         let report = recovered.report.clone();
+        let time = StoreTime::start(
+            Arc::clone(&config.clock),
+            recovered.last_time_ms,
+            config.max_downtime,
+        );
         let counters = Counters::default();
         Counters::add(&counters.quarantined, report.quarantined.len() as u64);
         let (inbox, commands) = crossbeam_channel::bounded(config.inbox_capacity);
@@ -59,10 +67,22 @@ impl Store {
             config,
             endpoints: RwLock::default(),
             epochs,
+            time,
             counters,
             over_quota: AtomicBool::new(false),
+            health: AtomicU8::new(Health::Writable.to_u8()),
         });
         let writer = Writer::new(Arc::clone(&state), layout.clone(), commands, recovered)?;
+        let opener = {
+            let state = Arc::clone(&state);
+            std::thread::Builder::new()
+                .name("store-opener".into())
+                .spawn(move || state.epochs.run_opener())
+                .map_err(|source| OpenError::Io {
+                    path: layout.epoch_dir(0),
+                    source,
+                })?
+        };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
@@ -81,6 +101,7 @@ impl Store {
             state,
             inbox: Some(inbox),
             writer: Some(handle),
+            opener: Some(opener),
             report,
         })
     }
@@ -152,9 +173,10 @@ impl Store {
         if targets.is_empty() {
             return Err(EnqueueError::NoTargets);
         }
+        self.check_health()?;
         self.check_quota()?;
         check_targets(targets)?;
-        let now_ms = self.state.config.clock.now_ms();
+        let now_ms = self.state.time.now_ms();
         let destinations = targets
             .iter()
             .map(|t| Destination {
@@ -171,6 +193,24 @@ impl Store {
             completer,
         };
         Ok((enqueue, ticket))
+    }
+
+    /// Refuses the enqueue at once while the store cannot write (full disk, storage failure).
+    fn check_health(&self) -> Result<(), EnqueueError> {
+        let refusal = match self.state.health() {
+            Health::Writable => return Ok(()),
+            Health::DiskFull => EnqueueError::DiskFull,
+            Health::Failing => EnqueueError::Unavailable,
+        };
+        Counters::add(&self.state.counters.refused, 1);
+        Err(refusal)
+    }
+
+    /// Whether the store can take new messages right now: [`Health::Writable`], or why not.
+    /// Cheap (an atomic load): the hub may poll it for a metric and its reported properties.
+    /// Entering and leaving a degraded state is logged once each by the store.
+    pub fn health(&self) -> Health {
+        self.state.health()
     }
 
     /// Refuses the enqueue at once when the quota is exhausted under the `reject` policy.
@@ -192,7 +232,9 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// Refusals known at once: [`EnqueueError::QuotaExceeded`] (`reject` policy),
+    /// Refusals known at once: [`EnqueueError::DiskFull`] and [`EnqueueError::Unavailable`]
+    /// while [`health`](Store::health) says the store cannot write,
+    /// [`EnqueueError::QuotaExceeded`] (`reject` policy),
     /// `UnknownEndpoint` (a removed endpoint's handle), `DuplicateTarget`, `NoTargets`,
     /// `Closed`. Failures to store come through the ticket.
     pub fn enqueue(&self, payload: Bytes, targets: &[Target<'_>]) -> Result<Ticket, EnqueueError> {
@@ -257,7 +299,7 @@ impl Store {
     /// Backlog of endpoint `id`, or `None` if there is no such endpoint.
     pub fn endpoint_stats(&self, id: &str) -> Option<EndpointStats> {
         let endpoint = self.state.endpoint(id)?;
-        Some(endpoint.stats(self.state.config.clock.now_ms()))
+        Some(endpoint.stats(self.state.time.now_ms()))
     }
 
     /// Entries waiting in endpoint `id`, per priority (highest first, empty queues left out);
@@ -268,9 +310,10 @@ impl Store {
 
     /// Totals for the store; `disk_bytes` is as of the last cleaner run.
     pub fn stats(&self) -> StoreStats {
-        self.state
-            .counters
-            .snapshot(self.state.over_quota.load(Ordering::Relaxed))
+        self.state.counters.snapshot(
+            self.state.over_quota.load(Ordering::Relaxed),
+            self.state.health(),
+        )
     }
 
     /// Blocks until everything enqueued before is durable and acknowledged entries are
@@ -294,10 +337,17 @@ impl Store {
 
     fn stop(&mut self) -> Result<(), StoreError> {
         self.inbox = None;
-        match self.writer.take() {
+        let writer = match self.writer.take() {
             Some(handle) => handle.join().map_err(|_| StoreError::Closed),
             None => Ok(()),
+        };
+        self.state.epochs.shutdown();
+        if let Some(opener) = self.opener.take()
+            && opener.join().is_err()
+        {
+            tracing::error!("store opener thread panicked");
         }
+        writer
     }
 }
 

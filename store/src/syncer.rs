@@ -2,13 +2,14 @@
 //! visible to readers and completes their tickets. Running it apart from the writer lets the
 //! writer encode and write the next group while this one is being synced.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::backend::EpochDb;
 use crate::endpoint::Endpoint;
-use crate::error::EnqueueError;
+use crate::error::{BackendError, EnqueueError};
 use crate::queue::SegRef;
 use crate::ticket::Completer;
 
@@ -19,11 +20,12 @@ pub(crate) type Publication = (Arc<Endpoint>, Vec<(u32, SegRef)>);
 #[derive(Debug)]
 pub(crate) struct SyncJob {
     pub epoch: u64,
-    pub db: Arc<EpochDb>,
+    /// The database to flush; `None` for a barrier (see `Writer::flush_all`).
+    pub db: Option<Arc<EpochDb>>,
     pub publications: Vec<Publication>,
     pub completers: Vec<Completer>,
     /// Signalled once this job (and every job before it) is done.
-    pub done: Option<crossbeam_channel::Sender<()>>,
+    pub done: Option<Sender<()>>,
 }
 
 /// Publishes segments to their endpoints and wakes the readers.
@@ -33,23 +35,58 @@ pub(crate) fn publish(publications: Vec<Publication>) {
     }
 }
 
+/// A flush of epoch `epoch` failed: the writer must not write to it again.
+pub(crate) type FlushFailure = (u64, BackendError);
+
 /// Body of the syncer thread; returns when the writer drops its sender.
-pub(crate) fn run(jobs: &Receiver<SyncJob>) {
+///
+/// A failed flush fails its whole group. The database remembers the failure and fails every
+/// later flush (see `backend`), so later jobs of that epoch fail too; the first failure of
+/// each epoch goes to the writer (`failures`), which seals the epoch and continues in a new
+/// one. It is sent before the group's tickets complete, so the writer learns it before any
+/// producer that saw its ticket fail can send again.
+pub(crate) fn run(jobs: &Receiver<SyncJob>, failures: &Sender<FlushFailure>) {
+    let mut reported = HashSet::<u64>::new();
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         group.extend(jobs.try_iter());
-        let mut result = Ok(());
-        let mut synced = Vec::<u64>::new();
+        let mut results = HashMap::<u64, Result<(), BackendError>>::new();
         for job in &group {
-            if !synced.contains(&job.epoch) {
-                synced.push(job.epoch);
-                if let Err(e) = job.db.flush() {
-                    tracing::error!(error = %e, epoch = job.epoch, "flush failed; enqueues of this group are not acknowledged");
-                    result = Err(EnqueueError::Backend(e));
-                }
+            let Some(db) = &job.db else { continue };
+            if results.contains_key(&job.epoch) {
+                continue;
             }
+            let result = db.flush();
+            if let Err(e) = &result
+                && reported.insert(job.epoch)
+            {
+                if e.is_disk_full() {
+                    // The writer logs the episode once.
+                    tracing::debug!(error = %e, epoch = job.epoch, "flush failed: disk full");
+                } else {
+                    tracing::error!(error = %e, epoch = job.epoch, "flush failed; this group is not acknowledged and its epoch is sealed");
+                }
+                // Blocks only if the writer left 64 failures unread, which needs 64 epochs
+                // failing in a row while it waits on this thread: it reads them every turn.
+                let _ = failures.send((job.epoch, e.clone()));
+            }
+            results.insert(job.epoch, result);
+        }
+        // Jobs come in epoch order: an epoch older than this group's will not be seen again.
+        if let Some(oldest) = group
+            .iter()
+            .filter(|j| j.db.is_some())
+            .map(|j| j.epoch)
+            .min()
+        {
+            reported.retain(|&id| id >= oldest);
         }
         for job in group {
+            let result = results
+                .get(&job.epoch)
+                .cloned()
+                .unwrap_or(Ok(()))
+                .map_err(EnqueueError::from_write);
             if result.is_ok() {
                 publish(job.publications);
             }

@@ -154,11 +154,16 @@ fn acknowledged_messages_survive_sigkill() {
         );
         let mut present = BTreeSet::new();
         let mut reader = store.reader("e").expect("reader");
-        loop {
+        // Sealed epochs are opened by the store's opener thread: wait for them.
+        let stored = store.endpoint_stats("e").map_or(0, |s| s.count);
+        let mut read = 0;
+        while read < stored {
+            assert!(
+                reader.wait(Duration::from_secs(20)),
+                "round {round}: stored entries never became readable"
+            );
             let batch = reader.read(1024, usize::MAX).expect("read");
-            if batch.is_empty() {
-                break;
-            }
+            read += batch.len() as u64;
             present.extend(batch.iter().map(|e| id_of(&e.payload)));
         }
         let lost: Vec<_> = acked

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use common::{T0, config, periodic, to, wait_until};
 use store::{EnqueueError, ManualClock, Quota, QuotaPolicy, Reader, Store, StoreConfig};
@@ -14,12 +16,15 @@ fn small_epochs(dir: &std::path::Path, clock: &ManualClock) -> StoreConfig {
         .with_durability(periodic())
         .with_epoch_bytes(128 * 1024)
         .with_segment_bytes(16 * 1024);
-    config.compaction_delay = std::time::Duration::from_millis(50);
+    config.compaction_delay = Duration::from_millis(50);
     config
 }
 
 /// Reads and acks up to `n` entries.
+/// Reads and acks up to `n` entries, waiting (briefly) until some are readable: a sealed
+/// epoch is opened by the store's opener thread, not by the read.
 fn consume(reader: &mut Reader, n: usize) -> usize {
+    reader.wait(Duration::from_millis(200));
     let batch = reader.read(n, usize::MAX).expect("read");
     if let Some(last) = batch.last() {
         reader.ack(last.id).expect("ack");
@@ -148,6 +153,7 @@ fn drop_oldest_policy_evicts_old_epochs_and_keeps_the_newest() {
     let mut reader = store.reader("e").expect("reader");
     let mut last = None;
     loop {
+        reader.wait(Duration::from_millis(200));
         let batch = reader.read(4096, usize::MAX).expect("read");
         let Some(entry) = batch.last() else { break };
         reader.ack(entry.id).expect("ack");

@@ -199,7 +199,7 @@ impl Harness {
                     return;
                 };
                 let want = model.read(*max, now_ms);
-                let batch = self.reader(endpoint).read(*max, usize::MAX).expect("read");
+                let batch = read_expected(self.reader(endpoint), *max, want.len());
                 let got = contents(&batch);
                 assert_eq!(got, want, "batch of {}", ENDPOINTS[endpoint]);
                 self.delivered[endpoint].extend(batch);
@@ -274,7 +274,7 @@ impl Harness {
             *model = ModelEndpoint::default();
             let reader = self.reader(endpoint);
             reader.rewind();
-            let batch = reader.read(usize::MAX, usize::MAX).expect("read");
+            let batch = read_expected(reader, usize::MAX, want.len());
             let got = contents(&batch);
             assert_eq!(got, want, "final contents of {name}");
             let mut last_per_queue = BTreeMap::new();
@@ -323,4 +323,22 @@ proptest! {
         harness.apply(&Op::Reopen);
         harness.check_drained();
     }
+}
+
+/// Reads up to `max` entries, of which `expected` are waiting: sealed epochs are opened by the
+/// store's opener thread (a read returns what precedes one that is not open yet), so this
+/// waits and reads again until it has them all.
+fn read_expected(reader: &mut Reader, max: usize, expected: usize) -> Vec<Entry> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut out = reader.read(max, usize::MAX).expect("read");
+    while out.len() < expected.min(max) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {expected} entries became readable",
+            out.len()
+        );
+        reader.wait(Duration::from_millis(50));
+        out.extend(reader.read(max - out.len(), usize::MAX).expect("read"));
+    }
+    out
 }

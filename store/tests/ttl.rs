@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{T0, config, drain, payloads, wait_until};
-use store::{EndpointHandle, ManualClock, Store, Target, Ttl};
+use store::{EndpointHandle, ManualClock, Store, StoreConfig, Target, Ttl};
 
 fn ttl(secs: u64) -> Ttl {
     Ttl::After(Duration::from_secs(secs))
@@ -120,10 +120,134 @@ fn ttl_is_fixed_at_enqueue_and_survives_reopen() {
     clock.advance(Duration::from_secs(60));
     let store = Store::open(config(dir.path(), &clock)).expect("reopen");
     let mut reader = store.reader("e").expect("reader");
+    assert!(reader.wait(Duration::from_secs(10)), "the epoch opens");
     let batch = reader.read(10, usize::MAX).expect("read");
     assert_eq!(payloads(&batch), ["y"]);
     assert_eq!(batch[0].enqueued_at_ms, T0);
     assert_eq!(batch[0].expires_at_ms, Some(T0 + 90_000));
     let age = store.endpoint_stats("e").and_then(|s| s.oldest_age);
     assert_eq!(age, Some(Duration::from_secs(60)));
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The entries of endpoint `e` that are readable now (acknowledged).
+fn readable(store: &Store) -> Vec<String> {
+    let mut reader = store.reader("e").expect("reader");
+    drain(&mut reader)
+}
+
+fn age(store: &Store) -> Option<Duration> {
+    store.endpoint_stats("e").and_then(|s| s.oldest_age)
+}
+
+#[test]
+fn a_wall_clock_jumping_a_day_ahead_while_running_expires_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let store = Store::open(config(dir.path(), &clock)).expect("open");
+    let e = store.add_endpoint("e").expect("add");
+    for p in ["a", "b"] {
+        store
+            .enqueue_durable(Bytes::from(p), &[Target::new(&e, 0, ttl(7200))])
+            .expect("enqueue");
+    }
+    clock.jump_forward(DAY);
+    // Give the cleaner (every 20 ms here) a chance to act on the jump.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(age(&store), Some(Duration::ZERO), "no time passed");
+    assert_eq!(store.stats().expired, 0);
+    let mut reader = store.reader("e").expect("reader");
+    assert!(reader.wait(Duration::from_secs(10)));
+    assert_eq!(payloads(&reader.read(1, usize::MAX).expect("read")), ["a"]);
+    // Time passing does expire them.
+    clock.advance(Duration::from_secs(7200));
+    assert!(reader.read(10, usize::MAX).expect("read").is_empty());
+}
+
+#[test]
+fn a_wall_clock_set_a_day_back_while_running_does_not_keep_entries_alive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let store = Store::open(config(dir.path(), &clock)).expect("open");
+    let e = store.add_endpoint("e").expect("add");
+    store
+        .enqueue_durable(Bytes::from("short"), &[Target::new(&e, 0, ttl(60))])
+        .expect("enqueue");
+    store
+        .enqueue_durable(Bytes::from("long"), &[Target::new(&e, 0, ttl(7200))])
+        .expect("enqueue");
+    clock.jump_back(DAY);
+    assert_eq!(age(&store), Some(Duration::ZERO), "no negative age");
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(age(&store), Some(Duration::from_secs(61)));
+    assert_eq!(
+        readable(&store),
+        ["long"],
+        "61 s passed: the 60 s entry expired"
+    );
+}
+
+#[test]
+fn a_wall_clock_a_day_ahead_at_restart_counts_as_at_most_max_downtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    {
+        let store = Store::open(config(dir.path(), &clock)).expect("open");
+        let e = store.add_endpoint("e").expect("add");
+        store
+            .enqueue_durable(Bytes::from("soon"), &[Target::new(&e, 0, ttl(1800))])
+            .expect("enqueue");
+        store
+            .enqueue_durable(Bytes::from("later"), &[Target::new(&e, 0, ttl(7200))])
+            .expect("enqueue");
+        store.close().expect("close");
+    }
+    clock.jump_forward(DAY);
+    let store = Store::open(config(dir.path(), &clock)).expect("reopen");
+    let max_downtime = StoreConfig::new(dir.path()).max_downtime;
+    assert_eq!(
+        age(&store),
+        Some(max_downtime),
+        "the gap counts up to max_downtime"
+    );
+    assert_eq!(
+        readable(&store),
+        ["later"],
+        "only what had less than max_downtime left expired, not the whole backlog"
+    );
+}
+
+#[test]
+fn a_wall_clock_a_day_back_at_restart_neither_ages_negatively_nor_keeps_entries_forever() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    {
+        let store = Store::open(config(dir.path(), &clock)).expect("open");
+        let e = store.add_endpoint("e").expect("add");
+        store
+            .enqueue_durable(Bytes::from("x"), &[Target::new(&e, 0, ttl(60))])
+            .expect("enqueue");
+        store.close().expect("close");
+    }
+    clock.jump_back(DAY);
+    let store = Store::open(config(dir.path(), &clock)).expect("reopen");
+    assert_eq!(
+        age(&store),
+        Some(Duration::ZERO),
+        "continues from the last run"
+    );
+    clock.advance(Duration::from_secs(30));
+    {
+        let mut reader = store.reader("e").expect("reader");
+        assert!(reader.wait(Duration::from_secs(10)));
+        let batch = reader.read(10, usize::MAX).expect("read");
+        assert_eq!(payloads(&batch), ["x"], "still alive after 30 s");
+        // Not acknowledged: handed out again to the next reader.
+    }
+    clock.advance(Duration::from_secs(31));
+    assert!(
+        readable(&store).is_empty(),
+        "expired 61 s later, not a day later"
+    );
 }

@@ -16,7 +16,7 @@ const EPOCHS_PER_CLEANUP: usize = 16;
 impl Writer {
     /// Expiry, deletion of consumed epochs, quota: bounded work.
     pub(super) fn cleanup(&mut self) {
-        let now_ms = self.store.config.clock.now_ms();
+        let now_ms = self.store.time.now_ms();
         let mut budget = self.store.config.cleanup_budget;
         let mut expired = Dropped::default();
         for endpoint in self.endpoints() {
@@ -46,12 +46,13 @@ impl Writer {
     pub(super) fn delete_consumed_epochs(&mut self) {
         let mut deleted = 0;
         let mut i = 0;
-        while i + 1 < self.epochs.len() && deleted < EPOCHS_PER_CLEANUP {
-            if Arc::strong_count(&self.epochs[i]) > 1 {
+        let current = self.current_id();
+        while i < self.epochs.len() && deleted < EPOCHS_PER_CLEANUP {
+            let id = self.epochs[i].id;
+            if Arc::strong_count(&self.epochs[i]) > 1 || Some(id) == current {
                 i += 1;
                 continue;
             }
-            let id = self.epochs[i].id;
             // Remember the checkpoints that released it before its data goes.
             self.save_checkpoints();
             self.store.epochs.remove(id);
@@ -73,8 +74,11 @@ impl Writer {
 
     fn measure_disk(&mut self) -> Option<u64> {
         let root = &self.store.config.dir;
+        // The reserve file is space kept for emergencies, not the store's data.
+        let reserve = quota::disk_usage(&self.reserve_path()).unwrap_or(0);
         match quota::disk_usage(root) {
             Ok(bytes) => {
+                let bytes = bytes.saturating_sub(reserve);
                 self.disk_estimate = bytes;
                 self.store
                     .counters
@@ -127,11 +131,12 @@ impl Writer {
         if self.epochs.len() == 1 {
             self.rotate();
         }
+        let current = self.current_id();
         let Some(id) = self
             .epochs
             .front()
             .map(|t| t.id)
-            .filter(|&id| id != self.current.id)
+            .filter(|&id| Some(id) != current)
         else {
             return;
         };

@@ -16,6 +16,9 @@ impl Writer {
     /// forward into the current epoch, so that a few slow entries do not pin a whole directory
     /// (disk then follows the live backlog even when consumers run at different speeds).
     pub(super) fn maybe_compact(&mut self) {
+        if self.current.is_none() || self.is_degraded() {
+            return;
+        }
         let mut live = HashMap::new();
         for endpoint in self.endpoints() {
             for q in endpoint.lock().queues.values() {
@@ -70,7 +73,7 @@ impl Writer {
             let segment = self
                 .store
                 .epochs
-                .with(id, |db| db.read(segno))
+                .with_blocking(id, |db| db.read(segno))
                 .and_then(Result::ok)
                 .flatten()
                 .and_then(|data| Segment::decode(data).ok());
@@ -86,20 +89,27 @@ impl Writer {
             if builder.is_empty() {
                 continue;
             }
-            let new = self.current.next_segno;
-            self.current.next_segno += 1;
+            let Some(current) = self.current.as_mut() else {
+                return;
+            };
+            let new = current.next_segno;
+            current.next_segno += 1;
             let (data, summary) = builder.take();
             copies.push((new, data, summary));
             moves.insert(segno, new);
         }
         // The copies must be durable before the old epoch can go.
-        let written = self
-            .write_segments(&copies)
-            .and_then(|bytes| self.current.db.flush().map(|()| bytes));
+        let written = self.write_segments(&copies).and_then(|bytes| {
+            let current = self.current.as_ref().ok_or_else(super::not_writable)?;
+            current.db.flush().map(|()| bytes)
+        });
         let bytes = match written {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::error!(epoch = id, error = %e, "compaction write failed; the epoch stays");
+                if let Some(current) = self.current_id() {
+                    self.write_failed(current, &e);
+                }
                 return;
             }
         };

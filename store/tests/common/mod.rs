@@ -49,12 +49,18 @@ pub fn payloads(entries: &[Entry]) -> Vec<String> {
         .collect()
 }
 
-/// Reads and acks everything currently readable.
+/// Reads and acks everything stored, waiting (briefly) for sealed epochs to be opened by the
+/// store's opener thread: a read never opens one itself.
 pub fn drain(reader: &mut Reader) -> Vec<String> {
     let mut out = Vec::new();
     loop {
         let batch = reader.read(64, usize::MAX).expect("read");
-        let Some(last) = batch.last() else { return out };
+        let Some(last) = batch.last() else {
+            if reader.wait(Duration::from_millis(200)) {
+                continue;
+            }
+            return out;
+        };
         reader.ack(last.id).expect("ack");
         out.extend(payloads(&batch));
     }
