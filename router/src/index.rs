@@ -130,6 +130,9 @@ fn strict_num_arg(arg: &NumArg) -> Option<&Lookup> {
     }
 }
 
+/// How many routes a property needs to be indexed (see [`ConditionIndex::finish`]).
+const INDEX_FROM: usize = 4;
+
 /// The routes filed under one property.
 #[derive(Debug, Clone)]
 struct PropertyRoutes {
@@ -140,8 +143,21 @@ struct PropertyRoutes {
     present: Vec<usize>,
 }
 
+impl PropertyRoutes {
+    fn len(&self) -> usize {
+        self.present.len() + self.equals.values().map(Vec::len).sum::<usize>()
+    }
+
+    fn into_routes(self) -> impl Iterator<Item = usize> {
+        self.present
+            .into_iter()
+            .chain(self.equals.into_values().flatten())
+    }
+}
+
 /// The routes of one source, indexed by what their conditions require. Routes are numbers
-/// (their place in the table), added in increasing order.
+/// (their place in the table), added in increasing order; [`ConditionIndex::finish`] ends the
+/// building.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ConditionIndex {
     /// Routes without a requirement: candidates for every message.
@@ -179,6 +195,23 @@ impl ConditionIndex {
             }
             Requirement::Present(_) => property.present.push(route),
         }
+    }
+
+    /// Ends the building: a property that fewer than [`INDEX_FROM`] routes require gives its
+    /// routes back to those evaluated for every message. Reading it and probing its map would
+    /// cost about what evaluating them does (a small table dispatches as it did without the
+    /// index).
+    pub(crate) fn finish(&mut self) {
+        self.positions = FxHashMap::default();
+        let (indexed, small): (Vec<_>, Vec<_>) = std::mem::take(&mut self.properties)
+            .into_iter()
+            .partition(|property| property.len() >= INDEX_FROM);
+        if !small.is_empty() {
+            self.always
+                .extend(small.into_iter().flat_map(PropertyRoutes::into_routes));
+            self.always.sort_unstable();
+        }
+        self.properties = indexed;
     }
 
     /// Calls `f` with every route whose requirement the message in `cx` meets, in increasing
@@ -353,6 +386,46 @@ mod tests {
         ] {
             assert_eq!(requirement(condition), "none", "{condition}");
         }
+    }
+
+    /// The candidates for `message` of an index of `conditions` (route `i` is `conditions[i]`).
+    fn candidates(conditions: &[String], message: &crate::Message) -> Vec<usize> {
+        let compiled: Vec<Condition> = conditions
+            .iter()
+            .map(|c| Condition::compile(c).expect("compiles"))
+            .collect();
+        let mut index = ConditionIndex::default();
+        for (route, condition) in compiled.iter().enumerate() {
+            index.insert(route, condition.code());
+        }
+        index.finish();
+        let mut out = Vec::new();
+        index.for_each_candidate(&Cx::new(message), |route| out.push(route));
+        out
+    }
+
+    #[test]
+    fn a_message_meets_the_routes_of_its_value_its_properties_and_the_rest_in_order() {
+        let mut conditions: Vec<String> = (0..6).map(|i| format!("level = 'v{i}'")).collect();
+        conditions.insert(3, "true".to_owned());
+        conditions.push("level <> 'v2'".to_owned());
+        conditions.push("site = 'x' OR level = 'v2'".to_owned());
+        let mut message = crate::Message::default();
+        assert_eq!(candidates(&conditions, &message), [3, 8]);
+        message.properties.insert("LEVEL", "v2");
+        assert_eq!(candidates(&conditions, &message), [2, 3, 7, 8]);
+        message.properties.insert("level", "V2");
+        assert_eq!(candidates(&conditions, &message), [3, 7, 8]);
+    }
+
+    #[test]
+    fn a_property_that_few_routes_require_is_not_indexed() {
+        let conditions: Vec<String> = (0..INDEX_FROM - 1)
+            .map(|i| format!("level = 'v{i}'"))
+            .chain(["true".to_owned()])
+            .collect();
+        let all: Vec<usize> = (0..INDEX_FROM).collect();
+        assert_eq!(candidates(&conditions, &crate::Message::default()), all);
     }
 
     fn merged(lists: &[Vec<usize>]) -> Vec<usize> {

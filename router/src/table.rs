@@ -97,6 +97,12 @@ impl SourceNode {
         }
     }
 
+    /// Ends the building of every node's condition index.
+    fn finish(&mut self) {
+        self.routes.finish();
+        self.children.values_mut().for_each(Self::finish);
+    }
+
     fn child(&self, segment: &str) -> Option<&SourceNode> {
         let key: Cow<'_, str> = if segment
             .bytes()
@@ -143,6 +149,7 @@ impl RouteTable {
             }
         }
         if errors.is_empty() {
+            table.index.finish();
             Ok(table)
         } else {
             Err(ConfigErrors(errors))
