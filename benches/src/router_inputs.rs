@@ -50,3 +50,62 @@ pub fn module_routes(count: usize) -> Vec<RouteSpec> {
         })
         .collect()
 }
+
+/// The source of every route of [`equality_routes`] and [`mixed_routes`]: the outputs of
+/// module `m1`, which [`telemetry_message`]`("m1")` comes from.
+const SAME_SOURCE: &str = "/messages/modules/m1/outputs/*";
+
+/// The device id of route `i` of [`equality_routes`].
+pub fn device_id(i: usize) -> String {
+    format!("device-{i}")
+}
+
+/// `count` routes on one source, route `i` selecting the messages of device
+/// [`device_id`]`(i)` (`$connectionDeviceId = 'device-{i}'`), each into a sink of its own:
+/// the shape of a per-device routing table (issue 15).
+pub fn equality_routes(count: usize) -> Vec<RouteSpec> {
+    (0..count)
+        .map(|i| RouteSpec {
+            name: format!("device{i}"),
+            text: format!(
+                "FROM {SAME_SOURCE} WHERE $connectionDeviceId = '{}' \
+                 INTO BrokeredEndpoint(\"/modules/sink{i}/inputs/in\")",
+                device_id(i)
+            ),
+            priority: DEFAULT_PRIORITY,
+            ttl_secs: 0,
+        })
+        .collect()
+}
+
+/// `count` routes on one source in the three shapes of `benches/scale.sh`'s same-source
+/// scenario (an application property equal to a constant, a system property equal to a
+/// constant, a function of a property compared with a number), none true for
+/// [`telemetry_message`].
+pub fn mixed_routes(count: usize) -> Vec<RouteSpec> {
+    (0..count)
+        .map(|i| {
+            let condition = match i % 3 {
+                0 => format!("level = 'extra-{i}'"),
+                1 => format!("$contentType = 'application/x-extra-{i}'"),
+                _ => format!("as_number(temperature) > {i} AND IS_DEFINED(level)"),
+            };
+            RouteSpec {
+                name: format!("mixed{i}"),
+                text: format!(
+                    "FROM {SAME_SOURCE} WHERE {condition} \
+                     INTO BrokeredEndpoint(\"/modules/sink{i}/inputs/in\")"
+                ),
+                priority: DEFAULT_PRIORITY,
+                ttl_secs: 0,
+            }
+        })
+        .collect()
+}
+
+/// [`telemetry_message`]`("m1")` sent by device `device`.
+pub fn device_message(device: &str) -> Message {
+    let mut m = telemetry_message("m1");
+    m.system_properties.insert("connectionDeviceId", device);
+    m
+}

@@ -93,6 +93,11 @@ impl Condition {
         matches!(self.code, Code::Bool(BoolCode::Const(Tri::True)))
     }
 
+    /// The compiled code.
+    pub(crate) fn code(&self) -> &Code {
+        &self.code
+    }
+
     /// Evaluates the compiled condition.
     pub fn evaluate(&self, message: &Message) -> Outcome {
         let cx = Cx::new(message);

@@ -9,7 +9,8 @@
 //! - `check` type-checks the condition into a `typed` tree (names resolved, aliases applied);
 //! - `compile` lowers it to `program` code specialised by type, folding constants;
 //! - [`route`] puts the three stages together; [`lint`] explains quirks;
-//! - [`table`] indexes routes by source and dispatches; [`desired`] reads `$edgeHub` desired
+//! - [`table`] indexes routes by source and dispatches, `index` indexes a source's routes by
+//!   the property values their conditions require; [`desired`] reads `$edgeHub` desired
 //!   properties;
 //! - [`interpret`] is the slow reference interpreter, used by tests, benchmarks and `--explain`;
 //! - [`message`], [`value`], [`text`], `body`, `builtins`: the data and its semantics.
@@ -38,6 +39,7 @@ mod condition;
 pub mod desired;
 pub mod endpoint;
 pub mod error;
+mod index;
 pub mod interpret;
 pub mod lint;
 pub mod message;

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 /// A property name prepared for lookups: its case-folded hash is computed once, when a route
 /// is compiled, so that a lookup compares hashes and confirms only the entry that matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PropKey {
     name: Cow<'static, str>,
     hash: u32,

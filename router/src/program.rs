@@ -147,8 +147,8 @@ pub(crate) enum StrCode {
     Coalesce(Box<StrCode>, Box<StrCode>),
 }
 
-/// A property read.
-#[derive(Debug, Clone)]
+/// A property read. Two equal lookups read the same property of every message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Lookup {
     /// An application property (identifier).
     App(PropKey),
@@ -161,7 +161,7 @@ pub(crate) enum Lookup {
 }
 
 impl Lookup {
-    fn get<'a>(&self, cx: &Cx<'a>) -> Option<&'a str> {
+    pub(crate) fn get<'a>(&self, cx: &Cx<'a>) -> Option<&'a str> {
         match self {
             Self::App(key) => cx.app(key),
             Self::Sys { app_key, keys } => {

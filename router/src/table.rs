@@ -10,6 +10,7 @@ use rustc_hash::FxHashMap;
 
 use crate::endpoint::Endpoint;
 use crate::error::{ConfigError, ConfigErrors};
+use crate::index::ConditionIndex;
 use crate::message::Message;
 use crate::program::Cx;
 use crate::route::CompiledRoute;
@@ -76,23 +77,30 @@ pub struct Delivery<'t> {
 }
 
 /// Routes indexed by the segments of their source prefix: a message walks down its own source
-/// path and meets exactly the routes whose prefix it starts with.
+/// path and meets exactly the routes whose prefix it starts with. At each node, the routes are
+/// indexed by what their conditions require of the message's properties.
 #[derive(Debug, Default, Clone)]
 struct SourceNode {
-    routes: Vec<usize>,
+    routes: ConditionIndex,
     children: FxHashMap<String, SourceNode>,
 }
 
 impl SourceNode {
-    fn insert(&mut self, segments: &[String], route: usize) {
+    fn insert(&mut self, segments: &[String], index: usize, route: &CompiledRoute) {
         match segments.split_first() {
-            None => self.routes.push(route),
+            None => self.routes.insert(index, route.condition().code()),
             Some((first, rest)) => self
                 .children
                 .entry(first.clone())
                 .or_default()
-                .insert(rest, route),
+                .insert(rest, index, route),
         }
+    }
+
+    /// Ends the building of every node's condition index.
+    fn finish(&mut self) {
+        self.routes.finish();
+        self.children.values_mut().for_each(Self::finish);
     }
 
     fn child(&self, segment: &str) -> Option<&SourceNode> {
@@ -141,6 +149,7 @@ impl RouteTable {
             }
         }
         if errors.is_empty() {
+            table.index.finish();
             Ok(table)
         } else {
             Err(ConfigErrors(errors))
@@ -166,7 +175,7 @@ impl RouteTable {
             }
         };
         let index = self.routes.len();
-        self.index.insert(route.source().segments(), index);
+        self.index.insert(route.source().segments(), index, &route);
         self.routes.push(TableRoute {
             name: spec.name.clone(),
             route,
@@ -202,8 +211,9 @@ impl RouteTable {
     }
 
     /// Like [`RouteTable::dispatch`], appending to `out` (which the caller may reuse).
-    /// Only routes whose source the message matches are evaluated, and the body is parsed
-    /// at most once, by the first of them that reads it.
+    /// Only routes whose source the message matches are evaluated, and among them only those
+    /// whose required property value (`$connectionDeviceId = 'dev-17'`) or property the
+    /// message has; the body is parsed at most once, by the first of them that reads it.
     pub fn dispatch_into<'t>(&'t self, message: &Message, out: &mut Vec<Delivery<'t>>) {
         self.dispatch_in(&Cx::new(message), out);
     }
@@ -223,10 +233,10 @@ impl RouteTable {
     }
 
     fn fire<'t>(&'t self, node: &SourceNode, cx: &Cx<'_>, out: &mut Vec<Delivery<'t>>) {
-        for &i in &node.routes {
+        node.routes.for_each_candidate(cx, |i| {
             let route = &self.routes[i];
             if route.route.condition().evaluate_in(cx) != Outcome::True {
-                continue;
+                return;
             }
             match out.iter_mut().find(|d| d.endpoint_index == route.endpoint) {
                 Some(d) => {
@@ -240,7 +250,7 @@ impl RouteTable {
                     ttl: route.ttl,
                 }),
             }
-        }
+        });
     }
 }
 
