@@ -5,6 +5,17 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The name of the store's state, as `/metrics` and the `$edgeHub` twin report it:
+/// `writable`, `disk_full` or `failing`.
+#[must_use]
+pub fn store_state(health: store::Health) -> &'static str {
+    match health {
+        store::Health::Writable => "writable",
+        store::Health::DiskFull => "disk_full",
+        _ => "failing",
+    }
+}
+
 /// Why a message was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {

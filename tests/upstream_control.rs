@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::eventually;
 use common::hubproc::HubProcess;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
@@ -43,18 +44,6 @@ fn child_of(parent: &HubProcess, device: &str, modules: &[&str]) -> HubProcess {
 /// `edgehub twin get` of `client_id` on `hub`, parsed.
 fn twin(hub: &HubProcess, client_id: &str) -> Value {
     serde_json::from_str(&hub.cli(&["twin", "get", client_id])).unwrap()
-}
-
-/// Polls `ready` (a blocking check) every 200 ms for up to `within`.
-async fn eventually(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A module connected with `clean_session=0` that answers every direct method with

@@ -105,6 +105,27 @@ pub fn render(sources: &MetricsSources) -> String {
             samples: vec![(String::new(), store_stats.disk_bytes as f64)],
         },
         Gauge {
+            name: "edgehub_store_state",
+            help: "1 for the store's state: writable, disk_full (new messages refused until space returns) or failing.",
+            samples: vec![(
+                format!(
+                    "{{state=\"{}\"}}",
+                    crate::metrics::store_state(store_stats.health)
+                ),
+                1.0,
+            )],
+        },
+        Gauge {
+            name: "edgehub_store_refused_total",
+            help: "Messages the store refused at once (full disk, failing storage) since start; their publishers got no PUBACK and send them again.",
+            samples: vec![(String::new(), store_stats.refused as f64)],
+        },
+        Gauge {
+            name: "edgehub_store_over_quota",
+            help: "1 while the store is over its quota (max_store_bytes or the free-disk floor).",
+            samples: vec![(String::new(), f64::from(u8::from(store_stats.over_quota)))],
+        },
+        Gauge {
             name: "edgehub_messages_expired_total",
             help: "Messages dropped from a queue because their time to live ran out, since start.",
             samples: vec![(String::new(), store_stats.expired as f64)],

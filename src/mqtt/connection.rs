@@ -27,7 +27,7 @@ use tokio_util::codec::{Framed, FramedParts};
 use super::auth::{Authenticator, Credentials, Grant};
 use super::session::{Burst, Link, Outbound, Sessions};
 use super::topic::{self, Inbound, SubscriptionKind, decode_bag};
-use crate::ingest::{Ingest, Publisher};
+use crate::ingest::{Ingest, IngestError, Publisher};
 use crate::methods::Methods;
 use crate::metrics::{DropReason, Metrics};
 use crate::twin::Twins;
@@ -114,6 +114,10 @@ enum Close {
     TakenOver,
     /// The client broke a rule; the reason is logged.
     Violation(String),
+    /// The store could not take a message (a full disk, failing storage): closed without its
+    /// PUBACK so that the client sends it again. The store logs the episode once; each
+    /// connection closed for it only at debug level.
+    StoreUnavailable(String),
 }
 
 /// Serves one client connection until it closes: CONNECT (which must arrive before
@@ -150,7 +154,10 @@ where
     // Spec 1.1: a connection that ends without DISCONNECT publishes its will, routed like
     // telemetry (not after a takeover: the client is still there).
     if let Some(will) = connect.last_will
-        && matches!(close, Close::Client | Close::Violation(_))
+        && matches!(
+            close,
+            Close::Client | Close::Violation(_) | Close::StoreUnavailable(_)
+        )
     {
         // Boxed: rare, and its future (routing, storing) would enlarge every connection's.
         Box::pin(connection.publish_will(will)).await;
@@ -160,6 +167,21 @@ where
         Close::Client => tracing::info!(%client_id, "client went away without DISCONNECT"),
         Close::TakenOver => tracing::info!(%client_id, "connection replaced by a newer one"),
         Close::Violation(reason) => tracing::warn!(%client_id, %reason, "connection closed"),
+        Close::StoreUnavailable(reason) => {
+            tracing::debug!(%client_id, %reason, "connection closed without PUBACK");
+        }
+    }
+}
+
+/// How a connection closes when the store did not take one of its messages: quietly for a
+/// full disk or failing storage (the store logs the episode once), as a warning otherwise.
+fn store_refused(e: &store::EnqueueError) -> Close {
+    let reason = format!("message not stored ({e}); closing without PUBACK");
+    match e {
+        store::EnqueueError::DiskFull | store::EnqueueError::Unavailable => {
+            Close::StoreUnavailable(reason)
+        }
+        _ => Close::Violation(reason),
     }
 }
 
@@ -416,11 +438,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut next = Some(first);
         while let Some((pkid, durable)) = next {
             if let Err(e) = durable {
+                self.services.metrics.dropped(DropReason::StoreRefused);
                 // Flush what was acknowledged before it; the connection closes anyway.
                 let _ = guarded(&mut self.close, self.framed.flush()).await;
-                return Err(Close::Violation(format!(
-                    "message not stored ({e}); closing without PUBACK"
-                )));
+                return Err(store_refused(&e));
             }
             guarded(
                 &mut self.close,
@@ -538,7 +559,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     .ingest
                     .telemetry(&publisher, bag, publish.payload)
                     .await
-                    .map_err(|e| Close::Violation(e.to_string()))?
+                    .map_err(|e| match e {
+                        IngestError::Store(e) => store_refused(&e),
+                        e => Close::Violation(e.to_string()),
+                    })?
             }
             Inbound::Unknown => {
                 self.services.metrics.dropped(DropReason::UnknownTopic);

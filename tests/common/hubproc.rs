@@ -60,6 +60,20 @@ impl HubProcess {
         extra: &str,
         mqtts: u16,
     ) -> Self {
+        let mut hub = Self::prepare(device_id, routes, modules, extra, mqtts);
+        hub.spawn();
+        hub
+    }
+
+    /// A hub's folder and configuration, not started yet (e.g. to mount its data folder
+    /// first): [`HubProcess::spawn`] starts it.
+    pub fn prepare(
+        device_id: &str,
+        routes: &Value,
+        modules: &[&str],
+        extra: &str,
+        mqtts: u16,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("deployment.json"),
@@ -78,16 +92,14 @@ impl HubProcess {
             ),
         )
         .unwrap();
-        let mut hub = Self {
+        Self {
             dir,
             child: None,
             mqtt,
             mqtts,
             metrics,
             https,
-        };
-        hub.spawn();
-        hub
+        }
     }
 
     /// Starts the process (again) on its folder and ports; returns once its admin endpoint

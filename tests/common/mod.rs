@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 pub mod hubproc;
 pub mod inproc;
 pub mod sdk;
+pub mod small_fs;
 
 /// The route most tests deploy: module `sender`'s output `out1` to module `receiver`'s input `in1`.
 pub const SENDER_TO_RECEIVER: &str = "FROM /messages/modules/sender/outputs/out1 INTO BrokeredEndpoint(\"/modules/receiver/inputs/in1\")";
@@ -51,6 +52,19 @@ pub fn manifest(routes: &Value, modules: &[&str]) -> Value {
             "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
         }}
     }})
+}
+
+/// Polls `ready` (a quick, blocking check) every 200 ms until it holds, without blocking the
+/// runtime; panics after `within`.
+pub async fn eventually(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Polls `ready` every 50 ms until it holds; panics after `within`.
