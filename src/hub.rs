@@ -603,6 +603,10 @@ impl Hub {
     /// of protocol spec 4.2.
     pub fn edge_hub_twin(&self) -> serde_json::Value {
         let mut reported = self.edge_hub.reported(&self.sessions.clients());
+        reported["store"] = crate::edgehub_twin::store_reported(
+            &self.metrics.store().state(),
+            &self.ingest.store().stats(),
+        );
         if self.upstream.is_some() {
             reported["upstream"] = self.upstream_status.reported();
         }
