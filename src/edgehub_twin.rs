@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
+use crate::metrics::StoreState;
 use crate::mqtt::session::ClientStatus;
 
 /// The outcome of the last desired properties (deployment) the hub processed.
@@ -83,6 +84,35 @@ impl EdgeHubState {
     }
 }
 
+/// The store's state as the `store` reported property: `state` (`Accepting` or `Refusing`),
+/// with the reason (`disk_full`, `quota`, `failure`, `closed`), the start and the count of
+/// refusals of the open episode, `episodes` since the hub started, and the store's size and
+/// quota state.
+pub fn store_reported(state: &StoreState, stats: &store::StoreStats) -> Value {
+    let mut out = Map::new();
+    let status = if state.refusing.is_some() {
+        "Refusing"
+    } else {
+        "Accepting"
+    };
+    out.insert("state".to_owned(), json!(status));
+    // What the store says of itself: `writable`, `disk_full` (it resumes by itself once space
+    // returns) or `failing`.
+    out.insert(
+        "health".to_owned(),
+        json!(crate::metrics::store_state(stats.health)),
+    );
+    if let Some(reason) = state.refusing {
+        out.insert("reason".to_owned(), json!(reason.label()));
+        out.insert("sinceUtc".to_owned(), json!(state.since.map(timestamp)));
+        out.insert("refusals".to_owned(), json!(state.refusals));
+    }
+    out.insert("episodes".to_owned(), json!(state.episodes));
+    out.insert("diskBytes".to_owned(), json!(stats.disk_bytes));
+    out.insert("overQuota".to_owned(), json!(stats.over_quota));
+    Value::Object(out)
+}
+
 /// Client ids as `clients` keys: `.` → `%2E`, `$` → `%24`, space → `%20`.
 pub fn escape_client_id(client_id: &str) -> String {
     client_id
@@ -148,5 +178,30 @@ mod tests {
         assert_eq!(reported["clients"]["dev1/sensor"]["status"], "Disconnected");
         assert!(reported["clients"].get("leaf").is_none());
         assert_eq!(reported["version"]["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn the_store_state_names_an_open_episode() {
+        let stats = store::StoreStats::default();
+        let accepting = StoreState {
+            refusing: None,
+            since: None,
+            refusals: 0,
+            episodes: 1,
+        };
+        let reported = store_reported(&accepting, &stats);
+        assert_eq!(reported["state"], "Accepting");
+        assert!(reported.get("reason").is_none());
+        let refusing = StoreState {
+            refusing: Some(crate::metrics::RefusalReason::DiskFull),
+            since: Some(SystemTime::UNIX_EPOCH),
+            refusals: 7,
+            episodes: 2,
+        };
+        let reported = store_reported(&refusing, &stats);
+        assert_eq!(reported["state"], "Refusing");
+        assert_eq!(reported["reason"], "disk_full");
+        assert_eq!(reported["refusals"], 7);
+        assert_eq!(reported["sinceUtc"], "1970-01-01T00:00:00.000Z");
     }
 }

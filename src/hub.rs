@@ -603,12 +603,10 @@ impl Hub {
     /// of protocol spec 4.2.
     pub fn edge_hub_twin(&self) -> serde_json::Value {
         let mut reported = self.edge_hub.reported(&self.sessions.clients());
-        let store = self.ingest.store().stats();
-        reported["store"] = serde_json::json!({
-            "state": crate::metrics::store_state(store.health),
-            "refused": store.refused,
-            "overQuota": store.over_quota,
-        });
+        reported["store"] = crate::edgehub_twin::store_reported(
+            &self.metrics.store().state(),
+            &self.ingest.store().stats(),
+        );
         if self.upstream.is_some() {
             reported["upstream"] = self.upstream_status.reported();
         }

@@ -361,7 +361,12 @@ impl Ingest {
                 .map_err(IngestError::Store)
             }
         };
-        result.inspect_err(|_| self.metrics.dropped(DropReason::StoreRefused))
+        result.inspect_err(|e| {
+            self.metrics.dropped(DropReason::StoreRefused);
+            if let IngestError::Store(e) = e {
+                self.metrics.store().refused(e);
+            }
+        })
     }
 
     /// Routes, encodes and tries to enqueue without blocking (synchronous: the installed routes

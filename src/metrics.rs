@@ -2,8 +2,9 @@
 //! edgeHub metrics where they exist (`edgehub_messages_received_total`, ...).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The name of the store's state, as `/metrics` and the `$edgeHub` twin report it:
 /// `writable`, `disk_full` or `failing`.
@@ -57,6 +58,154 @@ impl DropReason {
     }
 }
 
+/// Why the store refused a message, as far as the hub can tell (see [`RefusalReason::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The disk under the store is full (`ENOSPC`).
+    DiskFull,
+    /// The store's quota is exhausted (`reject` policy).
+    Quota,
+    /// Another storage failure (a write or a sync failed).
+    Failure,
+    /// The store is closed (the hub is stopping).
+    Closed,
+}
+
+impl RefusalReason {
+    /// Every reason, in declaration order: `reason as usize` indexes the counters.
+    const ALL: [Self; 4] = [Self::DiskFull, Self::Quota, Self::Failure, Self::Closed];
+
+    /// The reason of a refusal that says something about the store's state; `None` for the
+    /// caller's own mistakes (no target, an endpoint removed by a new deployment) and for a
+    /// full inbox (`Busy`, which the hub waits out).
+    ///
+    #[must_use]
+    pub fn of(error: &store::EnqueueError) -> Option<Self> {
+        use store::EnqueueError as E;
+        match error {
+            E::QuotaExceeded => Some(Self::Quota),
+            E::Closed => Some(Self::Closed),
+            E::DiskFull => Some(Self::DiskFull),
+            E::Unavailable => Some(Self::Failure),
+            E::Backend(e) if e.is_disk_full() => Some(Self::DiskFull),
+            E::Backend(_) => Some(Self::Failure),
+            E::UnknownEndpoint(_) | E::DuplicateTarget(_) | E::NoTargets | E::Busy => None,
+        }
+    }
+
+    /// The label of the metric and the value of the reported property.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::DiskFull => "disk_full",
+            Self::Quota => "quota",
+            Self::Failure => "failure",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// The store's refusals as the hub saw them: counted per reason, and grouped in episodes (from
+/// the first refusal to the next message made durable), each logged once when it starts and
+/// once when it ends, whatever the number of messages refused in between.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    /// Whether an episode is open: the only thing the data path reads when all is well.
+    refusing: AtomicBool,
+    refusals: [AtomicU64; 4],
+    episodes: AtomicU64,
+    episode: Mutex<Option<Episode>>,
+}
+
+/// An open episode of refusals.
+#[derive(Debug, Clone, Copy)]
+struct Episode {
+    reason: RefusalReason,
+    since: SystemTime,
+    started: Instant,
+    refusals: u64,
+}
+
+/// The store's state as the `$edgeHub` twin reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreState {
+    /// The reason of the last refusal of the open episode; `None` while the store accepts.
+    pub refusing: Option<RefusalReason>,
+    /// When the open episode began.
+    pub since: Option<SystemTime>,
+    /// Messages refused in the open episode.
+    pub refusals: u64,
+    /// Episodes since the hub started.
+    pub episodes: u64,
+}
+
+impl StoreHealth {
+    /// The store refused a message (at once, or when it failed to make it durable).
+    pub fn refused(&self, error: &store::EnqueueError) {
+        let Some(reason) = RefusalReason::of(error) else {
+            return;
+        };
+        self.refusals[reason as usize].fetch_add(1, Ordering::Relaxed);
+        let mut episode = self.episode.lock().unwrap_or_else(PoisonError::into_inner);
+        match episode.as_mut() {
+            Some(open) => {
+                open.reason = reason;
+                open.refusals += 1;
+            }
+            None => {
+                *episode = Some(Episode {
+                    reason,
+                    since: SystemTime::now(),
+                    started: Instant::now(),
+                    refusals: 1,
+                });
+                self.episodes.fetch_add(1, Ordering::Relaxed);
+                self.refusing.store(true, Ordering::Relaxed);
+                tracing::error!(
+                    reason = reason.label(),
+                    error = %error,
+                    "the store refuses messages: publishers are closed without PUBACK until it \
+                     takes messages again (logged once per episode; counted in \
+                     edgehub_store_refusals_total)"
+                );
+            }
+        }
+    }
+
+    /// A message was made durable: ends an open episode (one relaxed load otherwise).
+    pub fn accepted(&self) {
+        if !self.refusing.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut episode = self.episode.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ended) = episode.take() {
+            self.refusing.store(false, Ordering::Relaxed);
+            tracing::info!(
+                last_reason = ended.reason.label(),
+                refused = ended.refusals,
+                lasted = ?ended.started.elapsed(),
+                "the store takes messages again"
+            );
+        }
+    }
+
+    /// The state to report.
+    pub fn state(&self) -> StoreState {
+        let episode = *self.episode.lock().unwrap_or_else(PoisonError::into_inner);
+        StoreState {
+            refusing: episode.map(|e| e.reason),
+            since: episode.map(|e| e.since),
+            refusals: episode.map_or(0, |e| e.refusals),
+            episodes: self.episodes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Refusals so far for `reason`.
+    pub fn refusals_total(&self, reason: RefusalReason) -> u64 {
+        self.refusals[reason as usize].load(Ordering::Relaxed)
+    }
+}
+
 /// A gauge to render with the counters: its samples are `(labels, value)`, labels in
 /// Prometheus form (`{endpoint="iothub"}`) or empty.
 #[derive(Debug, Clone)]
@@ -78,6 +227,7 @@ pub struct Metrics {
     dropped: [AtomicU64; 6],
     route_nanos: AtomicU64,
     routed: AtomicU64,
+    store: StoreHealth,
 }
 
 impl Metrics {
@@ -99,6 +249,11 @@ impl Metrics {
     /// A message was dropped.
     pub fn dropped(&self, reason: DropReason) {
         self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The store's refusals and their episodes.
+    pub fn store(&self) -> &StoreHealth {
+        &self.store
     }
 
     /// Routes were evaluated for one message in `elapsed`.
@@ -157,6 +312,29 @@ impl Metrics {
                 count.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP edgehub_store_refusals_total Messages the store refused or failed to make durable, by reason.\n# TYPE edgehub_store_refusals_total counter"
+        );
+        for reason in RefusalReason::ALL {
+            let _ = writeln!(
+                out,
+                "edgehub_store_refusals_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.store.refusals_total(reason)
+            );
+        }
+        counter(
+            &mut out,
+            "edgehub_store_refusal_episodes_total",
+            "Episodes of store refusals (from the first refusal to the next message stored).",
+            self.store.episodes.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP edgehub_store_refusing Whether the store refuses messages now (1) or takes them (0).\n# TYPE edgehub_store_refusing gauge\nedgehub_store_refusing {}",
+            u8::from(self.store.refusing.load(Ordering::Relaxed))
+        );
         counter(
             &mut out,
             "edgehub_route_evaluations_total",
@@ -187,6 +365,52 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn disk_full() -> store::EnqueueError {
+        store::EnqueueError::Backend(store::BackendError::from(
+            std::io::Error::from_raw_os_error(28),
+        ))
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason_and_grouped_in_episodes() {
+        let metrics = Metrics::default();
+        let health = metrics.store();
+        assert_eq!(
+            RefusalReason::of(&disk_full()),
+            Some(RefusalReason::DiskFull)
+        );
+        assert_eq!(
+            RefusalReason::of(&store::EnqueueError::Backend(store::BackendError::from(
+                std::io::Error::other("EIO")
+            ))),
+            Some(RefusalReason::Failure)
+        );
+        assert_eq!(RefusalReason::of(&store::EnqueueError::Busy), None);
+        health.accepted();
+        assert_eq!(health.state().episodes, 0);
+        for _ in 0..3 {
+            health.refused(&disk_full());
+        }
+        health.refused(&store::EnqueueError::NoTargets);
+        let state = health.state();
+        assert_eq!(state.refusing, Some(RefusalReason::DiskFull));
+        assert_eq!((state.refusals, state.episodes), (3, 1));
+        assert!(state.since.is_some());
+        let text = metrics.render(&[]);
+        assert!(text.contains("edgehub_store_refusals_total{reason=\"disk_full\"} 3"));
+        assert!(text.contains("edgehub_store_refusing 1"));
+        health.accepted();
+        assert_eq!(health.state().refusing, None);
+        health.refused(&store::EnqueueError::QuotaExceeded);
+        assert_eq!(health.state().episodes, 2);
+        assert_eq!(health.refusals_total(RefusalReason::Quota), 1);
+        assert!(
+            metrics
+                .render(&[])
+                .contains("edgehub_store_refusal_episodes_total 2")
+        );
+    }
 
     #[test]
     fn drop_reasons_index_their_counters_in_declaration_order() {

@@ -67,13 +67,13 @@ pub async fn run(config: Config) -> Result<()> {
         .add_modules(deployment.modules.iter().map(String::as_str))
         .context("creating the identities of the deployment's modules")?;
     tracing::info!(modules = created.len(), "module identities ready");
-    let tls = crate::certs::load_server_tls(&config).context("setting up TLS")?;
+    let tls = Arc::new(crate::certs::ServerTls::load(&config).context("setting up TLS")?);
     let settings = HubSettings {
         device_id: config.device_id.clone(),
         data_dir: config.data_dir.clone(),
         mqtt: config.listen.mqtt,
-        mqtts: Some((config.listen.mqtts, Arc::clone(&tls))),
-        https: Some((config.listen.https, tls)),
+        mqtts: Some((config.listen.mqtts, tls.config())),
+        https: Some((config.listen.https, tls.config())),
         metrics: config.listen.metrics,
         store: store_config(&config),
         routes,
@@ -94,6 +94,8 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let hub = Hub::start(settings, auth).await?;
     let hub = Arc::new(hub);
+    // Renews the generated certificate (or reloads changed [tls] files) for new handshakes.
+    let _renewal = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tls.keep_fresh()));
     hub.follow_upstream_twin();
     let scope_sync = scope_sync.map(ScopeSync::spawn);
     let admin = match crate::admin::Admin::start(&hub, &config, manifest_stamp) {

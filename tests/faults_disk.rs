@@ -127,10 +127,11 @@ async fn a_full_disk_refuses_cleanly_and_the_hub_recovers_by_itself_when_space_r
     )
     .await;
     let store = &reported(&hub)["store"];
-    assert_eq!(store["state"], "disk_full", "{store}");
+    assert_eq!(store["health"], "disk_full", "{store}");
+    assert_eq!(store["state"], "Refusing", "{store}");
     let metrics = hub.metrics();
     assert!(
-        !metrics.contains("edgehub_messages_dropped_total{reason=\"store_refused\"} 0\n"),
+        !metrics.contains("edgehub_store_refusals_total{reason=\"disk_full\"} 0\n"),
         "refusals are counted:\n{metrics}"
     );
     let acked_while_full = sender.acked();
@@ -160,7 +161,7 @@ async fn a_full_disk_refuses_cleanly_and_the_hub_recovers_by_itself_when_space_r
         || sender.acked() > resumed_from,
     )
     .await;
-    assert_eq!(reported(&hub)["store"]["state"], "writable");
+    assert_eq!(reported(&hub)["store"]["health"], "writable");
     let acked = sender.acked();
     println!(
         "full disk: {acked_while_full} acknowledged before the disk filled, {acked} in all, \

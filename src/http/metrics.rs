@@ -116,11 +116,6 @@ pub fn render(sources: &MetricsSources) -> String {
             )],
         },
         Gauge {
-            name: "edgehub_store_refused_total",
-            help: "Messages the store refused at once (full disk, failing storage) since start; their publishers got no PUBACK and send them again.",
-            samples: vec![(String::new(), store_stats.refused as f64)],
-        },
-        Gauge {
             name: "edgehub_store_over_quota",
             help: "1 while the store is over its quota (max_store_bytes or the free-disk floor).",
             samples: vec![(String::new(), f64::from(u8::from(store_stats.over_quota)))],

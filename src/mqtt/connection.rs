@@ -27,7 +27,7 @@ use tokio_util::codec::{Framed, FramedParts};
 use super::auth::{Authenticator, Credentials, Grant};
 use super::session::{Burst, Link, Outbound, Sessions};
 use super::topic::{self, Inbound, SubscriptionKind, decode_bag};
-use crate::ingest::{Ingest, IngestError, Publisher};
+use crate::ingest::{Ingest, Publisher};
 use crate::methods::Methods;
 use crate::metrics::{DropReason, Metrics};
 use crate::twin::Twins;
@@ -57,19 +57,20 @@ const MAX_IN_FLIGHT: usize = u16::MAX as usize - 256;
 /// the store's ticket.
 type PendingAck = (u16, Option<store::Ticket>);
 
-/// Waits until the oldest pending publish is durable (or failed) and takes it out. Tickets
-/// complete in the order their messages were stored, so only the oldest needs a waker.
-/// Pending forever while none waits.
+/// Waits until the oldest pending publish is durable (or failed) and takes it out: its packet
+/// id and whether the store took it (`Ok(false)`: nothing to store, no route wanted it).
+/// Tickets complete in the order their messages were stored, so only the oldest needs a
+/// waker. Pending forever while none waits.
 fn oldest_settled(
     pending: &mut VecDeque<PendingAck>,
-) -> impl Future<Output = (u16, Result<(), store::EnqueueError>)> + '_ {
+) -> impl Future<Output = (u16, Result<bool, store::EnqueueError>)> + '_ {
     std::future::poll_fn(move |cx| {
         let Some((_, ticket)) = pending.front_mut() else {
             return Poll::Pending;
         };
         let result = match ticket {
-            None => Ok(()),
-            Some(ticket) => std::task::ready!(Pin::new(ticket).poll(cx)),
+            None => Ok(false),
+            Some(ticket) => std::task::ready!(Pin::new(ticket).poll(cx)).map(|()| true),
         };
         let (pkid, _) = pending.pop_front().expect("the front was just seen");
         Poll::Ready((pkid, result))
@@ -114,10 +115,20 @@ enum Close {
     TakenOver,
     /// The client broke a rule; the reason is logged.
     Violation(String),
-    /// The store could not take a message (a full disk, failing storage): closed without its
-    /// PUBACK so that the client sends it again. The store logs the episode once; each
-    /// connection closed for it only at debug level.
-    StoreUnavailable(String),
+    /// The store refused a message: closed without its PUBACK so that the client sends it
+    /// again. Logged at debug only: the hub logs the episode once (`StoreHealth`).
+    StoreRefused(String),
+}
+
+impl Close {
+    /// The close of a connection whose message was not taken: a store refusal, or a rule the
+    /// message broke.
+    fn not_taken(error: crate::ingest::IngestError) -> Self {
+        match error {
+            crate::ingest::IngestError::Store(e) => Self::StoreRefused(e.to_string()),
+            e => Self::Violation(e.to_string()),
+        }
+    }
 }
 
 /// Serves one client connection until it closes: CONNECT (which must arrive before
@@ -156,7 +167,7 @@ where
     if let Some(will) = connect.last_will
         && matches!(
             close,
-            Close::Client | Close::Violation(_) | Close::StoreUnavailable(_)
+            Close::Client | Close::Violation(_) | Close::StoreRefused(_)
         )
     {
         // Boxed: rare, and its future (routing, storing) would enlarge every connection's.
@@ -167,21 +178,9 @@ where
         Close::Client => tracing::info!(%client_id, "client went away without DISCONNECT"),
         Close::TakenOver => tracing::info!(%client_id, "connection replaced by a newer one"),
         Close::Violation(reason) => tracing::warn!(%client_id, %reason, "connection closed"),
-        Close::StoreUnavailable(reason) => {
+        Close::StoreRefused(reason) => {
             tracing::debug!(%client_id, %reason, "connection closed without PUBACK");
         }
-    }
-}
-
-/// How a connection closes when the store did not take one of its messages: quietly for a
-/// full disk or failing storage (the store logs the episode once), as a warning otherwise.
-fn store_refused(e: &store::EnqueueError) -> Close {
-    let reason = format!("message not stored ({e}); closing without PUBACK");
-    match e {
-        store::EnqueueError::DiskFull | store::EnqueueError::Unavailable => {
-            Close::StoreUnavailable(reason)
-        }
-        _ => Close::Violation(reason),
     }
 }
 
@@ -433,15 +432,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// the client sends it again.
     async fn acknowledge(
         &mut self,
-        first: (u16, Result<(), store::EnqueueError>),
+        first: (u16, Result<bool, store::EnqueueError>),
     ) -> Result<(), Close> {
         let mut next = Some(first);
         while let Some((pkid, durable)) = next {
-            if let Err(e) = durable {
-                self.services.metrics.dropped(DropReason::StoreRefused);
-                // Flush what was acknowledged before it; the connection closes anyway.
-                let _ = guarded(&mut self.close, self.framed.flush()).await;
-                return Err(store_refused(&e));
+            let stored = match durable {
+                Ok(stored) => stored,
+                Err(e) => {
+                    self.services.metrics.store().refused(&e);
+                    // Flush what was acknowledged before it; the connection closes anyway.
+                    let _ = guarded(&mut self.close, self.framed.flush()).await;
+                    return Err(Close::StoreRefused(format!(
+                        "message not stored ({e}); closing without PUBACK"
+                    )));
+                }
+            };
+            if stored {
+                self.services.metrics.store().accepted();
             }
             guarded(
                 &mut self.close,
@@ -559,10 +566,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     .ingest
                     .telemetry(&publisher, bag, publish.payload)
                     .await
-                    .map_err(|e| match e {
-                        IngestError::Store(e) => store_refused(&e),
-                        e => Close::Violation(e.to_string()),
-                    })?
+                    .map_err(Close::not_taken)?
             }
             Inbound::Unknown => {
                 self.services.metrics.dropped(DropReason::UnknownTopic);
