@@ -370,30 +370,34 @@ async fn a_refused_identity_is_retried_and_its_messages_kept_until_it_is_accepte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_link_backs_off_and_its_messages_wait_until_upstream_takes_it() {
-    // The parent takes two connections at most: its module `counter` and a `hog` hold both,
-    // so the child's link is closed as soon as it is accepted (the way a busy IoT Hub or
-    // parent sheds load), again and again.
+    // The parent takes three connections at most: its module `counter` and two hogs hold
+    // them all, so the child's links (its sensor's, and its own `$edgeHub`'s) are closed as
+    // soon as they are accepted (the way a busy IoT Hub or parent sheds load), again and again.
     let parent = HubProcess::start_device(
         "parent",
         &json!({"fromChild": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/counter/inputs/in\")"}),
-        &["counter", "hog"],
-        "[limits]\nmax_connections = 2\n",
+        &["counter", "hog-1", "hog-2"],
+        "[limits]\nmax_connections = 3\n",
     );
     let mut arrivals = counter(parent.module("parent", "counter"));
-    let (hog, mut hog_events) = AsyncClient::new(parent.module("parent", "hog"), 10);
-    let (hog_up, hog_connected) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut hog_up = Some(hog_up);
-        while let Ok(event) = hog_events.poll().await {
-            if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
-                hog_up.take().map(|up| up.send(()));
+    let mut hogs = Vec::new();
+    for hog in ["hog-1", "hog-2"] {
+        let (client, mut events) = AsyncClient::new(parent.module("parent", hog), 10);
+        let (up, connected) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut up = Some(up);
+            while let Ok(event) = events.poll().await {
+                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                    up.take().map(|up| up.send(()));
+                }
             }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), hog_connected)
-        .await
-        .expect("the hog connects")
-        .unwrap();
+        });
+        tokio::time::timeout(Duration::from_secs(10), connected)
+            .await
+            .expect("a hog connects")
+            .unwrap();
+        hogs.push(client);
+    }
     let child = child(
         &parent,
         &json!("FROM /messages/modules/sensor/* INTO $upstream"),
@@ -414,13 +418,21 @@ async fn a_throttled_link_backs_off_and_its_messages_wait_until_upstream_takes_i
         child.log()
     );
 
-    // The hog leaves: the next attempt of the back-off gets through, nothing lost.
-    hog.disconnect().await.unwrap();
+    // The hogs leave: the next attempt of the back-off gets through, nothing lost.
+    for hog in &hogs {
+        hog.disconnect().await.unwrap();
+    }
     let mut got = Arrivals::new();
     let expected: BTreeSet<u32> = (0..20).collect();
     got.until(&mut arrivals, &expected, Duration::from_secs(60))
         .await;
-    assert_eq!(got.seen, expected, "every acknowledged message arrives");
+    assert_eq!(
+        got.seen,
+        expected,
+        "every acknowledged message arrives\nchild:\n{}\nparent:\n{}",
+        child.log(),
+        parent.log()
+    );
     assert!(got.in_order());
     println!(
         "throttled link: 20 sent, 20 arrived once the parent took the link, {} duplicated",
