@@ -106,8 +106,10 @@ impl RefusalReason {
 }
 
 /// The store's refusals as the hub saw them: counted per reason, and grouped in episodes (from
-/// the first refusal to the next message made durable), each logged once when it starts and
-/// once when it ends, whatever the number of messages refused in between.
+/// the first refusal to the first message made durable at least [`StoreHealth::QUIET`] after
+/// the last refusal), each logged once when it starts and once when it ends, whatever the
+/// number of messages refused in between. The quiet time keeps an episode whole while
+/// messages already durable before it began are still being acknowledged between refusals.
 #[derive(Debug, Default)]
 pub struct StoreHealth {
     /// Whether an episode is open: the only thing the data path reads when all is well.
@@ -123,6 +125,7 @@ struct Episode {
     reason: RefusalReason,
     since: SystemTime,
     started: Instant,
+    last_refusal: Instant,
     refusals: u64,
 }
 
@@ -140,6 +143,9 @@ pub struct StoreState {
 }
 
 impl StoreHealth {
+    /// How long after the last refusal a message made durable ends the episode.
+    pub const QUIET: Duration = Duration::from_secs(1);
+
     /// The store refused a message (at once, or when it failed to make it durable).
     pub fn refused(&self, error: &store::EnqueueError) {
         let Some(reason) = RefusalReason::of(error) else {
@@ -151,12 +157,15 @@ impl StoreHealth {
             Some(open) => {
                 open.reason = reason;
                 open.refusals += 1;
+                open.last_refusal = Instant::now();
             }
             None => {
+                let now = Instant::now();
                 *episode = Some(Episode {
                     reason,
                     since: SystemTime::now(),
-                    started: Instant::now(),
+                    started: now,
+                    last_refusal: now,
                     refusals: 1,
                 });
                 self.episodes.fetch_add(1, Ordering::Relaxed);
@@ -172,13 +181,21 @@ impl StoreHealth {
         }
     }
 
-    /// A message was made durable: ends an open episode (one relaxed load otherwise).
+    /// A message was made durable: ends an open episode whose last refusal is [`Self::QUIET`]
+    /// old (one relaxed load when none is open).
     pub fn accepted(&self) {
+        self.accepted_at(Instant::now());
+    }
+
+    fn accepted_at(&self, now: Instant) {
         if !self.refusing.load(Ordering::Relaxed) {
             return;
         }
         let mut episode = self.episode.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(ended) = episode.take() {
+        let quiet = episode
+            .as_ref()
+            .is_some_and(|open| now.saturating_duration_since(open.last_refusal) >= Self::QUIET);
+        if quiet && let Some(ended) = episode.take() {
             self.refusing.store(false, Ordering::Relaxed);
             tracing::info!(
                 last_reason = ended.reason.label(),
@@ -327,7 +344,7 @@ impl Metrics {
         counter(
             &mut out,
             "edgehub_store_refusal_episodes_total",
-            "Episodes of store refusals (from the first refusal to the next message stored).",
+            "Episodes of store refusals (from the first refusal to the first message stored a second after the last one).",
             self.store.episodes.load(Ordering::Relaxed),
         );
         let _ = writeln!(
@@ -400,7 +417,10 @@ mod tests {
         let text = metrics.render(&[]);
         assert!(text.contains("edgehub_store_refusals_total{reason=\"disk_full\"} 3"));
         assert!(text.contains("edgehub_store_refusing 1"));
+        // Acknowledgements of messages stored before the refusals do not end the episode.
         health.accepted();
+        assert_eq!(health.state().refusing, Some(RefusalReason::DiskFull));
+        health.accepted_at(Instant::now() + StoreHealth::QUIET);
         assert_eq!(health.state().refusing, None);
         health.refused(&store::EnqueueError::QuotaExceeded);
         assert_eq!(health.state().episodes, 2);
