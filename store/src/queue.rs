@@ -66,6 +66,9 @@ struct Passed {
     count: u32,
     bytes: u64,
     delivered: bool,
+    /// Entries of an unreadable segment (`skip_unreadable`), counted as lost when skipped:
+    /// not counted again (as expired) when they settle.
+    lost: bool,
 }
 
 /// One queue's bookkeeping.
@@ -133,6 +136,7 @@ impl Queue {
             count: 1,
             bytes,
             delivered: true,
+            lost: false,
         });
         self.cursor = seq;
     }
@@ -147,7 +151,7 @@ impl Queue {
             return Dropped { count: 1, bytes };
         }
         match self.passed.back_mut() {
-            Some(run) if !run.delivered && run.seg_last_seq == seg_last_seq => {
+            Some(run) if !run.delivered && !run.lost && run.seg_last_seq == seg_last_seq => {
                 run.seq = seq;
                 run.count += 1;
                 run.bytes += bytes;
@@ -158,6 +162,7 @@ impl Queue {
                 count: 1,
                 bytes,
                 delivered: false,
+                lost: false,
             }),
         }
         Dropped::default()
@@ -195,7 +200,7 @@ impl Queue {
             }
             let p = self.passed.pop_front().expect("front exists");
             self.settle_entry(p.seg_last_seq, p.count, p.bytes);
-            if !p.delivered {
+            if !p.delivered && !p.lost {
                 expired.add(u64::from(p.count), p.bytes);
             }
             self.checkpoint = p.seq;
@@ -261,9 +266,44 @@ impl Queue {
         }
     }
 
-    /// Drops the entries up to the end of a segment that cannot be read.
-    pub fn drop_unreadable(&mut self, seg_last_seq: u64) -> Dropped {
-        self.drop_through(seg_last_seq)
+    /// Skips the entries of the unread segment ending at `seg_last_seq`, which cannot be read:
+    /// damaged, or missing because it was published before its flush and the flush failed (its
+    /// producers' tickets failed; they send again). Only that segment's entries after the
+    /// cursor are dropped: entries handed out before it stay in flight, to be acknowledged or
+    /// rewound like any other. Like expired entries, the skipped ones settle at once when
+    /// nothing is in flight, else with the next acknowledgement after them. Returns what they
+    /// were.
+    pub fn skip_unreadable(&mut self, seg_last_seq: u64) -> Dropped {
+        let Some(seg) = self.segs.iter().find(|s| s.last_seq == seg_last_seq) else {
+            return Dropped::default();
+        };
+        // Entries of this segment already handed out stay counted where they are.
+        let (in_flight, in_flight_bytes) = self
+            .passed
+            .iter()
+            .filter(|p| p.seg_last_seq == seg_last_seq)
+            .fold((0u32, 0u64), |(c, b), p| (c + p.count, b + p.bytes));
+        let count = seg.count.saturating_sub(in_flight);
+        let bytes = seg.bytes.saturating_sub(in_flight_bytes);
+        self.cursor = self.cursor.max(seg_last_seq);
+        if self.passed.is_empty() {
+            self.settle_entry(seg_last_seq, count, bytes);
+            self.checkpoint = self.checkpoint.max(seg_last_seq);
+            self.pop_done_segs();
+        } else if count > 0 {
+            self.passed.push_back(Passed {
+                seq: seg_last_seq,
+                seg_last_seq,
+                count,
+                bytes,
+                delivered: false,
+                lost: true,
+            });
+        }
+        Dropped {
+            count: u64::from(count),
+            bytes,
+        }
     }
 
     /// Drops every entry (the endpoint is being removed).
@@ -333,6 +373,59 @@ mod tests {
             count,
             bytes: u64::from(count) * 100,
         }
+    }
+
+    #[test]
+    fn an_unreadable_segment_drops_only_its_own_entries() {
+        let epoch = Arc::new(EpochToken { id: 1 });
+        let mut q = Queue::default();
+        q.push(seg(&epoch, 1, 2, 2, u64::MAX));
+        q.push(seg(&epoch, 3, 4, 2, u64::MAX));
+        q.push(seg(&epoch, 5, 5, 1, u64::MAX));
+        // Entries 1 and 2 are in flight when the segment after them turns out unreadable.
+        q.pass_delivered(1, 2, 100);
+        q.pass_delivered(2, 2, 100);
+        q.pass_segment(2);
+        let lost = q.skip_unreadable(4);
+        assert_eq!(
+            lost,
+            Dropped {
+                count: 2,
+                bytes: 200
+            }
+        );
+        assert_eq!(
+            q.checkpoint(),
+            0,
+            "entries in flight are not settled by the skip"
+        );
+        assert_eq!(q.unread_seg().map(|s| s.first_seq), Some(5));
+        // A rewind hands the delivered entries out again; the skip comes back too.
+        q.rewind();
+        assert_eq!(q.unread_seg().map(|s| s.first_seq), Some(1));
+        q.pass_delivered(1, 2, 100);
+        q.pass_delivered(2, 2, 100);
+        q.pass_segment(2);
+        assert_eq!(
+            q.skip_unreadable(4),
+            Dropped {
+                count: 2,
+                bytes: 200
+            }
+        );
+        // Acknowledged, they settle, and so does the skipped run, not counted as expired.
+        assert_eq!(q.ack(2), Ok(Dropped::default()));
+        assert_eq!((q.checkpoint(), q.count(), q.bytes()), (4, 1, 100));
+        // With nothing in flight a skip settles at once.
+        assert_eq!(
+            q.skip_unreadable(5),
+            Dropped {
+                count: 1,
+                bytes: 100
+            }
+        );
+        assert_eq!((q.checkpoint(), q.count()), (5, 0));
+        assert_eq!(Arc::strong_count(&epoch), 1, "every segment released");
     }
 
     #[test]

@@ -144,8 +144,8 @@ impl Reader {
                     // Lower priorities wait too (strict priority order).
                     Ok(None) => break 'queues,
                     Err(reason) => {
-                        tracing::error!(endpoint = %endpoint.name, epoch, segno, %reason, "segment unreadable; its entries are dropped");
-                        let lost = q.drop_unreadable(seg_last);
+                        tracing::error!(endpoint = %endpoint.name, epoch, segno, %reason, "segment unreadable; its entries are dropped (if its flush failed, their producers were not acknowledged)");
+                        let lost = q.skip_unreadable(seg_last);
                         Counters::add(&self.store.counters.lost, lost.count);
                         continue;
                     }

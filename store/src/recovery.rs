@@ -6,7 +6,9 @@
 //!   meta database is lost, every epoch is moved aside too (it cannot be attributed);
 //! - an entry is live if its endpoint still exists and its sequence number is above the
 //!   checkpoint of its queue; expired entries are left to the cleaner and the readers;
-//! - sequence numbers continue above everything seen (segments, checkpoints, reservation);
+//! - sequence numbers continue above everything seen (segments, checkpoints, reservation):
+//!   readers see entries before their fsync, so a saved checkpoint may lie above the durable
+//!   end of the log, and a number at or below it, reused, would be skipped (`first_free_seq`);
 //! - a queue's segments are ordered by sequence number, not by epoch (compaction copies old
 //!   entries into newer epochs); of two overlapping copies, the first is kept.
 //!
@@ -126,7 +128,8 @@ struct Known {
     names: HashMap<u32, String>,
     /// Checkpoints of the queues of existing endpoints, by (endpoint, priority).
     checkpoints: HashMap<(u32, u32), u64>,
-    /// Highest sequence number the meta database knows of (reservation, any checkpoint).
+    /// Highest sequence number the meta database knows of (reservation, any checkpoint, of
+    /// existing endpoints or not).
     max_seq: u64,
 }
 
@@ -237,18 +240,34 @@ pub(crate) fn recover(
         scan_epochs(layout, cache_bytes, table, now_ms, &known, &mut report)?
     };
     report.epochs = scanned.epochs.len();
+    let next_seq = first_free_seq(&known, scanned.max_seq);
     let (queues, entries) = rebuild_queues(&known, scanned.segments);
     report.entries = entries;
     Ok(Recovered {
         meta,
         endpoints: endpoints_with_queues(contents.endpoints, queues),
         epochs: scanned.epochs,
-        next_seq: known.max_seq.max(scanned.max_seq) + 1,
+        next_seq,
         next_endpoint: known.next_endpoint(contents.next_endpoint),
         next_epoch: scanned.next_epoch,
         last_time_ms: contents.time_ms.max(scanned.max_enqueued_ms),
         report,
     })
+}
+
+/// The first sequence number this run may use: above every entry on disk (`max_seq_on_disk`,
+/// the highest in a summary) **and** above
+/// everything the meta database knows of (the reservation, every saved checkpoint).
+///
+/// The log alone is not enough. Readers see an entry as soon as it is written, before its
+/// fsync, so a reader may acknowledge it and the writer save that checkpoint (the meta
+/// database is flushed on its own) before the entry is durable. After a crash the log can then
+/// end below a saved checkpoint; a new entry numbered at or below it would be taken for one
+/// already consumed and never delivered. (The reservation, flushed before its numbers are
+/// used, is above every checkpoint of a store that wrote it; the checkpoints guard on their
+/// own too.)
+fn first_free_seq(known: &Known, max_seq_on_disk: u64) -> u64 {
+    known.max_seq.max(max_seq_on_disk) + 1
 }
 
 /// Moves every epoch to `quarantine/`: without the endpoint table the segments cannot be
@@ -429,4 +448,32 @@ fn endpoints_with_queues(
             (name, Arc::new(endpoint))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_continue_above_every_saved_checkpoint() {
+        // A crash left checkpoints above the durable end of the log (entries read before their
+        // fsync) and, here, above the reservation too.
+        let contents = MetaContents {
+            endpoints: vec![("e".to_owned(), 0)],
+            seq_reserved: 5,
+            // Endpoint 7 was removed: its checkpoint still counts.
+            checkpoints: vec![(0, 0, 40), (0, 1, 100), (7, 0, 300)],
+            ..MetaContents::default()
+        };
+        let known = Known::new(&contents);
+        assert_eq!(first_free_seq(&known, 20), 301);
+        // Entries on disk above every checkpoint: above them.
+        assert_eq!(first_free_seq(&known, 500), 501);
+        // The reservation above both: above it.
+        let contents = MetaContents {
+            seq_reserved: 1_000,
+            ..contents
+        };
+        assert_eq!(first_free_seq(&Known::new(&contents), 500), 1_001);
+    }
 }

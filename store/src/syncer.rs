@@ -1,6 +1,12 @@
-//! The syncer thread (`sync` durability): fsyncs written segments in groups, then makes them
-//! visible to readers and completes their tickets. Running it apart from the writer lets the
-//! writer encode and write the next group while this one is being synced.
+//! The syncer thread (`sync` durability): fsyncs written segments in groups, then completes
+//! their tickets. Running it apart from the writer lets the writer encode and write the next
+//! group while this one is being synced.
+//!
+//! Readers do not wait for it: the writer publishes segments the moment they are written (see
+//! `Writer::acknowledge`), so a delivery costs no fsync; only the producers' tickets (the
+//! publishers' PUBACKs) do. A checkpoint may therefore be saved above the durable end of the
+//! log; recovery continues sequence numbers above every saved checkpoint (`recovery`), so a
+//! crash never makes a new message fall under one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,31 +14,23 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::backend::EpochDb;
-use crate::endpoint::Endpoint;
+use crate::epoch::EpochToken;
 use crate::error::{BackendError, EnqueueError};
-use crate::queue::SegRef;
 use crate::ticket::Completer;
 
-/// Segments of one endpoint, by priority, to publish once durable.
-pub(crate) type Publication = (Arc<Endpoint>, Vec<(u32, SegRef)>);
-
-/// One group commit written by the writer, waiting for its fsync.
+/// One group commit written (and already published to readers) by the writer, waiting for
+/// its fsync.
 #[derive(Debug)]
 pub(crate) struct SyncJob {
     pub epoch: u64,
     /// The database to flush; `None` for a barrier (see `Writer::flush_all`).
     pub db: Option<Arc<EpochDb>>,
-    pub publications: Vec<Publication>,
+    /// Holds the epoch until its flush is done: the cleaner deletes only epochs nobody holds,
+    /// and readers may consume a group before it is synced.
+    pub _hold: Option<Arc<EpochToken>>,
     pub completers: Vec<Completer>,
     /// Signalled once this job (and every job before it) is done.
     pub done: Option<Sender<()>>,
-}
-
-/// Publishes segments to their endpoints and wakes the readers.
-pub(crate) fn publish(publications: Vec<Publication>) {
-    for (endpoint, segs) in publications {
-        endpoint.publish(segs);
-    }
 }
 
 /// A flush of epoch `epoch` failed: the writer must not write to it again.
@@ -40,7 +38,9 @@ pub(crate) type FlushFailure = (u64, BackendError);
 
 /// Body of the syncer thread; returns when the writer drops its sender.
 ///
-/// A failed flush fails its whole group. The database remembers the failure and fails every
+/// A failed flush fails its whole group: its tickets fail, although its readers may already
+/// have seen (and delivered) its entries, as after a crash before the fsync: the producers
+/// send them again (at-least-once). The database remembers the failure and fails every
 /// later flush (see `backend`), so later jobs of that epoch fail too; the first failure of
 /// each epoch goes to the writer (`failures`), which seals the epoch and continues in a new
 /// one. It is sent before the group's tickets complete, so the writer learns it before any
@@ -87,9 +87,6 @@ pub(crate) fn run(jobs: &Receiver<SyncJob>, failures: &Sender<FlushFailure>) {
                 .cloned()
                 .unwrap_or(Ok(()))
                 .map_err(EnqueueError::from_write);
-            if result.is_ok() {
-                publish(job.publications);
-            }
             for completer in job.completers {
                 completer.complete(result.clone());
             }
