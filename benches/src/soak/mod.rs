@@ -530,6 +530,11 @@ fn start_sampler(
 /// fault, or the results cannot be written.
 pub fn run(settings: &SoakSettings) -> Result<SoakReport, SoakError> {
     std::fs::create_dir_all(&settings.out).map_err(io_error("create", &settings.out))?;
+    // Absolute: the hub reads its data folder relative to its configuration's folder.
+    let settings = &SoakSettings {
+        out: std::fs::canonicalize(&settings.out).map_err(io_error("resolve", &settings.out))?,
+        ..settings.clone()
+    };
     let (site, full_disk_note) = prepare(settings)?;
     let full_disk = settings.full_disk && site.fs.is_some();
     if let Some(note) = &full_disk_note {
