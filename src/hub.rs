@@ -31,7 +31,7 @@ use crate::mqtt::connection::{self, Services};
 use crate::mqtt::session::Sessions;
 use crate::stop::StopSignal;
 use crate::twin::{PatchError, StorageError, Twins};
-use crate::upstream::edge_hub_sync::EdgeHubSync;
+use crate::upstream::edge_hub_sync::{EdgeHubSync, EdgeHubTwin};
 use crate::upstream::forwarder::{Forwarder, Lanes};
 use crate::upstream::lanes::{LIVE_QUEUE, LiveLane};
 use crate::upstream::links::Links;
@@ -233,8 +233,9 @@ impl Hub {
         let Some(settings) = &self.upstream else {
             return;
         };
+        let twin: Arc<dyn EdgeHubTwin> = Arc::clone(self) as Arc<dyn EdgeHubTwin>;
         let task = EdgeHubSync::start(
-            self,
+            &twin,
             Arc::clone(settings),
             Arc::clone(&self.upstream_status),
             self.data_dir.clone(),
@@ -773,4 +774,26 @@ fn open_store(config: store::StoreConfig) -> Result<Arc<store::Store>> {
         );
     }
     Ok(Arc::new(store))
+}
+
+impl EdgeHubTwin for Hub {
+    fn device_id(&self) -> &str {
+        Hub::device_id(self)
+    }
+
+    fn desired_version(&self) -> Option<u64> {
+        self.edge_hub_desired_version()
+    }
+
+    fn deploy(&self, desired: &serde_json::Value) -> bool {
+        Hub::deploy(self, desired).is_ok()
+    }
+
+    fn reported(&self) -> serde_json::Value {
+        self.edge_hub_twin()["reported"].clone()
+    }
+
+    fn client_changes(&self) -> watch::Receiver<u64> {
+        self.sessions.changes()
+    }
 }

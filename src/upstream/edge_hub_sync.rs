@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, watch};
 
 use super::from_upstream::{self, FromUpstream, subscriptions};
 use super::link::{Inbound, Link};
-use crate::hub::Hub;
 use crate::identity::ClientIdentity;
 use crate::identity::id::EDGE_HUB;
 use crate::stop::Stop;
@@ -54,9 +53,24 @@ pub fn last_applied(data_dir: &Path) -> Option<Value> {
     }
 }
 
+/// What the follower needs of the hub (the hub implements it; the follower holds it weakly,
+/// so that it never keeps a stopping hub alive).
+pub trait EdgeHubTwin: Send + Sync {
+    /// This edge device.
+    fn device_id(&self) -> &str;
+    /// The `$version` of the `$edgeHub` desired properties last processed.
+    fn desired_version(&self) -> Option<u64>;
+    /// Applies `desired` as a deployment; `true` when applied.
+    fn deploy(&self, desired: &Value) -> bool;
+    /// The `$edgeHub` reported properties.
+    fn reported(&self) -> Value;
+    /// Changes whenever a client connects, disconnects or (un)subscribes.
+    fn client_changes(&self) -> watch::Receiver<u64>;
+}
+
 /// The `$edgeHub` twin's follower.
 pub(crate) struct EdgeHubSync {
-    hub: Weak<Hub>,
+    hub: Weak<dyn EdgeHubTwin>,
     link: Link,
     data_dir: PathBuf,
     /// The `$version` of the desired properties last applied (or refused).
@@ -70,7 +84,7 @@ impl EdgeHubSync {
     /// Starts the link of `{device}/$edgeHub` and the task that follows its twin; the task
     /// holds the hub weakly and ends when `stop` fires.
     pub(crate) fn start(
-        hub: &Arc<Hub>,
+        hub: &Arc<dyn EdgeHubTwin>,
         settings: Arc<super::UpstreamSettings>,
         status: Arc<super::UpstreamStatus>,
         data_dir: PathBuf,
@@ -91,11 +105,11 @@ impl EdgeHubSync {
             hub: Arc::downgrade(hub),
             link,
             data_dir,
-            applied: hub.edge_hub_desired_version(),
+            applied: hub.desired_version(),
             pending_get: None,
             next_rid: 1,
         };
-        let changes = hub.sessions().changes();
+        let changes = hub.client_changes();
         sync.run(inbound, changes, stop)
     }
 
@@ -172,7 +186,7 @@ impl EdgeHubSync {
             return;
         };
         tracing::info!(?version, "deployment from upstream");
-        let applied = hub.deploy(desired).is_ok();
+        let applied = hub.deploy(desired);
         drop(hub);
         self.applied = version;
         if applied && let Err(e) = self.keep(desired) {
@@ -203,7 +217,7 @@ impl EdgeHubSync {
         let Some(hub) = self.hub.upgrade() else {
             return;
         };
-        let reported = hub.edge_hub_twin()["reported"].clone();
+        let reported = hub.reported();
         drop(hub);
         let rid = self.rid();
         self.link.request(
