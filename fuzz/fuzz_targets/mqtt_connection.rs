@@ -135,6 +135,7 @@ fn fixture() -> &'static Fixture {
             connect_timeout: Duration::from_secs(5),
             strict_topics: false,
             identity_changes: identity_changes.subscribe(),
+            mirror: None,
         };
         Fixture {
             services: Arc::new(services),

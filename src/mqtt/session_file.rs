@@ -9,9 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Filters and their QoS (0 or 1) by client id, as saved.
 pub type Saved = BTreeMap<String, BTreeMap<String, u8>>;
@@ -108,11 +108,42 @@ impl Drop for SessionFile {
     }
 }
 
+/// How long after a failed save the next try comes.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 fn write_on_request(path: &Path, pending: &Receiver<()>, snapshot: &dyn Fn() -> Saved) {
-    while pending.recv().is_ok() {
+    // After a failed save (a full disk fails every one until space returns) the save is retried
+    // every RETRY_AFTER, also without a new request; the failure is logged once per episode.
+    let mut failing = false;
+    loop {
+        let requested = if failing {
+            match pending.recv_timeout(RETRY_AFTER) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => true,
+                Err(RecvTimeoutError::Disconnected) => false,
+            }
+        } else {
+            pending.recv().is_ok()
+        };
+        if !requested {
+            return;
+        }
         let text = serde_json::to_vec(&snapshot()).expect("subscriptions serialise");
-        if let Err(e) = crate::fs::write_atomically(path, &text, 0o600) {
-            tracing::error!(path = %path.display(), error = %e, "could not save subscriptions");
+        match crate::fs::write_atomically(path, &text, 0o600) {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(path = %path.display(), "subscriptions saved again");
+            }
+            Ok(()) => {}
+            Err(e) if failing => {
+                tracing::debug!(path = %path.display(), error = %e, "could not save subscriptions");
+            }
+            Err(e) => {
+                failing = true;
+                tracing::error!(
+                    path = %path.display(), error = %e,
+                    "could not save subscriptions; retrying every second"
+                );
+            }
         }
     }
 }
@@ -141,6 +172,26 @@ mod tests {
         }
         drop(file);
         assert_eq!(load(&path).len(), 500);
+    }
+
+    #[test]
+    fn a_failed_save_is_retried_without_a_new_request() {
+        let dir = tempfile::tempdir().unwrap();
+        // The folder is missing at first: the save fails as on a full disk.
+        let folder = dir.path().join("later");
+        let path = folder.join("sessions.json");
+        let saved = Saved::from([("d/m".to_owned(), BTreeMap::from([("f".to_owned(), 1)]))]);
+        let file = SessionFile::start(path.clone(), move || saved.clone());
+        file.request_save();
+        std::thread::sleep(RETRY_AFTER / 2);
+        assert!(!path.exists());
+        std::fs::create_dir(&folder).unwrap();
+        let deadline = std::time::Instant::now() + RETRY_AFTER * 10;
+        while !path.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(load(&path).len(), 1, "the retry saved the state");
+        drop(file);
     }
 
     #[test]
