@@ -49,6 +49,7 @@ ALL_SCENARIOS=(
     "qos1-1to1 1 1 pairs $MESSAGES -"
     "qos1-4to4 4 4 pairs $((MESSAGES / 4)) -"
     "qos1-fanout-1to4 1 4 fanout $((MESSAGES / 4)) -"
+    "qos1-rate-200 1 1 pairs $((200 * RATE_SECONDS)) 200"
     "qos1-rate-2000 1 1 pairs $((2000 * RATE_SECONDS)) 2000"
     "qos1-rate-20000 1 1 pairs $((20000 * RATE_SECONDS)) 20000"
     "qos1-rate-50000 1 1 pairs $((50000 * RATE_SECONDS)) 50000"

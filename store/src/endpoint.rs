@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
-use crate::epoch::EpochTable;
+use crate::epoch::{EpochTable, Waiter};
 use crate::queue::{Dropped, Queue, SegRef};
 use crate::stats::EndpointStats;
 
@@ -176,5 +176,12 @@ impl Endpoint {
         }
         stats.oldest_age = oldest.map(|t| Duration::from_millis(now_ms.saturating_sub(t)));
         stats
+    }
+}
+
+/// The opener thread wakes an endpoint's reader once the epoch it waits for is open.
+impl Waiter for Endpoint {
+    fn epoch_ready(&self) {
+        self.wake(self.lock());
     }
 }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::backend::{EpochDb, OpenFailure};
-use crate::endpoint::Endpoint;
 use crate::error::OpenError;
 
 /// Liveness of an epoch: every queue segment in the epoch holds an `Arc` of its token, so the
@@ -174,10 +173,17 @@ const RETRY_MIN: Duration = Duration::from_millis(1);
 /// Longest delay between attempts to open an epoch.
 pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// A reader waiting for a closed epoch: the opener thread calls it once the epoch is open
+/// (or gone), with no lock of the table held. Endpoints are the waiters of the store.
+pub(crate) trait Waiter: Send + Sync + std::fmt::Debug {
+    /// The epoch waited for can be read now (or will never be).
+    fn epoch_ready(&self);
+}
+
 /// An epoch readers wait for.
 #[derive(Debug)]
 struct Pending {
-    waiters: Vec<Arc<Endpoint>>,
+    waiters: Vec<Arc<dyn Waiter>>,
     /// Failed attempts so far.
     attempts: u32,
     next_try: Instant,
@@ -262,7 +268,7 @@ impl EpochTable {
     pub fn with<R>(
         &self,
         id: u64,
-        waiter: &Arc<Endpoint>,
+        waiter: &Arc<impl Waiter + 'static>,
         f: impl FnOnce(&EpochDb) -> R,
     ) -> Option<R> {
         {
@@ -281,7 +287,7 @@ impl EpochTable {
 
     /// Whether epoch `id` can be read now: open, or not an epoch this table knows (nothing to
     /// wait for). If it is closed, asks the opener thread to open it and wake `waiter`.
-    pub fn available(&self, id: u64, waiter: &Arc<Endpoint>) -> bool {
+    pub fn available(&self, id: u64, waiter: &Arc<impl Waiter + 'static>) -> bool {
         {
             let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
             if table.open.contains_key(&id) || !table.closed.contains(&id) {
@@ -293,7 +299,7 @@ impl EpochTable {
 
     /// Asks the opener thread to open closed epoch `id` and wake `waiter`; `false` if it is
     /// not closed (any more).
-    fn request(&self, id: u64, waiter: &Arc<Endpoint>) -> bool {
+    fn request(&self, id: u64, waiter: &Arc<impl Waiter + 'static>) -> bool {
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
         if !table.closed.contains(&id) {
             return false;
@@ -304,8 +310,12 @@ impl EpochTable {
             next_try: Instant::now(),
             logged: false,
         });
-        if !pending.waiters.iter().any(|w| Arc::ptr_eq(w, waiter)) {
-            pending.waiters.push(Arc::clone(waiter));
+        let known = pending
+            .waiters
+            .iter()
+            .any(|w| std::ptr::addr_eq(Arc::as_ptr(w), Arc::as_ptr(waiter)));
+        if !known {
+            pending.waiters.push(Arc::clone(waiter) as Arc<dyn Waiter>);
         }
         let due = pending.attempts == 0;
         drop(table);
@@ -401,8 +411,8 @@ impl EpochTable {
                 }
             }
         };
-        for endpoint in waiters.into_iter().flatten() {
-            endpoint.wake(endpoint.lock());
+        for waiter in waiters.into_iter().flatten() {
+            waiter.epoch_ready();
         }
     }
 
@@ -490,8 +500,8 @@ impl EpochTable {
         let waiters = table.pending.remove(&id);
         drop(table);
         // Nothing of it is left to read: let its readers look again.
-        for endpoint in waiters.into_iter().flat_map(|p| p.waiters) {
-            endpoint.wake(endpoint.lock());
+        for waiter in waiters.into_iter().flat_map(|p| p.waiters) {
+            waiter.epoch_ready();
         }
     }
 
@@ -531,8 +541,8 @@ impl EpochTable {
         table.opened_for_readers.clear();
         let pending = std::mem::take(&mut table.pending);
         drop(table);
-        for endpoint in pending.into_values().flat_map(|p| p.waiters) {
-            endpoint.wake(endpoint.lock());
+        for waiter in pending.into_values().flat_map(|p| p.waiters) {
+            waiter.epoch_ready();
         }
     }
 }
@@ -614,24 +624,31 @@ mod tests {
         assert!(read(&table, 1), "a closed epoch opens again for a reader");
     }
 
-    /// An endpoint whose only queue waits for segment 0 of epoch `id`.
-    fn endpoint_waiting_in(id: u64) -> Arc<Endpoint> {
-        let mut queue = crate::queue::Queue::default();
-        queue.push(crate::queue::SegRef {
-            epoch: Arc::new(EpochToken { id }),
-            segno: 0,
-            first_seq: 1,
-            last_seq: 1,
-            enqueued_ms: 0,
-            max_expiry_ms: u64::MAX,
-            count: 1,
-            bytes: 1,
-        });
-        Arc::new(Endpoint::new(
-            "e".to_owned(),
-            0,
-            BTreeMap::from([(0, queue)]),
-        ))
+    /// A waiter that remembers it was woken.
+    #[derive(Debug, Default)]
+    struct Doorbell {
+        rung: std::sync::Mutex<bool>,
+        ring: std::sync::Condvar,
+    }
+
+    impl Waiter for Doorbell {
+        fn epoch_ready(&self) {
+            *self.rung.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            self.ring.notify_all();
+        }
+    }
+
+    impl Doorbell {
+        /// Waits until rung (then unrings it) or `timeout` passes; returns whether it rang.
+        fn wait(&self, timeout: Duration) -> bool {
+            let rung = self.rung.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut rung = self
+                .ring
+                .wait_timeout_while(rung, timeout, |rung| !*rung)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            std::mem::take(&mut *rung)
+        }
     }
 
     fn spawn_opener(table: &Arc<EpochTable>) -> std::thread::JoinHandle<()> {
@@ -654,14 +671,14 @@ mod tests {
     fn readers_never_open_an_epoch_the_opener_thread_does_and_wakes_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let table = Arc::new(table_of(dir.path(), 1));
-        let endpoint = endpoint_waiting_in(1);
+        let reader = Arc::new(Doorbell::default());
         assert!(
-            table.with(1, &endpoint, |_| ()).is_none(),
+            table.with(1, &reader, |_| ()).is_none(),
             "a read of a closed epoch does not open it"
         );
         assert!(
-            !endpoint.is_ready(&endpoint.lock(), &table),
-            "work in a closed epoch is not ready yet"
+            !table.available(1, &reader),
+            "a closed epoch is not available yet"
         );
         assert!(
             opens(&table).is_empty(),
@@ -669,12 +686,13 @@ mod tests {
         );
         let opener = spawn_opener(&table);
         assert!(
-            endpoint.wait_ready(&table, Duration::from_secs(10)),
+            reader.wait(Duration::from_secs(10)),
             "the reader is woken once the epoch is open"
         );
         assert!(table.is_open(1));
+        assert!(table.available(1, &reader));
         assert!(opens(&table).iter().all(|t| t == "store-opener"));
-        assert_eq!(table.with(1, &endpoint, |_| 7), Some(7));
+        assert_eq!(table.with(1, &reader, |_| 7), Some(7));
         table.shutdown();
         opener.join().expect("opener");
     }
@@ -685,10 +703,11 @@ mod tests {
         let table = Arc::new(table_of(dir.path(), 1));
         // Another handle holds the epoch's file lock: every attempt fails.
         let held = EpochDb::open(&Layout::new(dir.path()).epoch_dir(1), 1 << 20).expect("open");
-        let endpoint = endpoint_waiting_in(1);
+        let reader = Arc::new(Doorbell::default());
+        assert!(!table.available(1, &reader));
         let opener = spawn_opener(&table);
         assert!(
-            !endpoint.wait_ready(&table, Duration::from_secs(1)),
+            !reader.wait(Duration::from_secs(1)),
             "the reader waits while the epoch cannot be opened"
         );
         let attempts = opens(&table).len();
@@ -699,7 +718,7 @@ mod tests {
         );
         drop(held);
         assert!(
-            endpoint.wait_ready(&table, RETRY_MAX * 2),
+            reader.wait(RETRY_MAX * 2),
             "opened once the lock is free, and the reader woken"
         );
         table.shutdown();
