@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -241,6 +242,7 @@ impl Reader {
         let expired = q.ack(id.seq).map_err(|_| not_delivered)?;
         state.checkpoints_dirty = true;
         drop(state);
+        self.store.acks_since_save.fetch_add(1, Ordering::Relaxed);
         Counters::add(&self.store.counters.expired, expired.count);
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The state shared by the store handle, its readers and its threads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use crate::clock::StoreTime;
@@ -30,6 +30,8 @@ pub(crate) struct StoreState {
     pub over_quota: AtomicBool,
     /// Set by the writer: whether it can write (a [`Health`]).
     pub health: AtomicU8,
+    /// Acknowledgements made by readers since the writer last saved checkpoints.
+    pub acks_since_save: AtomicU64,
 }
 
 impl StoreState {

@@ -80,6 +80,8 @@ pub struct StoreStats {
     /// being written (it stays readable) and writing continues in a new one; the messages
     /// of the failed write were refused (their tickets failed).
     pub write_failures: u64,
+    /// Checkpoint saves since open (each a write and a flush of the meta database).
+    pub checkpoint_saves: u64,
     /// Whether the quota is exhausted right now.
     pub over_quota: bool,
     /// Whether the store can write right now.
@@ -100,6 +102,7 @@ pub(crate) struct Counters {
     pub lost: AtomicU64,
     pub compacted: AtomicU64,
     pub write_failures: AtomicU64,
+    pub checkpoint_saves: AtomicU64,
 }
 
 impl Counters {
@@ -127,6 +130,7 @@ impl Counters {
             lost: get(&self.lost),
             compacted: get(&self.compacted),
             write_failures: get(&self.write_failures),
+            checkpoint_saves: get(&self.checkpoint_saves),
             over_quota,
             health,
         }

@@ -1,6 +1,6 @@
 //! The store handle: opening, enqueueing, endpoints, readers, statistics, closing.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
@@ -71,6 +71,7 @@ impl Store {
             counters,
             over_quota: AtomicBool::new(false),
             health: AtomicU8::new(Health::Writable.to_u8()),
+            acks_since_save: AtomicU64::new(0),
         });
         let writer = Writer::new(Arc::clone(&state), layout.clone(), commands, recovered)?;
         let opener = {

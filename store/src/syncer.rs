@@ -36,7 +36,8 @@ pub(crate) struct SyncJob {
 /// A flush of epoch `epoch` failed: the writer must not write to it again.
 pub(crate) type FlushFailure = (u64, BackendError);
 
-/// Body of the syncer thread; returns when the writer drops its sender.
+/// Flushes groups of sync jobs and completes their tickets; runs on its own thread
+/// ([`run`]) or on the writer's (`Writer::acknowledge`).
 ///
 /// A failed flush fails its whole group: its tickets fail, although its readers may already
 /// have seen (and delivered) its entries, as after a crash before the fsync: the producers
@@ -45,11 +46,23 @@ pub(crate) type FlushFailure = (u64, BackendError);
 /// each epoch goes to the writer (`failures`), which seals the epoch and continues in a new
 /// one. It is sent before the group's tickets complete, so the writer learns it before any
 /// producer that saw its ticket fail can send again.
-pub(crate) fn run(jobs: &Receiver<SyncJob>, failures: &Sender<FlushFailure>) {
-    let mut reported = HashSet::<u64>::new();
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        group.extend(jobs.try_iter());
+#[derive(Debug)]
+pub(crate) struct Syncer {
+    failures: Sender<FlushFailure>,
+    /// Epochs whose failure was already reported.
+    reported: HashSet<u64>,
+}
+
+impl Syncer {
+    pub fn new(failures: Sender<FlushFailure>) -> Self {
+        Self {
+            failures,
+            reported: HashSet::new(),
+        }
+    }
+
+    /// Flushes the databases of `group` (each once), then completes its jobs in order.
+    pub fn sync(&mut self, group: Vec<SyncJob>) {
         let mut results = HashMap::<u64, Result<(), BackendError>>::new();
         for job in &group {
             let Some(db) = &job.db else { continue };
@@ -58,7 +71,7 @@ pub(crate) fn run(jobs: &Receiver<SyncJob>, failures: &Sender<FlushFailure>) {
             }
             let result = db.flush();
             if let Err(e) = &result
-                && reported.insert(job.epoch)
+                && self.reported.insert(job.epoch)
             {
                 if e.is_disk_full() {
                     // The writer logs the episode once.
@@ -68,7 +81,7 @@ pub(crate) fn run(jobs: &Receiver<SyncJob>, failures: &Sender<FlushFailure>) {
                 }
                 // Blocks only if the writer left 64 failures unread, which needs 64 epochs
                 // failing in a row while it waits on this thread: it reads them every turn.
-                let _ = failures.send((job.epoch, e.clone()));
+                let _ = self.failures.send((job.epoch, e.clone()));
             }
             results.insert(job.epoch, result);
         }
@@ -79,7 +92,7 @@ pub(crate) fn run(jobs: &Receiver<SyncJob>, failures: &Sender<FlushFailure>) {
             .map(|j| j.epoch)
             .min()
         {
-            reported.retain(|&id| id >= oldest);
+            self.reported.retain(|&id| id >= oldest);
         }
         for job in group {
             let result = results
@@ -94,5 +107,15 @@ pub(crate) fn run(jobs: &Receiver<SyncJob>, failures: &Sender<FlushFailure>) {
                 let _ = done.send(());
             }
         }
+    }
+}
+
+/// Body of the syncer thread: syncs what the writer sent, in groups of what waits; returns
+/// when the writer drops its sender.
+pub(crate) fn run(jobs: &Receiver<SyncJob>, mut syncer: Syncer) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        group.extend(jobs.try_iter());
+        syncer.sync(group);
     }
 }

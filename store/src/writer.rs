@@ -9,6 +9,7 @@
 //! the ones slow entries would pin (`compaction`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -26,7 +27,7 @@ use crate::recovery::Recovered;
 use crate::segment::{RecordTarget, SegmentBuilder, Summary};
 use crate::state::StoreState;
 use crate::stats::Counters;
-use crate::syncer::{self, FlushFailure, SyncJob};
+use crate::syncer::{self, FlushFailure, SyncJob, Syncer};
 use crate::ticket::Completer;
 
 mod cleaner;
@@ -40,6 +41,10 @@ const SEQ_RESERVATION: u64 = 1 << 20;
 /// How often the store's time is saved when no checkpoint save carries it: a restart after a
 /// crash loses at most this much of the time that passed (see `StoreTime`).
 const TIME_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often, at most, the writer looks whether checkpoints are due, closes sealed epochs and
+/// deletes consumed ones.
+const CHECKPOINT_TICK: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A segment ready to be written: number in the current epoch, data, summary.
 type Sealed = (u64, Vec<u8>, Summary);
@@ -107,6 +112,18 @@ struct Current {
     written: u64,
 }
 
+/// Where the tickets of a written group complete.
+#[derive(Debug)]
+enum Acknowledgement {
+    /// `sync`: after the flush that covers them, on the syncer thread.
+    SyncerThread {
+        jobs: Sender<SyncJob>,
+        handle: JoinHandle<()>,
+    },
+    /// `periodic`: at once.
+    AtOnce,
+}
+
 /// State owned by the writer thread.
 #[derive(Debug)]
 pub(crate) struct Writer {
@@ -128,7 +145,7 @@ pub(crate) struct Writer {
     next_seq: u64,
     seq_reserved: u64,
     next_endpoint: u32,
-    syncer: Option<(Sender<SyncJob>, JoinHandle<()>)>,
+    acknowledgement: Acknowledgement,
     /// Sealed epochs still to be closed (see `close_sealed`).
     to_close: Vec<u64>,
     /// Live bytes of small sealed epochs, and since when they have not shrunk (compaction).
@@ -138,6 +155,8 @@ pub(crate) struct Writer {
     unflushed: bool,
     last_flush: Instant,
     next_checkpoint: Instant,
+    /// When checkpoints were last saved.
+    checkpoints_saved: Instant,
     next_cleanup: Instant,
     /// When the store's time was last saved in the meta database.
     time_saved: Instant,
@@ -169,19 +188,20 @@ impl Writer {
             .unwrap_or_else(PoisonError::into_inner) = endpoints;
         let config = &store.config;
         let (failed, failures) = crossbeam_channel::bounded(64);
-        let syncer = match config.durability {
+        let acknowledgement = match config.durability {
             Durability::Sync => {
-                let (tx, rx) = crossbeam_channel::bounded(1024);
+                let (jobs, rx) = crossbeam_channel::bounded(1024);
+                let syncer = Syncer::new(failed);
                 let handle = std::thread::Builder::new()
                     .name("store-syncer".into())
-                    .spawn(move || syncer::run(&rx, &failed))
+                    .spawn(move || syncer::run(&rx, syncer))
                     .map_err(|source| OpenError::Io {
                         path: layout.epoch_dir(next_epoch),
                         source,
                     })?;
-                Some((tx, handle))
+                Acknowledgement::SyncerThread { jobs, handle }
             }
-            Durability::Periodic { .. } => None,
+            Durability::Periodic { .. } => Acknowledgement::AtOnce,
         };
         let now = Instant::now();
         let mut writer = Self {
@@ -198,7 +218,7 @@ impl Writer {
             // Reserved below, before any use.
             seq_reserved: 0,
             next_endpoint,
-            syncer,
+            acknowledgement,
             to_close: Vec::new(),
             stalled: HashMap::new(),
             builder: SegmentBuilder::default(),
@@ -206,6 +226,7 @@ impl Writer {
             unflushed: false,
             last_flush: now,
             next_checkpoint: now,
+            checkpoints_saved: now,
             next_cleanup: now,
             time_saved: now,
             disk_estimate: 0,
@@ -418,32 +439,34 @@ impl Writer {
     /// such an entry and its checkpoint be saved before the entry is durable; recovery then
     /// continues sequence numbers above that checkpoint (`recovery::Known`), so no new entry
     /// can fall under it.
-    fn acknowledge(&self, publications: Vec<Publication>, completers: Vec<Completer>) {
+    fn acknowledge(&mut self, publications: Vec<Publication>, completers: Vec<Completer>) {
         publish(publications);
-        match &self.syncer {
-            Some((jobs, _)) => {
-                let current = self
-                    .current
-                    .as_ref()
-                    .expect("acknowledged segments were just written to the current epoch");
-                let job = SyncJob {
-                    epoch: current.id,
-                    db: Some(Arc::clone(&current.db)),
-                    _hold: Some(self.current_token()),
-                    completers,
-                    done: None,
-                };
+        if let Acknowledgement::AtOnce = self.acknowledgement {
+            for c in completers {
+                c.complete(Ok(()));
+            }
+            return;
+        }
+        let current = self
+            .current
+            .as_ref()
+            .expect("acknowledged segments were just written to the current epoch");
+        let job = SyncJob {
+            epoch: current.id,
+            db: Some(Arc::clone(&current.db)),
+            _hold: Some(self.current_token()),
+            completers,
+            done: None,
+        };
+        match &mut self.acknowledgement {
+            Acknowledgement::SyncerThread { jobs, .. } => {
                 if jobs.send(job).is_err() {
                     // The job comes back in the error and is dropped here: its completers fail
                     // the tickets with `Closed`.
                     tracing::error!("syncer thread is gone; enqueues fail");
                 }
             }
-            None => {
-                for c in completers {
-                    c.complete(Ok(()));
-                }
-            }
+            Acknowledgement::AtOnce => unreachable!("completed above"),
         }
     }
 
@@ -649,11 +672,16 @@ impl Writer {
         }
         if now >= self.next_checkpoint {
             self.close_sealed();
-            self.save_checkpoints();
+            let interval = self.store.config.checkpoint_interval;
+            let acks = self.store.acks_since_save.load(Ordering::Relaxed);
+            if now >= self.checkpoints_saved + interval || acks >= self.store.config.checkpoint_acks
+            {
+                self.save_checkpoints();
+            }
             // Cheap (a reference count per epoch), and frees disk and memory soon after the
-            // readers are done with an epoch.
+            // readers are done with an epoch (it saves the checkpoints that release one).
             self.delete_consumed_epochs();
-            self.next_checkpoint = now + self.store.config.checkpoint_interval;
+            self.next_checkpoint = now + CHECKPOINT_TICK.min(interval);
         }
         if now >= self.time_saved + TIME_SAVE_INTERVAL {
             self.save_time();
@@ -669,6 +697,8 @@ impl Writer {
     }
 
     fn save_checkpoints(&mut self) {
+        self.checkpoints_saved = Instant::now();
+        self.store.acks_since_save.store(0, Ordering::Relaxed);
         if self.meta.is_none() {
             // Closed after a write error: they stay dirty, saved once it is reopened.
             return;
@@ -690,11 +720,15 @@ impl Writer {
             return;
         }
         let now_ms = self.store.time.now_ms();
-        if let Err(e) = self.meta().and_then(|meta| {
+        let saved = self.meta().and_then(|meta| {
             meta.save_checkpoints(&list)?;
             meta.save_time(now_ms)?;
             meta.flush()
-        }) {
+        });
+        if saved.is_ok() {
+            Counters::add(&self.store.counters.checkpoint_saves, 1);
+        }
+        if let Err(e) = saved {
             // Saved again once the meta database is reopened (a crash before that delivers
             // those entries again: at-least-once).
             for endpoint in self.endpoints() {
@@ -780,7 +814,7 @@ impl Writer {
         }
         self.unflushed = false;
         self.last_flush = Instant::now();
-        if let Some((jobs, _)) = &self.syncer {
+        if let Acknowledgement::SyncerThread { jobs, .. } = &self.acknowledgement {
             // A barrier: the syncer handles jobs in order, so once this one is done, every
             // earlier group is synced and acknowledged.
             let (done, wait) = crossbeam_channel::bounded(1);
@@ -811,7 +845,9 @@ impl Writer {
         if let Err(e) = self.flush_all() {
             tracing::error!(error = %e, "final flush failed");
         }
-        if let Some((jobs, handle)) = self.syncer.take() {
+        if let Acknowledgement::SyncerThread { jobs, handle } =
+            std::mem::replace(&mut self.acknowledgement, Acknowledgement::AtOnce)
+        {
             drop(jobs);
             if handle.join().is_err() {
                 tracing::error!("syncer thread panicked");
@@ -838,6 +874,7 @@ mod tests {
 
     use bytes::Bytes;
 
+    use super::CHECKPOINT_TICK;
     use crate::backend::faults::Faults;
     use crate::{Durability, EnqueueError, Store, StoreConfig, Target, Ttl};
 
@@ -852,6 +889,81 @@ mod tests {
         let mut config = StoreConfig::new(dir);
         config.faults = Some(Arc::clone(faults));
         config
+    }
+
+    #[test]
+    fn checkpoints_are_saved_after_enough_acknowledgements_or_once_the_interval_passed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = StoreConfig::new(dir.path());
+        config.checkpoint_interval = Duration::from_secs(3600);
+        config.checkpoint_acks = 3;
+        let store = Store::open(config).expect("open");
+        let e = store.add_endpoint("e").expect("add");
+        for p in ["a", "b", "c"] {
+            store
+                .enqueue_durable(
+                    Bytes::from_static(p.as_bytes()),
+                    &[Target::new(&e, 0, Ttl::Never)],
+                )
+                .expect("enqueue");
+        }
+        let mut reader = store.reader("e").expect("reader");
+        let mut entries = Vec::new();
+        while entries.len() < 3 && reader.wait(Duration::from_secs(10)) {
+            entries.extend(reader.read(10, usize::MAX).expect("read"));
+        }
+        let saves = |store: &Store| store.stats().checkpoint_saves;
+        let before = saves(&store);
+        reader.ack(entries[0].id).expect("ack");
+        reader.ack(entries[1].id).expect("ack");
+        std::thread::sleep(CHECKPOINT_TICK * 5);
+        assert_eq!(
+            saves(&store),
+            before,
+            "two acknowledgements wait for the interval"
+        );
+        reader.ack(entries[2].id).expect("ack");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while saves(&store) == before && std::time::Instant::now() < deadline {
+            std::thread::sleep(CHECKPOINT_TICK);
+        }
+        assert_eq!(
+            saves(&store),
+            before + 1,
+            "the third one is saved at the next tick"
+        );
+        drop(reader);
+        store.close().expect("close");
+
+        let mut config = StoreConfig::new(dir.path());
+        config.checkpoint_interval = Duration::from_millis(50);
+        config.checkpoint_acks = u64::MAX;
+        let store = Store::open(config).expect("reopen");
+        let e = store.endpoint("e").expect("the endpoint is kept");
+        store
+            .enqueue_durable(Bytes::from_static(b"d"), &[Target::new(&e, 0, Ttl::Never)])
+            .expect("enqueue");
+        let mut reader = store.reader("e").expect("reader");
+        let mut entries = Vec::new();
+        while entries.is_empty() && reader.wait(Duration::from_secs(10)) {
+            entries.extend(reader.read(10, usize::MAX).expect("read"));
+        }
+        assert_eq!(
+            payloads(&entries),
+            ["d"],
+            "the first three were acknowledged"
+        );
+        let before = saves(&store);
+        reader.ack(entries[0].id).expect("ack");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while saves(&store) == before && std::time::Instant::now() < deadline {
+            std::thread::sleep(CHECKPOINT_TICK);
+        }
+        assert_eq!(
+            saves(&store),
+            before + 1,
+            "one acknowledgement is saved once the interval passed"
+        );
     }
 
     #[test]
