@@ -28,7 +28,9 @@
 # (5, length of each fixed-rate run), WINDOW (64), SIZE (256), TIMEOUT (120 s per run),
 # BROKERS ("edgehub mosquitto rumqttd"), SCENARIOS (all of them), CARGO_TARGET_DIR, COMMIT (the
 # commit named in the results; default: git rev-parse HEAD), BENCHMARKS_MD (the file whose
-# block is replaced: BENCHMARKS.md; set it empty to leave it alone).
+# block is replaced: BENCHMARKS.md; set it empty to leave it alone), EDGEHUB_BIN (the edgehub
+# binary measured; default: the release build of this tree; another build, with COMMIT naming
+# it, makes a before/after with the same generator).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -104,7 +106,7 @@ done
 log "building edgehub, edgehub-load and edgehub-chart (release)"
 CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p edgehub -p edgehub-benches \
     --bin edgehub --bin edgehub-load --bin edgehub-chart >&2
-EDGEHUB=$TARGET/release/edgehub
+EDGEHUB=${EDGEHUB_BIN:-$TARGET/release/edgehub}
 LOAD=$TARGET/release/edgehub-load
 CHART=$TARGET/release/edgehub-chart
 

@@ -49,6 +49,32 @@ pub struct Config {
     pub upstream: Option<UpstreamConfig>,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[runtime]`.
+    pub runtime: Runtime,
+}
+
+/// The `[runtime]` table: the threads of the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Runtime {
+    /// `worker_threads`: threads of the async runtime (connections, routing, deliveries);
+    /// `None`: [`Runtime::default_worker_threads`]. The store's writer and syncer threads
+    /// come on top.
+    pub worker_threads: Option<usize>,
+}
+
+impl Runtime {
+    /// The async runtime's threads when the configuration does not say: one per CPU.
+    #[must_use]
+    pub fn default_worker_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+
+    /// The async runtime's threads.
+    #[must_use]
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads
+            .unwrap_or_else(Self::default_worker_threads)
+    }
 }
 
 /// The `[upstream]` table: IoT Hub, or the parent hub in a nested deployment.
@@ -308,6 +334,7 @@ impl Config {
             strict_topics: false,
             upstream: None,
             limits: Limits::default(),
+            runtime: Runtime::default(),
         }
     }
 
@@ -423,6 +450,14 @@ struct RawConfig {
     upstream: Option<RawUpstream>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    runtime: RawRuntime,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -559,6 +594,7 @@ impl RawConfig {
                 .map(|raw| raw.validate(v, &self.device_id))
                 .transpose()?,
             limits: self.limits.validate(v)?,
+            runtime: self.runtime.validate(v)?,
             device_id: self.device_id,
         })
     }
@@ -611,6 +647,16 @@ impl RawLimits {
             Some(0) => Err(v.invalid("limits.max_connections", "must be positive")),
             Some(max_connections) => Ok(Limits { max_connections }),
             None => Ok(Limits::default()),
+        }
+    }
+}
+
+impl RawRuntime {
+    fn validate(self, v: &Validator<'_>) -> Result<Runtime, ConfigError> {
+        match self.worker_threads {
+            Some(0) => Err(v.invalid("runtime.worker_threads", "must be positive")),
+            Some(n) if n > 1024 => Err(v.invalid("runtime.worker_threads", "1024 at most")),
+            worker_threads => Ok(Runtime { worker_threads }),
         }
     }
 }
@@ -716,7 +762,7 @@ manifest = "deployment.json"
             )
         };
         let config = parse(&format!(
-            "[upstream]\nconnection_string = \"{}\"\nport = 18883\nca = \"parent-ca.pem\"\nlive_first = true\n[limits]\nmax_connections = 100\n",
+            "[upstream]\nconnection_string = \"{}\"\nport = 18883\nca = \"parent-ca.pem\"\nlive_first = true\n[limits]\nmax_connections = 100\n[runtime]\nworker_threads = 3\n",
             connection_string("edge-1")
         ))
         .unwrap();
@@ -732,6 +778,7 @@ manifest = "deployment.json"
             Some("parent.local")
         );
         assert_eq!(config.limits.max_connections, 100);
+        assert_eq!(config.runtime.worker_threads(), 3);
         let default_port = parse(&format!(
             "[upstream]\nconnection_string = \"{}\"\n",
             connection_string("edge-1")
@@ -765,6 +812,10 @@ manifest = "deployment.json"
         assert_eq!(
             invalid_key("[limits]\nmax_connections = 0\n"),
             "limits.max_connections"
+        );
+        assert_eq!(
+            invalid_key("[runtime]\nworker_threads = 0\n"),
+            "runtime.worker_threads"
         );
     }
 

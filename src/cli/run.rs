@@ -41,6 +41,7 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
         )
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.worker_threads())
         .enable_all()
         .build()
         .context("starting the async runtime")?;
