@@ -47,6 +47,10 @@ pub(crate) struct EndpointState {
     pub queues: BTreeMap<u32, Queue>,
     /// Waker of an async reader waiting for work.
     pub waker: Option<Waker>,
+    /// Threads blocked in [`Endpoint::wait_ready`]: a wake notifies the condition variable
+    /// only when there is one (a notification costs a system call even when nobody waits,
+    /// and the writer wakes an endpoint for every group commit).
+    blocked_readers: usize,
     pub reader_attached: bool,
     pub closed: bool,
     /// Some checkpoint moved since the writer last saved them.
@@ -135,8 +139,11 @@ impl Endpoint {
     /// Releases the lock and wakes whoever waits on this endpoint.
     pub fn wake(&self, mut state: MutexGuard<'_, EndpointState>) {
         let waker = state.waker.take();
+        let blocked = state.blocked_readers > 0;
         drop(state);
-        self.ready.notify_all();
+        if blocked {
+            self.ready.notify_all();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -144,12 +151,14 @@ impl Endpoint {
 
     /// Waits until the endpoint is ready or `timeout` passes; returns whether it is ready.
     pub fn wait_ready(self: &Arc<Self>, epochs: &EpochTable, timeout: Duration) -> bool {
-        let state = self.lock();
-        let state = self
+        let mut state = self.lock();
+        state.blocked_readers += 1;
+        let mut state = self
             .ready
             .wait_timeout_while(state, timeout, |s| !self.is_ready(s, epochs))
             .unwrap_or_else(PoisonError::into_inner)
             .0;
+        state.blocked_readers -= 1;
         self.is_ready(&state, epochs)
     }
 

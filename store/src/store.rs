@@ -5,7 +5,6 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use crossbeam_channel::{Sender, TrySendError};
 
 use crate::clock::StoreTime;
 use crate::config::{QuotaPolicy, StoreConfig};
@@ -13,6 +12,7 @@ use crate::endpoint::EndpointHandle;
 use crate::entry::Target;
 use crate::epoch::{EpochTable, Layout};
 use crate::error::{EnqueueError, OpenError, StoreError};
+use crate::inbox;
 use crate::reader::Reader;
 use crate::recovery::{RecoveryReport, recover};
 use crate::state::StoreState;
@@ -28,7 +28,7 @@ use crate::writer::{Command, Destination, Enqueue, Writer};
 #[derive(Debug)]
 pub struct Store {
     state: Arc<StoreState>,
-    inbox: Option<Sender<Command>>,
+    inbox: Option<inbox::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
     /// Opens sealed epochs for readers (see `EpochTable::run_opener`).
     opener: Option<JoinHandle<()>>,
@@ -62,7 +62,7 @@ impl Store {
         );
         let counters = Counters::default();
         Counters::add(&counters.quarantined, report.quarantined.len() as u64);
-        let (inbox, commands) = crossbeam_channel::bounded(config.inbox_capacity);
+        let (inbox, commands) = inbox::bounded(config.inbox_capacity);
         let state = Arc::new(StoreState {
             config,
             endpoints: RwLock::default(),
@@ -112,13 +112,13 @@ impl Store {
         &self.report
     }
 
-    fn inbox(&self) -> Result<&Sender<Command>, StoreError> {
+    fn inbox(&self) -> Result<&inbox::Sender<Command>, StoreError> {
         self.inbox.as_ref().ok_or(StoreError::Closed)
     }
 
     fn request<T>(
         &self,
-        make: impl FnOnce(Sender<Result<T, StoreError>>) -> Command,
+        make: impl FnOnce(crossbeam_channel::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.inbox()?
@@ -262,8 +262,8 @@ impl Store {
         let inbox = self.inbox.as_ref().ok_or(EnqueueError::Closed)?;
         match inbox.try_send(Command::Enqueue(enqueue)) {
             Ok(()) => Ok(ticket),
-            Err(TrySendError::Full(_)) => Err(EnqueueError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(EnqueueError::Closed),
+            Err(inbox::TrySendError::Full(_)) => Err(EnqueueError::Busy),
+            Err(inbox::TrySendError::Disconnected(_)) => Err(EnqueueError::Closed),
         }
     }
 

@@ -113,7 +113,7 @@ impl Syncer {
 /// Body of the syncer thread: syncs what the writer sent, in groups of what waits; returns
 /// when the writer drops its sender.
 pub(crate) fn run(jobs: &Receiver<SyncJob>, mut syncer: Syncer) {
-    while let Ok(first) = jobs.recv() {
+    while let Some(first) = crate::park::recv(jobs) {
         let mut group = vec![first];
         group.extend(jobs.try_iter());
         syncer.sync(group);

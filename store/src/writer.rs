@@ -22,6 +22,7 @@ use crate::config::Durability;
 use crate::endpoint::Endpoint;
 use crate::epoch::{EpochToken, Layout};
 use crate::error::{BackendError, EnqueueError, OpenError, StoreError};
+use crate::inbox;
 use crate::queue::SegRef;
 use crate::recovery::Recovered;
 use crate::segment::{RecordTarget, SegmentBuilder, Summary};
@@ -129,7 +130,7 @@ enum Acknowledgement {
 pub(crate) struct Writer {
     store: Arc<StoreState>,
     layout: Layout,
-    inbox: Receiver<Command>,
+    inbox: inbox::Receiver<Command>,
     /// The meta database; `None` after a write error until the store recovers.
     meta: Option<MetaDb>,
     /// Set while the store cannot write (see `health`).
@@ -169,7 +170,7 @@ impl Writer {
     pub fn new(
         store: Arc<StoreState>,
         layout: Layout,
-        inbox: Receiver<Command>,
+        inbox: inbox::Receiver<Command>,
         recovered: Recovered,
     ) -> Result<Self, OpenError> {
         let Recovered {
@@ -267,24 +268,21 @@ impl Writer {
             let timeout = self
                 .next_deadline()
                 .saturating_duration_since(Instant::now());
-            crossbeam_channel::select! {
-                recv(self.inbox) -> command => {
-                    let Ok(command) = command else { break };
+            // The inbox only, not the syncer's failures too: they are taken before every
+            // commit and at every tick (`timers`).
+            match self.inbox.recv_timeout(timeout) {
+                Ok(command) => {
                     self.handle(command, &mut batch);
                     while batch.len() < self.store.config.max_commit_messages {
-                        let Ok(command) = self.inbox.try_recv() else {
+                        let Some(command) = self.inbox.try_recv() else {
                             break;
                         };
                         self.handle(command, &mut batch);
                     }
                     self.commit(&mut batch);
                 }
-                recv(self.failures) -> failure => {
-                    if let Ok((epoch, error)) = failure {
-                        self.write_failed(epoch, &error);
-                    }
-                }
-                default(timeout) => {}
+                Err(inbox::RecvError::Timeout) => {}
+                Err(inbox::RecvError::Disconnected) => break,
             }
             self.timers();
         }
@@ -654,6 +652,7 @@ impl Writer {
     }
 
     fn timers(&mut self) {
+        self.take_failures();
         let now = Instant::now();
         self.maybe_recover(now);
         if let Durability::Periodic { interval } = self.store.config.durability
