@@ -155,7 +155,7 @@ impl Lab {
             "--volume",
             &volume,
             "--env",
-            "RUST_LOG=info,sled=warn",
+            "RUST_LOG=info,sled=off",
             "--env",
             "NO_COLOR=1",
             "--publish",

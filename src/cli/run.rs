@@ -34,10 +34,12 @@ pub(super) fn run(args: &RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(INVALID));
         }
     };
+    // sled's own log is off: every error of sled reaches the store as an `Err`, which logs it
+    // (a full disk once per episode, where sled logs each failed write and flush).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=off")),
         )
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()

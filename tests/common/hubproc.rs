@@ -114,7 +114,7 @@ impl HubProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_edgehub"))
             .args(["run", "--config"])
             .arg(self.dir.path().join("edgehub.toml"))
-            .env("RUST_LOG", "info,sled=warn")
+            .env("RUST_LOG", "info,sled=off")
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -83,7 +83,7 @@ impl HubProcess {
         let child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info,sled=warn")
+            .env("RUST_LOG", "info,sled=off")
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().map_err(spawn_error)?)
             .stderr(log)
