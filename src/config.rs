@@ -57,16 +57,23 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Runtime {
     /// `worker_threads`: threads of the async runtime (connections, routing, deliveries);
-    /// `None`: [`Runtime::default_worker_threads`]. The store's writer and syncer threads
-    /// come on top.
+    /// `None`: [`Runtime::default_worker_threads`]. The store's writer thread comes on
+    /// top.
     pub worker_threads: Option<usize>,
 }
 
 impl Runtime {
-    /// The async runtime's threads when the configuration does not say: one per CPU.
+    /// The async runtime's threads when the configuration does not say: one per CPU less
+    /// the one the store's writer keeps busy, and at least one. Each thread more costs
+    /// wake-ups between threads, hence CPU, at a modest message rate (BENCHMARKS.md, issue
+    /// 15: on 2 CPUs one thread instead of two took 7-10% less CPU per message at 200 and
+    /// 2,000 msgs/s, with the same open-loop throughput).
     #[must_use]
     pub fn default_worker_threads() -> usize {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .saturating_sub(1)
+            .max(1)
     }
 
     /// The async runtime's threads.
