@@ -57,17 +57,16 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Runtime {
     /// `worker_threads`: threads of the async runtime (connections, routing, deliveries);
-    /// `None`: [`Runtime::default_worker_threads`]. The store's writer thread comes on
-    /// top.
+    /// `None`: [`Runtime::default_worker_threads`]. The store's writer and syncer threads
+    /// come on top.
     pub worker_threads: Option<usize>,
 }
 
 impl Runtime {
     /// The async runtime's threads when the configuration does not say: one per CPU less
-    /// the one the store's writer keeps busy, and at least one. Each thread more costs
-    /// wake-ups between threads, hence CPU, at a modest message rate (BENCHMARKS.md, issue
-    /// 15: on 2 CPUs one thread instead of two took 7-10% less CPU per message at 200 and
-    /// 2,000 msgs/s, with the same open-loop throughput).
+    /// one (for the store's writer and syncer threads), and at least one. Each thread more
+    /// costs wake-ups between threads, hence CPU, at a modest message rate (BENCHMARKS.md,
+    /// issue 15).
     #[must_use]
     pub fn default_worker_threads() -> usize {
         std::thread::available_parallelism()

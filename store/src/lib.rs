@@ -41,7 +41,10 @@
 //!   counters).
 //! - `writer`: the writer thread, sole owner of the write side; group commit, epoch rotation,
 //!   compaction, the cleaner (expiry, deletion of consumed epochs, quota) and checkpoint saving.
+//! - `syncer`: in `sync` mode, fsyncs groups, then acknowledges them (readers saw them
+//!   when they were written).
 //! - `inbox`: the writer's inbox (one wake-up per hand-off, none while the writer is busy).
+//! - `park`: a blocking receive that parks the syncer's thread at once.
 //! - `writer::health`: write failures (full disk, failed sync), the degraded state and
 //!   recovery from it.
 //! - `reader`: per-endpoint batches, acks, waiting.
@@ -67,6 +70,7 @@ mod entry;
 mod epoch;
 mod error;
 mod inbox;
+mod park;
 mod queue;
 mod quota;
 mod reader;
@@ -75,6 +79,7 @@ mod segment;
 mod state;
 mod stats;
 mod store;
+mod syncer;
 mod ticket;
 mod writer;
 

@@ -2,19 +2,20 @@
 //!
 //! Each turn it blocks for the first command, drains up to `max_commit_messages` more without
 //! blocking, packs the messages into segments and writes them, each segment's summary last
-//! (group commit), and publishes them to the readers at once. In `sync` mode it then flushes
-//! (sled's flush and `fdatasync`) and acknowledges; in `periodic` mode it acknowledges at
-//! once and flushes on a timer. Between turns it saves checkpoints,
+//! (group commit), and publishes them to the readers at once. In `sync` mode the syncer thread
+//! then flushes (sled's flush and `fdatasync`) and acknowledges; in `periodic` mode
+//! the writer acknowledges at once and flushes on a timer. Between turns it saves checkpoints,
 //! runs the cleaner (`cleaner`: expiry, epoch deletion, quota), rotates epochs and compacts
 //! the ones slow entries would pin (`compaction`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::backend::{EpochDb, MetaDb, OpenFailure, SegmentWrite};
 use crate::config::Durability;
@@ -27,6 +28,7 @@ use crate::recovery::Recovered;
 use crate::segment::{RecordTarget, SegmentBuilder, Summary};
 use crate::state::StoreState;
 use crate::stats::Counters;
+use crate::syncer::{self, FlushFailure, SyncJob, Syncer};
 use crate::ticket::Completer;
 
 mod cleaner;
@@ -111,6 +113,18 @@ struct Current {
     written: u64,
 }
 
+/// Where the tickets of a written group complete.
+#[derive(Debug)]
+enum Acknowledgement {
+    /// `sync`: after the flush that covers them, on the syncer thread.
+    SyncerThread {
+        jobs: Sender<SyncJob>,
+        handle: JoinHandle<()>,
+    },
+    /// `periodic`: at once.
+    AtOnce,
+}
+
 /// State owned by the writer thread.
 #[derive(Debug)]
 pub(crate) struct Writer {
@@ -127,9 +141,12 @@ pub(crate) struct Writer {
     current: Option<Current>,
     /// Id of the next epoch to create (ids are never reused).
     next_epoch: u64,
+    /// Flushes the syncer saw fail: each seals its epoch.
+    failures: Receiver<FlushFailure>,
     next_seq: u64,
     seq_reserved: u64,
     next_endpoint: u32,
+    acknowledgement: Acknowledgement,
     /// Sealed epochs still to be closed (see `close_sealed`).
     to_close: Vec<u64>,
     /// Live bytes of small sealed epochs, and since when they have not shrunk (compaction).
@@ -170,6 +187,23 @@ impl Writer {
             .endpoints
             .write()
             .unwrap_or_else(PoisonError::into_inner) = endpoints;
+        let config = &store.config;
+        let (failed, failures) = crossbeam_channel::bounded(64);
+        let acknowledgement = match config.durability {
+            Durability::Sync => {
+                let (jobs, rx) = crossbeam_channel::bounded(1024);
+                let syncer = Syncer::new(failed);
+                let handle = std::thread::Builder::new()
+                    .name("store-syncer".into())
+                    .spawn(move || syncer::run(&rx, syncer))
+                    .map_err(|source| OpenError::Io {
+                        path: layout.epoch_dir(next_epoch),
+                        source,
+                    })?;
+                Acknowledgement::SyncerThread { jobs, handle }
+            }
+            Durability::Periodic { .. } => Acknowledgement::AtOnce,
+        };
         let now = Instant::now();
         let mut writer = Self {
             store,
@@ -180,10 +214,12 @@ impl Writer {
             epochs,
             current: None,
             next_epoch,
+            failures,
             next_seq,
             // Reserved below, before any use.
             seq_reserved: 0,
             next_endpoint,
+            acknowledgement,
             to_close: Vec::new(),
             stalled: HashMap::new(),
             builder: SegmentBuilder::default(),
@@ -232,6 +268,8 @@ impl Writer {
             let timeout = self
                 .next_deadline()
                 .saturating_duration_since(Instant::now());
+            // The inbox only, not the syncer's failures too: they are taken before every
+            // commit and at every tick (`timers`).
             match self.inbox.recv_timeout(timeout) {
                 Ok(command) => {
                     self.handle(command, &mut batch);
@@ -287,6 +325,8 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        // A flush that failed meanwhile seals its epoch before anything more goes into it.
+        self.take_failures();
         if self.current.is_none()
             && !self.is_degraded()
             && let Err(e) = self.start_epoch()
@@ -389,52 +429,43 @@ impl Writer {
     }
 
     /// Publishes written segments to their endpoints at once (readers see them from now on:
-    /// they are in the epoch's sled database, in memory), then completes their tickets: after
-    /// the flush (sled's flush and `fdatasync`) that covers them (`sync`), or at once
-    /// (`periodic`).
+    /// they are in the epoch's sled database, in memory), then completes their tickets:
+    /// through the syncer after its flush (`sync`), or at once (`periodic`).
     ///
     /// Delivering before the fsync is what at-least-once allows: a crash before it only makes
     /// the producers, whose tickets had not completed, send again. A reader may acknowledge
     /// such an entry and its checkpoint be saved before the entry is durable; recovery then
     /// continues sequence numbers above that checkpoint (`recovery::Known`), so no new entry
     /// can fall under it.
-    ///
-    /// The flush runs here, on the writer's thread: what comes in meanwhile waits in the inbox
-    /// and makes the next group commit. A thread of its own for the flush (until issue 15)
-    /// let the writer write the next group during it, but cost a hand-off and a wake-up per
-    /// group, which at a modest rate is per message, for no throughput (BENCHMARKS.md).
-    ///
-    /// A failed flush fails its whole group, although readers may already have seen (and
-    /// delivered) its entries, as after a crash before the fsync: the producers send them
-    /// again (at-least-once). The epoch is sealed before the tickets fail (`write_failed`),
-    /// so nothing a producer sends again goes to it.
     fn acknowledge(&mut self, publications: Vec<Publication>, completers: Vec<Completer>) {
         publish(publications);
-        let result = match self.store.config.durability {
-            Durability::Periodic { .. } => Ok(()),
-            Durability::Sync => self.flush_current(),
-        };
-        let result = result.map_err(EnqueueError::from_write);
-        for c in completers {
-            c.complete(result.clone());
+        if let Acknowledgement::AtOnce = self.acknowledgement {
+            for c in completers {
+                c.complete(Ok(()));
+            }
+            return;
         }
-    }
-
-    /// Flushes the current epoch; a failure seals it (see `write_failed`).
-    fn flush_current(&mut self) -> Result<(), BackendError> {
         let current = self
             .current
             .as_ref()
             .expect("acknowledged segments were just written to the current epoch");
-        let (epoch, result) = (current.id, current.db.flush());
-        if let Err(e) = &result {
-            if !e.is_disk_full() {
-                // A full disk is logged once per episode (`health`).
-                tracing::error!(error = %e, epoch, "flush failed; this group is not acknowledged and its epoch is sealed");
+        let job = SyncJob {
+            epoch: current.id,
+            db: Some(Arc::clone(&current.db)),
+            _hold: Some(self.current_token()),
+            completers,
+            done: None,
+        };
+        match &mut self.acknowledgement {
+            Acknowledgement::SyncerThread { jobs, .. } => {
+                if jobs.send(job).is_err() {
+                    // The job comes back in the error and is dropped here: its completers fail
+                    // the tickets with `Closed`.
+                    tracing::error!("syncer thread is gone; enqueues fail");
+                }
             }
-            self.write_failed(epoch, e);
+            Acknowledgement::AtOnce => unreachable!("completed above"),
         }
-        result
     }
 
     /// Writes sealed segments to the current epoch, summaries last (not flushed); returns
@@ -580,6 +611,13 @@ impl Writer {
         }
     }
 
+    /// Takes the flush failures the syncer reported.
+    fn take_failures(&mut self) {
+        while let Ok((epoch, error)) = self.failures.try_recv() {
+            self.write_failed(epoch, &error);
+        }
+    }
+
     /// A write or flush of `epoch` failed. If it is the current epoch, it is sealed for
     /// writing and a new one is started: after a failed `fdatasync` the kernel may have
     /// dropped the failed pages (and report the next sync as a success), and sled remembers
@@ -614,6 +652,7 @@ impl Writer {
     }
 
     fn timers(&mut self) {
+        self.take_failures();
         let now = Instant::now();
         self.maybe_recover(now);
         if let Durability::Periodic { interval } = self.store.config.durability
@@ -764,6 +803,7 @@ impl Writer {
 
     /// Makes everything written durable and saves checkpoints.
     fn flush_all(&mut self) -> Result<(), StoreError> {
+        self.take_failures();
         if let Some(current) = &self.current
             && let Err(e) = current.db.flush()
         {
@@ -773,6 +813,21 @@ impl Writer {
         }
         self.unflushed = false;
         self.last_flush = Instant::now();
+        if let Acknowledgement::SyncerThread { jobs, .. } = &self.acknowledgement {
+            // A barrier: the syncer handles jobs in order, so once this one is done, every
+            // earlier group is synced and acknowledged.
+            let (done, wait) = crossbeam_channel::bounded(1);
+            let barrier = SyncJob {
+                epoch: self.current_id().unwrap_or(self.next_epoch),
+                db: None,
+                _hold: None,
+                completers: Vec::new(),
+                done: Some(done),
+            };
+            if jobs.send(barrier).is_ok() {
+                let _ = wait.recv();
+            }
+        }
         self.save_checkpoints();
         let now_ms = self.store.time.now_ms();
         if let Err(e) = self
@@ -788,6 +843,14 @@ impl Writer {
     fn shutdown(mut self) {
         if let Err(e) = self.flush_all() {
             tracing::error!(error = %e, "final flush failed");
+        }
+        if let Acknowledgement::SyncerThread { jobs, handle } =
+            std::mem::replace(&mut self.acknowledgement, Acknowledgement::AtOnce)
+        {
+            drop(jobs);
+            if handle.join().is_err() {
+                tracing::error!("syncer thread panicked");
+            }
         }
         for endpoint in self.endpoints() {
             let mut state = endpoint.lock();
