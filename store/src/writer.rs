@@ -912,6 +912,14 @@ mod tests {
             entries.extend(reader.read(10, usize::MAX).expect("read"));
         }
         let saves = |store: &Store| store.stats().checkpoint_saves;
+        // The count once it moved past `before`, or `before` after 10 s.
+        let saves_after = |store: &Store, before: u64| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while saves(store) == before && std::time::Instant::now() < deadline {
+                std::thread::sleep(CHECKPOINT_TICK);
+            }
+            saves(store)
+        };
         let before = saves(&store);
         reader.ack(entries[0].id).expect("ack");
         reader.ack(entries[1].id).expect("ack");
@@ -922,12 +930,8 @@ mod tests {
             "two acknowledgements wait for the interval"
         );
         reader.ack(entries[2].id).expect("ack");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while saves(&store) == before && std::time::Instant::now() < deadline {
-            std::thread::sleep(CHECKPOINT_TICK);
-        }
         assert_eq!(
-            saves(&store),
+            saves_after(&store, before),
             before + 1,
             "the third one is saved at the next tick"
         );
@@ -954,12 +958,8 @@ mod tests {
         );
         let before = saves(&store);
         reader.ack(entries[0].id).expect("ack");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while saves(&store) == before && std::time::Instant::now() < deadline {
-            std::thread::sleep(CHECKPOINT_TICK);
-        }
         assert_eq!(
-            saves(&store),
+            saves_after(&store, before),
             before + 1,
             "one acknowledgement is saved once the interval passed"
         );
