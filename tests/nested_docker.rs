@@ -28,11 +28,10 @@ use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::hubproc::{HUB_HOST, epoch_secs, key_of};
+use common::sensor::Sensor;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -349,54 +348,6 @@ fn hub_binary() -> (PathBuf, &'static str) {
     (debug, "this test's build (no release build as new)")
 }
 
-/// The sensor on `bottom`: publishes sequence numbers; its PUBACKs are counted (the hub
-/// acknowledges in order, so the count is the acknowledged prefix of what was sent).
-struct Sensor {
-    client: AsyncClient,
-    acked: Arc<AtomicU32>,
-}
-
-impl Sensor {
-    fn connect(options: MqttOptions) -> Self {
-        let (client, mut events) = AsyncClient::new(options, 1000);
-        let acked = Arc::new(AtomicU32::new(0));
-        let counted = Arc::clone(&acked);
-        tokio::spawn(async move {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        counted.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        });
-        Self { client, acked }
-    }
-
-    async fn send(&self, seq: u32) {
-        self.client
-            .publish(
-                SENSOR_OUT,
-                QoS::AtLeastOnce,
-                false,
-                seq.to_be_bytes().to_vec(),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Waits until `n` messages are acknowledged.
-    async fn wait_acked(&self, n: u32) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.acked.load(Ordering::SeqCst) < n {
-            assert!(Instant::now() < deadline, "{n} acknowledged within 30 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 /// The counter on `top`: every sequence number it gets, with the moment it got it.
 fn counter(options: MqttOptions) -> mpsc::UnboundedReceiver<(u32, Instant)> {
     let (client, mut events) = AsyncClient::new(options, 100);
@@ -601,7 +552,7 @@ async fn three_layers_lose_nothing_when_the_middle_is_cut_off_for_30_s() {
     let bottom = lab.start("bottom", bottom_dir, &lower);
 
     let mut arrivals = counter(top.module("counter", &counter_key));
-    let sensor = Sensor::connect(bottom.module("sensor", &sensor_key));
+    let sensor = Sensor::connect(bottom.module("sensor", &sensor_key), SENSOR_OUT);
     let mut got = Arrivals::default();
 
     // The stream: RATE messages a second, through the cut and for AFTER_RECONNECT after it.
@@ -642,7 +593,7 @@ async fn three_layers_lose_nothing_when_the_middle_is_cut_off_for_30_s() {
     let (outage, _) = ended.expect("the outage ended");
 
     sensor.wait_acked(sent).await;
-    let acked = sensor.acked.load(Ordering::SeqCst);
+    let acked = sensor.acked();
     let expected: BTreeSet<u32> = (0..acked).collect();
     got.until(&mut arrivals, &expected, DRAIN_DEADLINE).await;
     let lost = expected.difference(&got.seen).count();

@@ -5,11 +5,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::hubproc::{HUB_HOST, HubProcess, epoch_secs, key_of};
+use common::sensor::Sensor;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -51,54 +50,6 @@ fn child(parent: &HubProcess, route: &Value) -> HubProcess {
         parent.ca().display()
     );
     HubProcess::start_device(CHILD, &json!({ "up": route }), &["sensor"], &upstream)
-}
-
-/// A publisher whose PUBACKs are counted (the hub acknowledges in order, so the count is the
-/// acknowledged prefix of what was sent).
-struct Sensor {
-    client: AsyncClient,
-    acked: Arc<AtomicU32>,
-}
-
-impl Sensor {
-    fn connect(options: MqttOptions) -> Self {
-        let (client, mut events) = AsyncClient::new(options, 1000);
-        let acked = Arc::new(AtomicU32::new(0));
-        let counted = Arc::clone(&acked);
-        tokio::spawn(async move {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        counted.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        });
-        Self { client, acked }
-    }
-
-    async fn send(&self, seq: u32) {
-        self.client
-            .publish(
-                SENSOR_OUT,
-                QoS::AtLeastOnce,
-                false,
-                seq.to_be_bytes().to_vec(),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Waits until `n` messages are acknowledged.
-    async fn wait_acked(&self, n: u32) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.acked.load(Ordering::SeqCst) < n {
-            assert!(Instant::now() < deadline, "{n} acknowledged within 30 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// The parent's module receiving what the child forwards; reconnects by itself.
@@ -188,7 +139,7 @@ async fn the_parent_killed_for_20_s_under_a_stream_loses_nothing() {
         &json!("FROM /messages/modules/sensor/* INTO $upstream"),
     );
     let mut arrivals = counter(parent.module("parent", "counter"));
-    let sensor = Sensor::connect(child.module(CHILD, "sensor"));
+    let sensor = Sensor::connect(child.module(CHILD, "sensor"), SENSOR_OUT);
 
     let mut got = Arrivals::new();
     let started = Instant::now();
@@ -222,7 +173,7 @@ async fn the_parent_killed_for_20_s_under_a_stream_loses_nothing() {
     }
     let acked = {
         sensor.wait_acked(TOTAL).await;
-        sensor.acked.load(Ordering::SeqCst)
+        sensor.acked()
     };
     let expected: BTreeSet<u32> = (0..acked).collect();
     got.until(&mut arrivals, &expected, Duration::from_secs(90))
@@ -253,7 +204,7 @@ async fn messages_stored_by_a_child_restarted_while_the_parent_is_down_leave_onc
     );
     let counter_options = parent.module("parent", "counter");
     parent.kill();
-    let sensor = Sensor::connect(child.module(CHILD, "sensor"));
+    let sensor = Sensor::connect(child.module(CHILD, "sensor"), SENSOR_OUT);
     for seq in 0..N {
         sensor.send(seq).await;
     }
@@ -284,7 +235,7 @@ async fn during_an_outage_exactly_the_messages_whose_ttl_ran_out_are_dropped() {
     );
     let counter_options = parent.module("parent", "counter");
     parent.kill();
-    let sensor = Sensor::connect(child.module(CHILD, "sensor"));
+    let sensor = Sensor::connect(child.module(CHILD, "sensor"), SENSOR_OUT);
     // Batch A goes in as the outage starts; after 10 s its 5 s TTL has run out.
     for seq in 0..50 {
         sensor.send(seq).await;
@@ -402,7 +353,7 @@ async fn a_throttled_link_backs_off_and_its_messages_wait_until_upstream_takes_i
         &parent,
         &json!("FROM /messages/modules/sensor/* INTO $upstream"),
     );
-    let sensor = Sensor::connect(child.module(CHILD, "sensor"));
+    let sensor = Sensor::connect(child.module(CHILD, "sensor"), SENSOR_OUT);
     for seq in 0..20 {
         sensor.send(seq).await;
     }

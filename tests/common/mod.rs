@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 pub mod hubproc;
 pub mod inproc;
 pub mod sdk;
+pub mod sensor;
 pub mod small_fs;
 
 /// The route most tests deploy: module `sender`'s output `out1` to module `receiver`'s input `in1`.
