@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::hubproc::{HUB_HOST, HubProcess, epoch_secs, key_of};
+use common::probe::{closed_within, refused};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet};
 use serde_json::json;
 
@@ -88,28 +89,6 @@ async fn connect_within(options: &MqttOptions, within: Duration) -> (AsyncClient
             ),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Whether the hub refuses these credentials (CONNACK 5).
-async fn refused(options: MqttOptions) -> bool {
-    let (_client, mut eventloop) = AsyncClient::new(options, 10);
-    match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => ack.code != ConnectReturnCode::Success,
-        Ok(Err(rumqttc::ConnectionError::ConnectionRefused(_))) => true,
-        other => panic!("neither accepted nor refused: {other:?}"),
-    }
-}
-
-/// Whether the hub closes the connection within `within`.
-async fn closed_within(eventloop: &mut EventLoop, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return true,
-            Err(_) => return false,
-        }
     }
 }
 

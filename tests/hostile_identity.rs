@@ -8,6 +8,7 @@ use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Pac
 
 mod common;
 use common::hubproc::HubProcess;
+use common::probe::{closed_within, refused};
 
 /// How long a closed connection may stay open: the hub rechecks every few seconds.
 const CLOSED_WITHIN: Duration = Duration::from_secs(10);
@@ -22,28 +23,6 @@ async fn connect(options: MqttOptions) -> (AsyncClient, EventLoop) {
         other => panic!("no CONNACK: {other:?}"),
     }
     (client, eventloop)
-}
-
-/// Whether the hub refuses these credentials (CONNACK 5).
-async fn refused(options: MqttOptions) -> bool {
-    let (_client, mut eventloop) = AsyncClient::new(options, 10);
-    match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => ack.code != ConnectReturnCode::Success,
-        Ok(Err(rumqttc::ConnectionError::ConnectionRefused(_))) => true,
-        other => panic!("neither accepted nor refused: {other:?}"),
-    }
-}
-
-/// Whether the hub closes the connection within `within` (pings keep it busy meanwhile).
-async fn closed_within(eventloop: &mut EventLoop, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return true,
-            Err(_) => return false,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

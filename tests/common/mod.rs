@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 pub mod hubproc;
 pub mod inproc;
+pub mod probe;
 pub mod sdk;
 pub mod sensor;
 pub mod small_fs;
