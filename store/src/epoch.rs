@@ -180,6 +180,16 @@ pub(crate) trait Waiter: Send + Sync + std::fmt::Debug {
     fn epoch_ready(&self);
 }
 
+/// What [`EpochTable::run_if_open`] found.
+enum Lookup<R, F> {
+    /// The epoch was open: what `f` returned.
+    Ran(R),
+    /// Not an epoch on disk.
+    Unknown,
+    /// On disk, closed: `f`, not run.
+    Closed(F),
+}
+
 /// An epoch readers wait for.
 #[derive(Debug)]
 struct Pending {
@@ -271,18 +281,29 @@ impl EpochTable {
         waiter: &Arc<impl Waiter + 'static>,
         f: impl FnOnce(&EpochDb) -> R,
     ) -> Option<R> {
-        {
-            let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(open) = table.open.get(&id) {
-                open.last_used.store(self.tick(), Ordering::Relaxed);
-                return Some(f(&open.db));
-            }
-            if !table.closed.contains(&id) {
-                return None;
+        match self.run_if_open(id, f) {
+            Lookup::Ran(r) => Some(r),
+            Lookup::Unknown => None,
+            Lookup::Closed(_) => {
+                self.request(id, waiter);
+                None
             }
         }
-        self.request(id, waiter);
-        None
+    }
+
+    /// Runs `f` on epoch `id`'s database if it is open (under the table's read lock); hands
+    /// `f` back if the epoch is closed.
+    fn run_if_open<R, F: FnOnce(&EpochDb) -> R>(&self, id: u64, f: F) -> Lookup<R, F> {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = table.open.get(&id) {
+            open.last_used.store(self.tick(), Ordering::Relaxed);
+            return Lookup::Ran(f(&open.db));
+        }
+        if table.closed.contains(&id) {
+            Lookup::Closed(f)
+        } else {
+            Lookup::Unknown
+        }
     }
 
     /// Whether epoch `id` can be read now: open, or not an epoch this table knows (nothing to
@@ -426,16 +447,11 @@ impl EpochTable {
     /// writer's compaction); `None` if it is not on disk or cannot be opened right now. The
     /// database is opened without holding the table's lock: replaying its log takes a while.
     pub fn with_blocking<R>(&self, id: u64, f: impl FnOnce(&EpochDb) -> R) -> Option<R> {
-        {
-            let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(open) = table.open.get(&id) {
-                open.last_used.store(self.tick(), Ordering::Relaxed);
-                return Some(f(&open.db));
-            }
-            if !table.closed.contains(&id) {
-                return None;
-            }
-        }
+        let f = match self.run_if_open(id, f) {
+            Lookup::Ran(r) => return Some(r),
+            Lookup::Unknown => return None,
+            Lookup::Closed(f) => f,
+        };
         let opened = EpochDb::try_open(&self.layout.epoch_dir(id), self.cache_bytes);
         let db = {
             let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
