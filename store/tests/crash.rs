@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use store::{Store, StoreConfig, Target, Ttl};
 
+mod common;
+use common::{id_of, numbered};
+
 const CHILD_ENV: &str = "STORE_CRASH_CHILD_DIR";
 const PRODUCERS: u64 = 8;
 
@@ -21,16 +24,7 @@ fn config(dir: &str) -> StoreConfig {
 }
 
 fn payload(id: u64) -> Bytes {
-    let mut p = format!("{id:016}").into_bytes();
-    p.resize(256, b'.');
-    Bytes::from(p)
-}
-
-fn id_of(payload: &[u8]) -> u64 {
-    std::str::from_utf8(&payload[..16])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .expect("payload starts with its id")
+    numbered(id, 256)
 }
 
 /// The child: producers print `ACK <id>` once the store acknowledged; the consumer prints

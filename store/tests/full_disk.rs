@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::wait_until;
+use common::{id_of, numbered, wait_until};
 use store::{EnqueueError, Health, Store, StoreConfig, Target, Ttl};
 
 /// Size of the test file system.
@@ -128,16 +128,7 @@ fn fill(path: &Path, leave: u64) {
 }
 
 fn payload(id: u64) -> Bytes {
-    let mut p = format!("{id:016}").into_bytes();
-    p.resize(4096, b'.');
-    Bytes::from(p)
-}
-
-fn id_of(payload: &[u8]) -> u64 {
-    std::str::from_utf8(&payload[..16])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .expect("payload starts with its id")
+    numbered(id, 4096)
 }
 
 /// Reads everything the reader has (waiting for epochs to open), acknowledging it if `ack`.

@@ -104,3 +104,18 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A payload of `size` bytes (at least 16) that starts with `id`, zero-padded to 16 digits.
+pub fn numbered(id: u64, size: usize) -> Bytes {
+    let mut p = format!("{id:016}").into_bytes();
+    p.resize(size.max(16), b'.');
+    Bytes::from(p)
+}
+
+/// The id a [`numbered`] payload starts with.
+pub fn id_of(payload: &[u8]) -> u64 {
+    std::str::from_utf8(&payload[..16])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .expect("payload starts with its id")
+}
