@@ -437,34 +437,32 @@ impl Writer {
     /// such an entry and its checkpoint be saved before the entry is durable; recovery then
     /// continues sequence numbers above that checkpoint (`recovery::Known`), so no new entry
     /// can fall under it.
-    fn acknowledge(&mut self, publications: Vec<Publication>, completers: Vec<Completer>) {
+    fn acknowledge(&self, publications: Vec<Publication>, completers: Vec<Completer>) {
         publish(publications);
-        if let Acknowledgement::AtOnce = self.acknowledgement {
-            for c in completers {
-                c.complete(Ok(()));
+        match &self.acknowledgement {
+            Acknowledgement::AtOnce => {
+                for c in completers {
+                    c.complete(Ok(()));
+                }
             }
-            return;
-        }
-        let current = self
-            .current
-            .as_ref()
-            .expect("acknowledged segments were just written to the current epoch");
-        let job = SyncJob {
-            epoch: current.id,
-            db: Some(Arc::clone(&current.db)),
-            _hold: Some(self.current_token()),
-            completers,
-            done: None,
-        };
-        match &mut self.acknowledgement {
             Acknowledgement::SyncerThread { jobs, .. } => {
+                let current = self
+                    .current
+                    .as_ref()
+                    .expect("acknowledged segments were just written to the current epoch");
+                let job = SyncJob {
+                    epoch: current.id,
+                    db: Some(Arc::clone(&current.db)),
+                    _hold: Some(self.current_token()),
+                    completers,
+                    done: None,
+                };
                 if jobs.send(job).is_err() {
                     // The job comes back in the error and is dropped here: its completers fail
                     // the tickets with `Closed`.
                     tracing::error!("syncer thread is gone; enqueues fail");
                 }
             }
-            Acknowledgement::AtOnce => unreachable!("completed above"),
         }
     }
 
