@@ -27,6 +27,29 @@ use crate::error::OpenError;
 #[derive(Debug)]
 pub(crate) struct EpochToken {
     pub id: u64,
+    /// One past the highest segment number of this epoch whose flush succeeded in this run
+    /// (0: none known). A segment below it that cannot be read held acknowledged messages:
+    /// a storage fault, told apart in the log from the segments of a failed flush.
+    synced_below: AtomicU64,
+}
+
+impl EpochToken {
+    pub fn new(id: u64) -> Self {
+        Self {
+            id,
+            synced_below: AtomicU64::new(0),
+        }
+    }
+
+    /// The segments below `below` were flushed.
+    pub fn note_synced(&self, below: u64) {
+        self.synced_below.fetch_max(below, Ordering::Relaxed);
+    }
+
+    /// Whether segment `segno` is known to have been flushed in this run.
+    pub fn was_synced(&self, segno: u64) -> bool {
+        segno < self.synced_below.load(Ordering::Relaxed)
+    }
 }
 
 /// A database that could not be opened and was moved aside.

@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_segment_drops_only_its_own_entries() {
-        let epoch = Arc::new(EpochToken { id: 1 });
+        let epoch = Arc::new(EpochToken::new(1));
         let mut q = Queue::default();
         q.push(seg(&epoch, 1, 2, 2, u64::MAX));
         q.push(seg(&epoch, 3, 4, 2, u64::MAX));
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn ack_settles_delivered_entries_and_releases_segments() {
-        let epoch = Arc::new(EpochToken { id: 1 });
+        let epoch = Arc::new(EpochToken::new(1));
         let mut q = Queue::default();
         q.push(seg(&epoch, 1, 2, 2, u64::MAX));
         q.push(seg(&epoch, 5, 5, 1, u64::MAX));
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn ack_of_an_entry_never_delivered_is_refused() {
-        let epoch = Arc::new(EpochToken { id: 1 });
+        let epoch = Arc::new(EpochToken::new(1));
         let mut q = Queue::default();
         q.push(seg(&epoch, 1, 2, 2, u64::MAX));
         assert_eq!(q.ack(2), Err(NotDelivered));
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_settled_once_even_after_rewind() {
-        let epoch = Arc::new(EpochToken { id: 1 });
+        let epoch = Arc::new(EpochToken::new(1));
         let mut q = Queue::default();
         q.push(seg(&epoch, 1, 3, 3, u64::MAX));
         q.pass_delivered(1, 3, 100);
@@ -494,7 +494,7 @@ mod tests {
 
     #[test]
     fn expired_entry_with_nothing_pending_moves_the_checkpoint() {
-        let epoch = Arc::new(EpochToken { id: 1 });
+        let epoch = Arc::new(EpochToken::new(1));
         let mut q = Queue::default();
         q.push(seg(&epoch, 1, 2, 2, u64::MAX));
         assert_eq!(
@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn cleaner_drops_expired_head_segments_within_budget() {
-        let epoch = Arc::new(EpochToken { id: 1 });
+        let epoch = Arc::new(EpochToken::new(1));
         let mut q = Queue::default();
         q.push(seg(&epoch, 1, 1, 1, 50));
         q.push(seg(&epoch, 2, 2, 1, 60));
@@ -530,8 +530,8 @@ mod tests {
 
     #[test]
     fn relocated_segments_keep_their_entries_and_release_the_old_epoch() {
-        let old = Arc::new(EpochToken { id: 1 });
-        let new = Arc::new(EpochToken { id: 2 });
+        let old = Arc::new(EpochToken::new(1));
+        let new = Arc::new(EpochToken::new(2));
         let mut q = Queue::default();
         q.push(seg(&old, 1, 2, 2, u64::MAX));
         q.push(seg(&new, 3, 3, 1, u64::MAX));
@@ -552,8 +552,8 @@ mod tests {
 
     #[test]
     fn eviction_drops_only_the_oldest_epoch() {
-        let old = Arc::new(EpochToken { id: 1 });
-        let new = Arc::new(EpochToken { id: 2 });
+        let old = Arc::new(EpochToken::new(1));
+        let new = Arc::new(EpochToken::new(2));
         let mut q = Queue::default();
         q.push(seg(&old, 1, 2, 2, u64::MAX));
         q.push(seg(&old, 3, 3, 1, u64::MAX));

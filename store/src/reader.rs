@@ -137,7 +137,9 @@ impl Reader {
                     break 'queues;
                 }
                 let Some(seg) = q.unread_seg() else { break };
-                let (epoch, segno, seg_last) = (seg.epoch.id, seg.segno, seg.last_seq);
+                let (epoch, segno, seg_first, seg_last) =
+                    (seg.epoch.id, seg.segno, seg.first_seq, seg.last_seq);
+                let synced = seg.epoch.was_synced(segno);
                 moved = true;
                 let segment = match self.load(epoch, segno) {
                     Ok(Some(segment)) => segment,
@@ -145,7 +147,11 @@ impl Reader {
                     // Lower priorities wait too (strict priority order).
                     Ok(None) => break 'queues,
                     Err(reason) => {
-                        tracing::error!(endpoint = %endpoint.name, epoch, segno, %reason, "segment unreadable; its entries are dropped (if its flush failed, their producers were not acknowledged)");
+                        if synced {
+                            tracing::error!(endpoint = %endpoint.name, epoch, segno, first_seq = seg_first, last_seq = seg_last, %reason, "a segment whose flush had succeeded is unreadable: acknowledged messages are lost (a storage fault); its entries are dropped");
+                        } else {
+                            tracing::error!(endpoint = %endpoint.name, epoch, segno, first_seq = seg_first, last_seq = seg_last, %reason, "segment unreadable; its entries are dropped (if its flush failed, their producers were not acknowledged)");
+                        }
                         let lost = q.skip_unreadable(seg_last);
                         Counters::add(&self.store.counters.lost, lost.count);
                         continue;

@@ -315,7 +315,7 @@ fn scan_epochs(
                 continue;
             }
         };
-        let token = Arc::new(EpochToken { id });
+        let token = Arc::new(EpochToken::new(id));
         scanned.add_epoch(&db, &token, summaries, known);
         // Opened again when a reader needs it: a long backlog must not keep every epoch open.
         drop(db);

@@ -26,8 +26,11 @@ pub(crate) struct SyncJob {
     /// The database to flush; `None` for a barrier (see `Writer::flush_all`).
     pub db: Option<Arc<EpochDb>>,
     /// Holds the epoch until its flush is done: the cleaner deletes only epochs nobody holds,
-    /// and readers may consume a group before it is synced.
-    pub _hold: Option<Arc<EpochToken>>,
+    /// and readers may consume a group before it is synced. Told which of its segments were
+    /// synced.
+    pub hold: Option<Arc<EpochToken>>,
+    /// One past the highest segment number of the group.
+    pub segnos_below: u64,
     pub completers: Vec<Completer>,
     /// Signalled once this job (and every job before it) is done.
     pub done: Option<Sender<()>>,
@@ -100,6 +103,9 @@ impl Syncer {
                 .cloned()
                 .unwrap_or(Ok(()))
                 .map_err(EnqueueError::from_write);
+            if let (Ok(()), Some(token)) = (&result, &job.hold) {
+                token.note_synced(job.segnos_below);
+            }
             for completer in job.completers {
                 completer.complete(result.clone());
             }

@@ -365,7 +365,8 @@ impl Writer {
         );
         self.update_quota_flag();
         let publications = self.publications(&packed.sealed, &packed.endpoints);
-        self.acknowledge(publications, packed.completers);
+        let segnos_below = packed.sealed.iter().map(|(segno, ..)| segno + 1).max();
+        self.acknowledge(publications, packed.completers, segnos_below.unwrap_or(0));
         if self
             .current
             .as_ref()
@@ -437,7 +438,12 @@ impl Writer {
     /// such an entry and its checkpoint be saved before the entry is durable; recovery then
     /// continues sequence numbers above that checkpoint (`recovery::Known`), so no new entry
     /// can fall under it.
-    fn acknowledge(&self, publications: Vec<Publication>, completers: Vec<Completer>) {
+    fn acknowledge(
+        &self,
+        publications: Vec<Publication>,
+        completers: Vec<Completer>,
+        segnos_below: u64,
+    ) {
         publish(publications);
         match &self.acknowledgement {
             Acknowledgement::AtOnce => {
@@ -453,7 +459,8 @@ impl Writer {
                 let job = SyncJob {
                     epoch: current.id,
                     db: Some(Arc::clone(&current.db)),
-                    _hold: Some(self.current_token()),
+                    hold: Some(self.current_token()),
+                    segnos_below,
                     completers,
                     done: None,
                 };
@@ -589,7 +596,7 @@ impl Writer {
         self.next_epoch += 1;
         tracing::debug!(epoch = id, "epoch started");
         let db = self.store.epochs.insert(id, db);
-        self.epochs.push_back(Arc::new(EpochToken { id }));
+        self.epochs.push_back(Arc::new(EpochToken::new(id)));
         self.current = Some(Current {
             id,
             db,
@@ -818,7 +825,8 @@ impl Writer {
             let barrier = SyncJob {
                 epoch: self.current_id().unwrap_or(self.next_epoch),
                 db: None,
-                _hold: None,
+                hold: None,
+                segnos_below: 0,
                 completers: Vec::new(),
                 done: Some(done),
             };

@@ -113,7 +113,8 @@ fn free_bytes(path: &Path) -> u64 {
         .expect("df prints the free bytes")
 }
 
-/// Writes a file of zeros that leaves about `leave` bytes free (written, not sparse).
+/// Writes a file of zeros that leaves about `leave` bytes free (written, not sparse), or
+/// fills the disk if the store wrote meanwhile.
 fn fill(path: &Path, leave: u64) {
     let free = free_bytes(path.parent().expect("filler has a parent"));
     let mut left = free.saturating_sub(leave);
@@ -121,10 +122,17 @@ fn fill(path: &Path, leave: u64) {
     let chunk = vec![0u8; 1 << 20];
     while left > 0 {
         let n = usize::try_from(left.min(chunk.len() as u64)).expect("small");
-        file.write_all(&chunk[..n]).expect("filler write");
-        left -= n as u64;
+        match file.write_all(&chunk[..n]) {
+            Ok(()) => left -= n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(e) => panic!("filler write: {e}"),
+        }
     }
-    file.sync_all().expect("filler sync");
+    match file.sync_all() {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {}
+        Err(e) => panic!("filler sync: {e}"),
+    }
 }
 
 fn payload(id: u64) -> Bytes {
@@ -275,4 +283,122 @@ fn a_full_disk_refuses_new_messages_serves_stored_ones_and_recovers_when_space_r
     let missing: Vec<_> = acked.difference(&read).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
     store.close().expect("close");
+}
+
+/// Full-disk episodes under load, as the hub meets them: producers on several threads whose
+/// messages are acknowledged (or refused) while a reader consumes and acknowledges, small
+/// epochs rotating, sealed ones closed and opened again, and the disk filled and freed again
+/// and again. Every message whose ticket succeeded must be read, during the run or after a
+/// restart. `FULL_DISK_CYCLES` sets the number of episodes (default 4; more for a soak).
+#[test]
+fn acknowledged_messages_survive_repeated_full_disks_under_concurrent_load() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mounted = match Mounted::new() {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot mount a small file system here: {why}");
+            return;
+        }
+    };
+    let cycles: u32 = std::env::var("FULL_DISK_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let dir = mounted.mountpoint.join("store");
+    let filler = mounted.mountpoint.join("filler");
+    let config = || {
+        StoreConfig::new(&dir)
+            .with_epoch_bytes(256 << 10)
+            .with_resume_free_bytes(1 << 20)
+            .with_reserve_bytes(2 << 20)
+            .with_cleanup_interval(Duration::from_millis(20))
+    };
+    let store = Arc::new(Store::open(config()).expect("open"));
+    store.add_endpoint("e").expect("add");
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let read = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let producers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, acked, stop, next) = (
+                Arc::clone(&store),
+                Arc::clone(&acked),
+                Arc::clone(&stop),
+                Arc::clone(&next),
+            );
+            std::thread::spawn(move || {
+                let e = store.endpoint("e").expect("endpoint");
+                let target = [Target::new(&e, 0, Ttl::Never)];
+                while !stop.load(Ordering::Relaxed) {
+                    let id = next.fetch_add(1, Ordering::Relaxed);
+                    let stored = store
+                        .enqueue(numbered(id, 300), &target)
+                        .and_then(store::Ticket::wait);
+                    match stored {
+                        Ok(()) => {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            })
+        })
+        .collect();
+    let consumer = {
+        let (store, read, stop) = (Arc::clone(&store), Arc::clone(&read), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut reader = store.reader("e").expect("reader");
+            while !stop.load(Ordering::Relaxed) {
+                if !reader.wait(Duration::from_millis(50)) {
+                    continue;
+                }
+                let batch = reader.read(32, usize::MAX).expect("read");
+                read.lock()
+                    .unwrap()
+                    .extend(batch.iter().map(|e| id_of(&e.payload)));
+                if let Some(last) = batch.last() {
+                    reader.ack(last.id).expect("ack");
+                }
+            }
+        })
+    };
+    for _ in 0..cycles {
+        std::thread::sleep(Duration::from_millis(300));
+        fill(&filler, 256 << 10);
+        std::thread::sleep(Duration::from_millis(400));
+        std::fs::remove_file(&filler).expect("remove filler");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.join().expect("producer");
+    }
+    consumer.join().expect("consumer");
+    let stats = store.stats();
+    let store = Arc::into_inner(store).expect("the threads are done");
+    store.close().expect("close");
+
+    // After a restart, whatever was not consumed yet comes back.
+    let store = Store::open(config()).expect("reopen");
+    read.lock().unwrap().extend(read_all(&store, true));
+    store.close().expect("close");
+    let acked = acked.lock().unwrap();
+    let read = read.lock().unwrap();
+    let missing: Vec<_> = acked.difference(&read).collect();
+    eprintln!(
+        "{} acknowledged, {} read, {} refused, {} write failures, {} lost by the store",
+        acked.len(),
+        read.len(),
+        stats.refused,
+        stats.write_failures,
+        stats.lost
+    );
+    assert!(
+        stats.write_failures > 0,
+        "the disk was never full: {stats:?}"
+    );
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 }

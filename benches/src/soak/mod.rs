@@ -135,6 +135,18 @@ pub struct FaultEvent {
     pub detail: String,
 }
 
+/// An acknowledged message that was never delivered.
+#[derive(Debug, Clone, Serialize)]
+pub struct LostMessage {
+    /// The pair that sent it.
+    pub pair: u32,
+    /// Its sequence number in that pair.
+    pub seq: u64,
+    /// About when it was acknowledged (seconds since the load started), to place it among
+    /// the faults.
+    pub acked_near_s: Option<f64>,
+}
+
 /// A range of samples.
 #[derive(Debug, Clone, Copy, Serialize, Default)]
 pub struct Range {
@@ -149,6 +161,9 @@ pub struct Range {
 /// The soak's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct SoakReport {
+    /// When the load started, in seconds since the Unix epoch (to find the hub log's lines
+    /// of a moment given in seconds since the start).
+    pub started_unix_s: f64,
     /// The load's duration in seconds.
     pub duration_s: f64,
     /// Module pairs.
@@ -173,6 +188,8 @@ pub struct SoakReport {
     pub delivered: u64,
     /// Acknowledged and never delivered: must be 0.
     pub lost: u64,
+    /// The first of them (at most `LOST_LISTED` per pair).
+    pub lost_messages: Vec<LostMessage>,
     /// Deliveries of a message delivered before.
     pub duplicated: u64,
     /// Delivered without an acknowledgement (the hub stored it, the PUBACK was cut off).
@@ -565,6 +582,9 @@ pub fn run(settings: &SoakSettings) -> Result<SoakReport, SoakError> {
         .map(|i| start_pair(&runtime, &site, settings, i, Some(per_pair), &switches))
         .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let (samples, stop_sampler, sampler) = start_sampler(
         &site,
         Arc::clone(&pid),
@@ -674,6 +694,7 @@ pub fn run(settings: &SoakSettings) -> Result<SoakReport, SoakError> {
         *faults.entry(event.kind).or_insert(0) += 1;
     }
     let report = SoakReport {
+        started_unix_s: started_unix.as_secs_f64(),
         duration_s,
         pairs: settings.pairs,
         capacity_per_s: capacity,
@@ -686,6 +707,7 @@ pub fn run(settings: &SoakSettings) -> Result<SoakReport, SoakError> {
         acknowledged: sum(&PairStats::acked_count),
         delivered: sum(&PairStats::delivered_count),
         lost: sum(&PairStats::missing),
+        lost_messages: lost_messages(&pairs, start),
         duplicated: sum(&|s| s.duplicates.load(Ordering::Relaxed)),
         delivered_unacknowledged: sum(&PairStats::delivered_unacked),
         never_acknowledged: sum(&|s| s.published.load(Ordering::Relaxed) - s.acked_count()),
@@ -709,8 +731,43 @@ pub fn run(settings: &SoakSettings) -> Result<SoakReport, SoakError> {
         log_refusal_recoveries: log_text.matches("the store takes messages again").count() as u64,
         drain_s: drain_took.as_secs_f64(),
     };
+    if report.lost > 0 {
+        // What the hub said that may explain it (the log is in the output folder too, but
+        // CI keeps only this output).
+        for line in log_text
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .take(LOG_LINES_ON_LOSS)
+        {
+            eprintln!("soak: hub log: {line}");
+        }
+        eprintln!("soak: lost messages: {:?}", report.lost_messages);
+    }
     write_results(settings, &report, &samples)?;
     Ok(report)
+}
+
+/// How many of the hub's ERROR and WARN lines are printed when a message was lost.
+const LOG_LINES_ON_LOSS: usize = 60;
+
+/// How many lost messages the report lists per pair.
+const LOST_LISTED: usize = 20;
+
+fn lost_messages(pairs: &[RunningPair], start: Instant) -> Vec<LostMessage> {
+    pairs
+        .iter()
+        .enumerate()
+        .flat_map(|(pair, p)| {
+            p.stats
+                .missing_seqs(LOST_LISTED)
+                .into_iter()
+                .map(move |(seq, acked)| LostMessage {
+                    pair: u32::try_from(pair).unwrap_or(u32::MAX),
+                    seq,
+                    acked_near_s: acked.map(|t| t.saturating_duration_since(start).as_secs_f64()),
+                })
+        })
+        .collect()
 }
 
 #[allow(clippy::cast_precision_loss)]

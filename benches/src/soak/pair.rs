@@ -105,7 +105,13 @@ pub struct PairStats {
     pub subscriber_connections: AtomicU64,
     /// Reconnections of the subscriber whose session (subscription) the hub had lost.
     pub sessions_lost: AtomicU64,
+    /// When every `ACK_TIME_EVERY`th message was acknowledged (index `seq / ACK_TIME_EVERY`):
+    /// places a lost message in time, next to the faults.
+    pub ack_times: Mutex<Vec<Option<Instant>>>,
 }
+
+/// One acknowledgement time is kept per this many messages.
+pub const ACK_TIME_EVERY: u64 = 64;
 
 impl PairStats {
     /// Messages acknowledged so far.
@@ -132,6 +138,47 @@ impl PairStats {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         acked.iter().filter(|s| !delivered.contains(*s)).count() as u64
+    }
+
+    /// The first `limit` acknowledged messages not delivered (yet), with about when they
+    /// were acknowledged (the acknowledgement of the nearest kept message at or before them).
+    pub fn missing_seqs(&self, limit: usize) -> Vec<(u64, Option<Instant>)> {
+        let acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+        let delivered = self
+            .delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let times = self
+            .ack_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        acked
+            .iter()
+            .filter(|s| !delivered.contains(*s))
+            .take(limit)
+            .map(|seq| {
+                let slot = usize::try_from(seq / ACK_TIME_EVERY).unwrap_or(usize::MAX);
+                (seq, times.get(slot).copied().flatten())
+            })
+            .collect()
+    }
+
+    fn record_ack(&self, seq: u64) {
+        self.acked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(seq);
+        if seq.is_multiple_of(ACK_TIME_EVERY) {
+            let slot = usize::try_from(seq / ACK_TIME_EVERY).unwrap_or(usize::MAX);
+            let mut times = self
+                .ack_times
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if slot >= times.len() {
+                times.resize(slot + 1, None);
+            }
+            times[slot].get_or_insert_with(Instant::now);
+        }
     }
 
     /// Delivered messages the hub never acknowledged (sent, then refused or cut off).
@@ -292,11 +339,7 @@ impl Publishing<'_> {
                     Ok(Packet::PubAck(ack)) => {
                         if let Some(seq) = self.in_flight.remove(&ack.pkid) {
                             self.unacked.remove(&seq);
-                            self.stats
-                                .acked
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(seq);
+                            self.stats.record_ack(seq);
                         }
                     }
                     Ok(_) => {}
