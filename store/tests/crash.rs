@@ -95,7 +95,12 @@ fn acknowledged_messages_survive_sigkill() {
     let dir_str = dir.path().to_str().expect("utf-8 temp path").to_owned();
     let mut acked = BTreeSet::new();
     let mut done = BTreeSet::new();
-    for round in 1..=3u64 {
+    // `STORE_CRASH_ROUNDS` runs more rounds (a soak); three by default.
+    let rounds = std::env::var("STORE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3u64);
+    for round in 1..=rounds {
         let exe = std::env::current_exe().expect("test binary");
         let child = Command::new(exe)
             .args([

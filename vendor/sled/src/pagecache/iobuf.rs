@@ -1210,8 +1210,9 @@ fn seal_and_write_iobuf(
     }
 }
 
-/// edgehub: the body of the thread pool's task in `maybe_seal_and_write_iobuf`, unchanged.
-fn write_or_record_error(iobufs: &Arc<IoBufs>, iobuf: &Arc<IoBuf>, lsn: Lsn) {
+/// edgehub: the body of the thread pool's task in `maybe_seal_and_write_iobuf`, unchanged;
+/// also the task of `Log::exit_reservation` (see vendor/README.md).
+pub(in crate::pagecache) fn write_or_record_error(iobufs: &Arc<IoBufs>, iobuf: &Arc<IoBuf>, lsn: Lsn) {
     if let Err(e) = iobufs.write_to_log(iobuf) {
         error!("hit error while writing iobuf with lsn {}: {:?}", lsn, e);
 

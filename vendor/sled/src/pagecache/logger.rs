@@ -435,14 +435,10 @@ impl Log {
             );
             let iobufs = self.iobufs.clone();
             let iobuf = iobuf.clone();
+            // edgehub: the failed write also wakes the threads waiting in `make_stable` (upstream
+            // only stored the error here, and a flush waiting for this buffer slept forever).
             threadpool::spawn(move || {
-                if let Err(e) = iobufs.write_to_log(&iobuf) {
-                    error!(
-                        "hit error while writing iobuf with lsn {}: {:?}",
-                        lsn, e
-                    );
-                    iobufs.config.set_global_error(e);
-                }
+                super::iobuf::write_or_record_error(&iobufs, &iobuf, lsn)
             })?;
 
             Ok(())
