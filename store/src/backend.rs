@@ -134,6 +134,16 @@ pub(crate) mod faults {
         pub fail_syncs: AtomicU32,
         /// Writes made to a database after one of its flushes failed.
         pub writes_after_failed_flush: AtomicU64,
+        /// The next this many segment reads fail with `EIO`.
+        pub fail_reads: AtomicU32,
+    }
+
+    /// `EIO` while `count` is above zero (taking one off), else success.
+    fn fail_if_counted(count: &AtomicU32) -> std::io::Result<()> {
+        match count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err(std::io::Error::from_raw_os_error(5)),
+            Err(_) => Ok(()),
+        }
     }
 
     impl Faults {
@@ -143,13 +153,16 @@ pub(crate) mod faults {
         }
 
         pub(super) fn sync(&self) -> std::io::Result<()> {
-            let failing = self
-                .fail_syncs
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            match failing {
-                Ok(_) => Err(std::io::Error::from_raw_os_error(5)),
-                Err(_) => Ok(()),
-            }
+            fail_if_counted(&self.fail_syncs)
+        }
+
+        /// Fails the next `n` segment reads.
+        pub fn fail_next_reads(&self, n: u32) {
+            self.fail_reads.store(n, Ordering::SeqCst);
+        }
+
+        pub(super) fn read(&self) -> std::io::Result<()> {
+            fail_if_counted(&self.fail_reads)
         }
 
         pub(super) fn note_write_after_failed_flush(&self) {
@@ -294,6 +307,10 @@ impl EpochDb {
 
     /// The data of segment `segno`, or `None` if it is not there.
     pub fn read(&self, segno: u64) -> Result<Option<Bytes>, BackendError> {
+        #[cfg(test)]
+        if let Some(faults) = &self.durable.faults {
+            faults.read()?;
+        }
         let first = data_key(segno, 0);
         let end = data_key(segno, u16::MAX);
         let mut parts = self.db().range(first..=end);

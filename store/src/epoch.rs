@@ -224,6 +224,17 @@ struct Pending {
     logged: bool,
 }
 
+impl Pending {
+    /// Counts a failed attempt; the next one comes after a delay that doubles each time.
+    fn retry_later(&mut self) {
+        self.attempts = self.attempts.saturating_add(1);
+        let delay = RETRY_MIN
+            .saturating_mul(1 << self.attempts.min(16))
+            .min(RETRY_MAX);
+        self.next_try = Instant::now() + delay;
+    }
+}
+
 #[derive(Debug)]
 struct Open {
     db: Arc<EpochDb>,
@@ -240,6 +251,9 @@ struct Table {
     opened_for_readers: BTreeSet<u64>,
     /// Closed epochs readers wait for, to be opened by the opener thread.
     pending: BTreeMap<u64, Pending>,
+    /// Open epochs a read failed on ([`EpochTable::reopen`]): not read through that handle
+    /// again. The opener closes it once nobody else holds it and opens the epoch afresh.
+    stale: BTreeSet<u64>,
 }
 
 impl Table {
@@ -252,11 +266,18 @@ impl Table {
                 self.open.remove(&id);
                 self.closed.insert(id);
                 self.opened_for_readers.remove(&id);
+                self.stale.remove(&id);
                 true
             }
             Some(_) => false,
             None => true,
         }
+    }
+
+    /// Whether epoch `id` can be read only once the opener has opened it: closed, or open
+    /// through a handle a read failed on.
+    fn must_open(&self, id: u64) -> bool {
+        self.closed.contains(&id) || self.stale.contains(&id)
     }
 
     /// Closes the epochs readers used least recently until there is room for one more
@@ -318,11 +339,13 @@ impl EpochTable {
     /// `f` back if the epoch is closed.
     fn run_if_open<R, F: FnOnce(&EpochDb) -> R>(&self, id: u64, f: F) -> Lookup<R, F> {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = table.open.get(&id) {
+        if let Some(open) = table.open.get(&id)
+            && !table.stale.contains(&id)
+        {
             open.last_used.store(self.tick(), Ordering::Relaxed);
             return Lookup::Ran(f(&open.db));
         }
-        if table.closed.contains(&id) {
+        if table.must_open(id) {
             Lookup::Closed(f)
         } else {
             Lookup::Unknown
@@ -332,11 +355,13 @@ impl EpochTable {
     /// Whether epoch `id` can be read now: open, or not an epoch this table knows (nothing to
     /// wait for). If it is closed, asks the opener thread to open it and wake `waiter`.
     pub fn available(&self, id: u64, waiter: &Arc<impl Waiter + 'static>) -> bool {
+        if !self
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .must_open(id)
         {
-            let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-            if table.open.contains_key(&id) || !table.closed.contains(&id) {
-                return true;
-            }
+            return true;
         }
         !self.request(id, waiter)
     }
@@ -345,7 +370,7 @@ impl EpochTable {
     /// not closed (any more).
     fn request(&self, id: u64, waiter: &Arc<impl Waiter + 'static>) -> bool {
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
-        if !table.closed.contains(&id) {
+        if !table.must_open(id) {
             return false;
         }
         let pending = table.pending.entry(id).or_insert_with(|| Pending {
@@ -410,6 +435,16 @@ impl EpochTable {
 
     /// One attempt to open a pending epoch; wakes its waiters if it opened (or went away).
     fn open_pending(&self, id: u64) {
+        {
+            let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            if table.stale.contains(&id) && !table.close(id) {
+                // The failed handle is still held (a sync job, the writer): later.
+                if let Some(p) = table.pending.get_mut(&id) {
+                    p.retry_later();
+                }
+                return;
+            }
+        }
         let opened = EpochDb::try_open(&self.layout.epoch_dir(id), self.cache_bytes);
         #[cfg(test)]
         self.opened_on
@@ -440,11 +475,7 @@ impl EpochTable {
                     }
                     Err(e) => {
                         if let Some(p) = table.pending.get_mut(&id) {
-                            p.attempts = p.attempts.saturating_add(1);
-                            let delay = RETRY_MIN
-                                .saturating_mul(1 << p.attempts.min(16))
-                                .min(RETRY_MAX);
-                            p.next_try = Instant::now() + delay;
+                            p.retry_later();
                             if !matches!(e, OpenFailure::Locked) && !p.logged {
                                 p.logged = true;
                                 tracing::error!(epoch = id, error = %e, "a sealed epoch cannot be opened; its readers wait, retrying");
@@ -475,6 +506,16 @@ impl EpochTable {
             Lookup::Unknown => return None,
             Lookup::Closed(f) => f,
         };
+        if self
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stale
+            .contains(&id)
+        {
+            // Its failed handle is still open (and locks the files): the opener reopens it.
+            return None;
+        }
         let opened = EpochDb::try_open(&self.layout.epoch_dir(id), self.cache_bytes);
         let db = {
             let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
@@ -536,12 +577,29 @@ impl EpochTable {
         table.open.remove(&id);
         table.closed.remove(&id);
         table.opened_for_readers.remove(&id);
+        table.stale.remove(&id);
         let waiters = table.pending.remove(&id);
         drop(table);
         // Nothing of it is left to read: let its readers look again.
         for waiter in waiters.into_iter().flat_map(|p| p.waiters) {
             waiter.epoch_ready();
         }
+    }
+
+    /// A read of epoch `id` failed through its open handle: that handle may be what failed
+    /// (sled keeps a database's first write error for good and fails what follows, and a read
+    /// may write: it completes node splits). The epoch is read again only through a fresh
+    /// handle, opened from disk by the opener thread once the failed one is closed (at once
+    /// if nobody else holds it, else when the writer or a sync job lets go); `waiter` is
+    /// woken then.
+    pub fn reopen(&self, id: u64, waiter: &Arc<impl Waiter + 'static>) {
+        {
+            let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            if table.open.contains_key(&id) && !table.close(id) {
+                table.stale.insert(id);
+            }
+        }
+        self.request(id, waiter);
     }
 
     /// Closes a sealed epoch if nobody else holds a handle; `false` if somebody does (a sync

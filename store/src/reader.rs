@@ -5,6 +5,7 @@
 //! Opening a sealed epoch (a sled log replay, milliseconds) never happens on the caller's
 //! thread: the store's opener thread does it and wakes the reader (see `epoch::EpochTable`).
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,9 +15,9 @@ use std::time::Duration;
 
 use crate::endpoint::Endpoint;
 use crate::entry::{Entry, EntryId, NEVER};
-use crate::error::{AckError, StoreError};
+use crate::error::{AckError, BackendError, StoreError};
 use crate::queue::Dropped;
-use crate::segment::Segment;
+use crate::segment::{FormatError, Segment};
 use crate::state::StoreState;
 use crate::stats::Counters;
 
@@ -27,6 +28,43 @@ struct Cached {
     segno: u64,
     segment: Arc<Segment>,
 }
+
+/// A segment that a read could not load, and how often in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FailedLoad {
+    epoch: u64,
+    segno: u64,
+    attempts: u32,
+}
+
+/// Why a segment could not be loaded.
+#[derive(Debug)]
+enum LoadFailure {
+    /// Not in its epoch's database: published before its flush, which failed.
+    Missing,
+    /// There, but not a segment: damaged.
+    Damaged(FormatError),
+    /// The database failed to read (an I/O error, or a write error sled keeps for good: a
+    /// read may write, to complete a node split). Says nothing about what is on disk.
+    Backend(BackendError),
+}
+
+impl fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("segment missing"),
+            Self::Damaged(e) => write!(f, "segment damaged: {e}"),
+            Self::Backend(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Loads of a missing or damaged segment before its entries are dropped: the first may have
+/// failed through a bad database handle, the second is through a fresh one opened from disk.
+/// A failing database (`LoadFailure::Backend`) never drops entries: the segment is read
+/// again through fresh handles until it can be (a full disk passes, and losing acknowledged
+/// messages is worse than waiting).
+const LOAD_ATTEMPTS: u32 = 2;
 
 /// Reads and acknowledges the entries of one endpoint. Obtained from
 /// [`Store::reader`](crate::Store::reader); one per endpoint at a time.
@@ -40,6 +78,7 @@ pub struct Reader {
     store: Arc<StoreState>,
     endpoint: Arc<Endpoint>,
     cached: Option<Cached>,
+    failed: Option<FailedLoad>,
 }
 
 /// Future returned by [`Reader::ready`].
@@ -83,6 +122,7 @@ impl Reader {
             store,
             endpoint,
             cached: None,
+            failed: None,
         })
     }
 
@@ -142,11 +182,24 @@ impl Reader {
                 let synced = seg.epoch.was_synced(segno);
                 moved = true;
                 let segment = match self.load(epoch, segno) {
-                    Ok(Some(segment)) => segment,
+                    Ok(Some(segment)) => {
+                        self.failed = None;
+                        segment
+                    }
                     // The epoch is not open: the opener thread opens it and wakes this reader.
                     // Lower priorities wait too (strict priority order).
                     Ok(None) => break 'queues,
                     Err(reason) => {
+                        let attempts = self.note_failed_load(epoch, segno);
+                        if attempts < LOAD_ATTEMPTS || matches!(reason, LoadFailure::Backend(_)) {
+                            if attempts == LOAD_ATTEMPTS {
+                                tracing::error!(endpoint = %endpoint.name, epoch, segno, %reason, "a segment cannot be read; its queue waits, reading it again from disk until it can");
+                            } else {
+                                tracing::debug!(endpoint = %endpoint.name, epoch, segno, %reason, "segment unreadable through its open handle; reading it again from disk");
+                            }
+                            self.store.epochs.reopen(epoch, &endpoint);
+                            break 'queues;
+                        }
                         if synced {
                             tracing::error!(endpoint = %endpoint.name, epoch, segno, first_seq = seg_first, last_seq = seg_last, %reason, "a segment whose flush had succeeded is unreadable: acknowledged messages are lost (a storage fault); its entries are dropped");
                         } else {
@@ -262,8 +315,22 @@ impl Reader {
         }
     }
 
+    /// Counts a failed load of segment `segno` of `epoch`; returns the failures in a row.
+    fn note_failed_load(&mut self, epoch: u64, segno: u64) -> u32 {
+        let attempts = match self.failed {
+            Some(f) if f.epoch == epoch && f.segno == segno => f.attempts.saturating_add(1),
+            _ => 1,
+        };
+        self.failed = Some(FailedLoad {
+            epoch,
+            segno,
+            attempts,
+        });
+        attempts
+    }
+
     /// The decoded segment, or `None` while its epoch cannot be opened.
-    fn load(&mut self, epoch: u64, segno: u64) -> Result<Option<Arc<Segment>>, String> {
+    fn load(&mut self, epoch: u64, segno: u64) -> Result<Option<Arc<Segment>>, LoadFailure> {
         if let Some(c) = &self.cached
             && c.epoch == epoch
             && c.segno == segno
@@ -277,8 +344,10 @@ impl Reader {
         else {
             return Ok(None);
         };
-        let data = data.map_err(|e| e.to_string())?.ok_or("segment missing")?;
-        let segment = Arc::new(Segment::decode(data).map_err(|e| e.to_string())?);
+        let data = data
+            .map_err(LoadFailure::Backend)?
+            .ok_or(LoadFailure::Missing)?;
+        let segment = Arc::new(Segment::decode(data).map_err(LoadFailure::Damaged)?);
         self.cached = Some(Cached {
             epoch,
             segno,

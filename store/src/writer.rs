@@ -896,6 +896,23 @@ mod tests {
         config
     }
 
+    /// A store whose epochs fail as the returned faults say, with one endpoint `e`.
+    fn faulty_store(dir: &std::path::Path) -> (Store, Arc<Faults>) {
+        let faults = Arc::new(Faults::default());
+        let store = Store::open(faulty(dir, &faults)).expect("open");
+        store.add_endpoint("e").expect("add");
+        (store, faults)
+    }
+
+    /// Enqueues `p` for endpoint `e` and waits until it is durable.
+    fn put(store: &Store, p: &'static str) -> Result<(), EnqueueError> {
+        let e = store.endpoint("e").expect("endpoint e");
+        store.enqueue_durable(
+            Bytes::from_static(p.as_bytes()),
+            &[Target::new(&e, 0, Ttl::Never)],
+        )
+    }
+
     #[test]
     fn checkpoints_are_saved_after_enough_acknowledgements_or_once_the_interval_passed() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -972,17 +989,41 @@ mod tests {
     }
 
     #[test]
+    fn a_read_that_fails_through_an_open_handle_is_retried_from_disk_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, faults) = faulty_store(dir.path());
+        let put = |p: &'static str| put(&store, p);
+        put("a").expect("acknowledged: flushed before anything failed");
+        // The epoch's handle fails its next read, and its next sync (which seals it: the
+        // writer lets go of the handle, so the epoch can be closed and opened afresh).
+        faults.fail_next_reads(1);
+        let mut reader = store.reader("e").expect("reader");
+        assert!(reader.wait(Duration::from_secs(10)));
+        assert!(
+            reader.read(10, usize::MAX).expect("read").is_empty(),
+            "a failed read hands out nothing"
+        );
+        faults.fail_next_syncs(1);
+        assert!(put("b").is_err(), "its group's sync failed");
+        let mut read = Vec::new();
+        while read.is_empty() && reader.wait(Duration::from_secs(10)) {
+            read.extend(reader.read(10, usize::MAX).expect("read"));
+        }
+        // "b" may follow: its data reached the disk, only the injected fsync failed
+        // (at-least-once: its producer, refused, sends it again).
+        assert_eq!(
+            payloads(&read).first().map(String::as_str),
+            Some("a"),
+            "the acknowledged entry is read through a fresh handle"
+        );
+        assert_eq!(store.stats().lost, 0, "nothing was dropped");
+    }
+
+    #[test]
     fn after_a_failed_sync_the_epoch_is_sealed_and_writing_continues_in_a_new_one() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let faults = Arc::new(Faults::default());
-        let store = Store::open(faulty(dir.path(), &faults)).expect("open");
-        let e = store.add_endpoint("e").expect("add");
-        let put = |p: &'static str| {
-            store.enqueue_durable(
-                Bytes::from_static(p.as_bytes()),
-                &[Target::new(&e, 0, Ttl::Never)],
-            )
-        };
+        let (store, faults) = faulty_store(dir.path());
+        let put = |p: &'static str| put(&store, p);
         put("a").expect("before the failure");
         faults.fail_next_syncs(1);
         assert!(
