@@ -9,8 +9,8 @@
 //! answers, desired patches, method calls) to its `inbound` channel. It
 //! correlates by order: rumqttc sends the requests of one event loop in the order they were
 //! made and reports each as `Outgoing::Publish(pkid)`; a connection that fails is dropped
-//! whole (no rumqttc replay), failing everything in flight, so the forwarder rewinds and sends
-//! again once a link is up: at least once, in order.
+//! whole (no rumqttc replay), failing everything in flight, so the forwarder puts this
+//! identity's messages back and sends them again once a link is up: at least once, in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
