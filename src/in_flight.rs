@@ -1,6 +1,6 @@
 //! Messages handed to a receiver and not yet acknowledged, for the pumps that deliver in
-//! order (a module input's [`crate::delivery`] pump, the [`crate::upstream`] forwarder): each
-//! holds the store entry, the receiver of its acknowledgement and its deadline.
+//! order (a module input's [`crate::delivery`] pump): each holds the store entry, the receiver
+//! of its acknowledgement and its deadline.
 
 /// A message sent and not yet acknowledged.
 #[derive(Debug)]

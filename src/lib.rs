@@ -17,7 +17,7 @@
 //!   property bags, authentication of a CONNECT;
 //! - [`ingest`]: a message in, routed, encoded, enqueued, a ticket out;
 //! - [`delivery`]: pumps from the store to module inputs; [`upstream`]: the `$upstream`
-//!   queue forwarded to IoT Hub or a parent hub; [`in_flight`]: what both keep in flight;
+//!   queue forwarded to IoT Hub or a parent hub; [`in_flight`]: what delivery keeps in flight;
 //! - [`record`]: the byte format of a message in the store;
 //! - [`twin`]: module and device twins; [`edgehub_twin`]: the `$edgeHub` twin's reported
 //!   properties; [`methods`]: direct method requests and their responses;

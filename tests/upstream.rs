@@ -188,9 +188,13 @@ async fn the_parent_killed_for_20_s_under_a_stream_loses_nothing() {
     assert_eq!(lost, 0, "every acknowledged message arrives");
     assert!(got.in_order(), "in order per sender");
     let metrics = child.metrics();
+    let reconnects = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("edgehub_upstream_reconnects_total "))
+        .and_then(|n| n.parse::<u64>().ok());
     assert!(
-        metrics.contains("edgehub_upstream_reconnects_total"),
-        "{metrics}"
+        reconnects.is_some_and(|n| n > 0),
+        "the reconnect after the outage is counted:\n{metrics}"
     );
 }
 
@@ -271,7 +275,10 @@ async fn during_an_outage_exactly_the_messages_whose_ttl_ran_out_are_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_identity_is_retried_and_its_messages_kept_until_it_is_accepted() {
+async fn a_refused_identity_is_retried_while_the_other_senders_flow_and_loses_nothing() {
+    const SENSOR: u32 = 200;
+    const LEAF: u32 = 40;
+    const LEAF_BASE: u32 = 1_000_000;
     let parent = parent();
     let child = child(&parent, &json!("FROM /messages/* INTO $upstream"));
     let mut arrivals = counter(parent.module("parent", "counter"));
@@ -289,34 +296,65 @@ async fn a_refused_identity_is_retried_and_its_messages_kept_until_it_is_accepte
         &token,
     );
     options.set_clean_session(false);
-    let (leaf, mut events) = AsyncClient::new(options, 100);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
-    for seq in 0..20u32 {
-        leaf.publish(
-            "devices/leaf-7/messages/events/",
-            QoS::AtLeastOnce,
-            false,
-            seq.to_be_bytes().to_vec(),
-        )
-        .await
-        .unwrap();
+    let leaf = Sensor::connect(options, "devices/leaf-7/messages/events/");
+    let sensor = Sensor::connect(child.module(CHILD, "sensor"), SENSOR_OUT);
+    // The leaf's messages are first in the `$upstream` queue, and again in the middle of the
+    // sensor's.
+    for seq in 0..LEAF / 2 {
+        leaf.send(LEAF_BASE + seq).await;
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(arrivals.try_recv().is_err(), "nothing passes while refused");
-    let log = std::fs::read_to_string(child.dir.path().join("hub.log")).unwrap();
+    leaf.wait_acked(LEAF / 2).await;
+    for seq in 0..SENSOR / 2 {
+        sensor.send(seq).await;
+    }
+    sensor.wait_acked(SENSOR / 2).await;
+    for seq in LEAF / 2..LEAF {
+        leaf.send(LEAF_BASE + seq).await;
+    }
+    leaf.wait_acked(LEAF).await;
+    for seq in SENSOR / 2..SENSOR {
+        sensor.send(seq).await;
+    }
+    sensor.wait_acked(SENSOR).await;
+
+    // The sensor's messages all pass, in order, while the leaf is refused.
+    let mut got = Arrivals::new();
+    let sensors: BTreeSet<u32> = (0..SENSOR).collect();
+    got.until(&mut arrivals, &sensors, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        got.seen, sensors,
+        "every message of the sensor, and nothing of the refused leaf"
+    );
+    assert!(got.in_order(), "the sensor's in order");
+    let log = child.log();
     assert!(
-        log.contains("upstream connection failed"),
+        log.contains("upstream connection failed") && log.contains("leaf-7"),
         "the refusal is logged:\n{log}"
     );
 
     // Registered under the child at the parent: the next attempt gets through, nothing lost.
     parent.identity(&["add", "--device", "leaf-7", "--parent", CHILD]);
-    let mut got = Arrivals::new();
-    let expected: BTreeSet<u32> = (0..20).collect();
-    got.until(&mut arrivals, &expected, Duration::from_secs(90))
+    let leaves: BTreeSet<u32> = (LEAF_BASE..LEAF_BASE + LEAF).collect();
+    got.until(&mut arrivals, &leaves, Duration::from_secs(90))
         .await;
-    assert_eq!(got.seen, expected);
-    assert!(got.in_order());
+    assert_eq!(got.seen, &sensors | &leaves, "none lost");
+    let of_leaf: Vec<u32> = got
+        .order
+        .iter()
+        .copied()
+        .filter(|s| *s >= LEAF_BASE)
+        .collect();
+    assert_eq!(
+        of_leaf,
+        leaves.into_iter().collect::<Vec<_>>(),
+        "the leaf's in order"
+    );
+    println!(
+        "refused leaf: {SENSOR} of the sensor arrived while the leaf was refused, then its \
+         {LEAF}; {} duplicated",
+        got.duplicates
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

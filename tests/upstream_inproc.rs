@@ -6,10 +6,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use common::eventually;
 use common::inproc::{Client, TestKeys, connect, settings};
 use edgehub::hub::Hub;
-use edgehub::identity::SymmetricKey;
+use edgehub::identity::{IdentityRegistry, KeySlot, SymmetricKey};
 use edgehub::mqtt::auth::{Authenticator, Credentials, Grant, Identity};
+use edgehub::upstream::settings::TOKEN_LIFETIME;
+use edgehub::upstream::status::State;
 use edgehub::upstream::{ConnectionString, UpstreamSettings};
 use rumqttc::MqttOptions;
 use serde_json::json;
@@ -61,9 +64,54 @@ impl Authenticator for ParentKeys {
     }
 }
 
+/// IoT Hub as a child without a gateway sees it: `child-1/sensor` logs in with a token of its
+/// own key, the username the SDKs send and no `auth-chain`; the counter module with `TestKeys`.
+#[derive(Debug)]
+struct IotHubKeys {
+    sensor_key: SymmetricKey,
+}
+
+impl Authenticator for IotHubKeys {
+    fn authenticate(&self, c: &Credentials<'_>) -> Result<Grant, String> {
+        if c.client_id != format!("{CHILD}/sensor") {
+            return TestKeys.authenticate(c);
+        }
+        let username = format!("{IOTHUB}/{CHILD}/sensor/?api-version=2021-04-12");
+        if c.username != Some(username.as_str()) {
+            return Err(format!("not the username of the SDKs: {:?}", c.username));
+        }
+        let token = edgehub::sas::SasToken::parse(c.password.ok_or("no password")?)
+            .map_err(|e| e.to_string())?;
+        if token.audience() != format!("{IOTHUB}/devices/{CHILD}/modules/sensor")
+            || !token.is_signed_with(&self.sensor_key)
+            || token.is_expired(SystemTime::now())
+        {
+            return Err("not a token of the sensor's own key".to_owned());
+        }
+        Ok(Grant {
+            identity: Identity {
+                device_id: CHILD.to_owned(),
+                module_id: Some("sensor".to_owned()),
+            },
+            valid_until: Some(token.valid_until()),
+            model_id: None,
+            key: None,
+        })
+    }
+}
+
 /// A parent hub on `mqtts_port` (0: any) with generated certificates for `localhost`; gives
 /// it and its CA's path.
 async fn parent(dir: &std::path::Path, mqtts_port: u16) -> (Hub, std::path::PathBuf) {
+    parent_with(dir, mqtts_port, Arc::new(ParentKeys)).await
+}
+
+/// The same with `auth` deciding who logs in.
+async fn parent_with(
+    dir: &std::path::Path,
+    mqtts_port: u16,
+    auth: Arc<dyn Authenticator>,
+) -> (Hub, std::path::PathBuf) {
     let certs =
         edgehub::certs::ensure_generated(&dir.join("certs"), "localhost", SystemTime::now())
             .unwrap();
@@ -73,35 +121,40 @@ async fn parent(dir: &std::path::Path, mqtts_port: u16) -> (Hub, std::path::Path
         &json!({"fromChild": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/counter/inputs/in\")"}),
     );
     settings.mqtts = Some((format!("127.0.0.1:{mqtts_port}").parse().unwrap(), tls));
-    let hub = Hub::start(settings, Arc::new(ParentKeys)).await.unwrap();
+    let hub = Hub::start(settings, auth).await.unwrap();
     (hub, certs.ca_cert)
 }
 
 /// A child hub forwarding `sensor`'s output to its parent at `port`.
 async fn child(dir: &std::path::Path, port: u16, ca: &std::path::Path) -> Hub {
-    child_with(dir, port, ca, false).await
+    child_with(dir, port, ca, |_| {}).await
 }
 
-/// A child hub forwarding `sensor`'s output to its parent at `port`, with live data first or
-/// not.
+/// A child hub forwarding `sensor`'s output to its parent at `port`, with upstream settings
+/// changed by `change` (live data first, short timeouts).
 async fn child_with(
     dir: &std::path::Path,
     port: u16,
     ca: &std::path::Path,
-    live_first: bool,
+    change: impl FnOnce(&mut UpstreamSettings),
 ) -> Hub {
     let connection_string = ConnectionString::parse(&format!(
         "HostName={IOTHUB};DeviceId={CHILD};ModuleId=$edgeHub;SharedAccessKey={};GatewayHostName=localhost",
         edge_hub_key().to_base64()
     ))
     .unwrap();
+    let mut upstream = UpstreamSettings::new(&connection_string, port, Some(ca), None).unwrap();
+    change(&mut upstream);
+    start_child(dir, upstream).await
+}
+
+/// A child hub forwarding `sensor`'s output with `upstream`.
+async fn start_child(dir: &std::path::Path, upstream: UpstreamSettings) -> Hub {
     let mut settings = settings(
         dir,
         &json!({"up": "FROM /messages/modules/sensor/* INTO $upstream"}),
     );
     settings.device_id = CHILD.to_owned();
-    let mut upstream = UpstreamSettings::new(&connection_string, port, Some(ca), None).unwrap();
-    upstream.live_first = live_first;
     settings.upstream = Some(upstream);
     Hub::start(settings, Arc::new(ChildKeys)).await.unwrap()
 }
@@ -268,7 +321,10 @@ async fn with_live_data_first_new_messages_overtake_the_backlog_of_an_outage() {
     let (first, ca) = parent(parent_dir.path(), 0).await;
     let port = first.mqtts_addr().unwrap().port();
     first.shutdown().await.unwrap();
-    let child = child_with(child_dir.path(), port, &ca, true).await;
+    let child = child_with(child_dir.path(), port, &ca, |upstream| {
+        upstream.live_first = true;
+    })
+    .await;
     let sensor = connect(module_options(&child, CHILD, "sensor"));
     for seq in 0..BACKLOG {
         sensor.send(SENSOR_OUT, seq.to_be_bytes().to_vec()).await;
@@ -348,6 +404,144 @@ async fn with_live_data_first_new_messages_overtake_the_backlog_of_an_outage() {
     drop((sensor, counter));
     child.shutdown().await.unwrap();
     parent.shutdown().await.unwrap();
+}
+
+/// A parent with its counter module and a child (its upstream settings changed by `change`)
+/// with its sensor module, each hub in a folder of its own.
+struct Pair {
+    parent: Hub,
+    child: Hub,
+    sensor: Client,
+    counter: Client,
+    arrivals: Arrivals,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Pair {
+    async fn start(change: impl FnOnce(&mut UpstreamSettings)) -> Self {
+        let (parent_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (parent, ca) = parent(parent_dir.path(), 0).await;
+        let mut counter = connect(module_options(&parent, "edge", "counter"));
+        counter.subscribe_inputs("counter").await;
+        let port = parent.mqtts_addr().unwrap().port();
+        let child = child_with(child_dir.path(), port, &ca, change).await;
+        let sensor = connect(module_options(&child, CHILD, "sensor"));
+        Self {
+            parent,
+            child,
+            sensor,
+            counter,
+            arrivals: Arrivals::default(),
+            _dirs: (parent_dir, child_dir),
+        }
+    }
+
+    /// The sensor sends `seq`; waits until it arrived at the counter (20 s at most) and gives
+    /// what arrived so far.
+    async fn forward(&mut self, seq: u32) -> &[u32] {
+        self.sensor
+            .send(SENSOR_OUT, seq.to_be_bytes().to_vec())
+            .await;
+        let n = u32::try_from(self.arrivals.seen.len()).unwrap() + 1;
+        self.arrivals
+            .until(&mut self.counter, n, Duration::from_secs(20))
+            .await;
+        &self.arrivals.order
+    }
+
+    async fn shutdown(self) {
+        drop((self.sensor, self.counter));
+        self.child.shutdown().await.unwrap();
+        self.parent.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_link_renews_its_token_before_it_expires_and_keeps_forwarding() {
+    // Tokens live an hour; this child renews a link's a second after it connected.
+    let mut pair = Pair::start(|upstream| {
+        upstream.renew_before = TOKEN_LIFETIME - Duration::from_secs(1);
+    })
+    .await;
+    pair.forward(0).await;
+    // No outage: each new connection of the link is a renewal.
+    let status = pair.child.upstream_status();
+    eventually(Duration::from_secs(20), "two renewals", || {
+        status.reconnects() >= 2
+    })
+    .await;
+    assert_eq!(pair.forward(1).await, [0, 1], "forwarded across renewals");
+    pair.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_link_closes_and_opens_again_for_the_next_message() {
+    let mut pair = Pair::start(|upstream| {
+        upstream.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    pair.forward(0).await;
+    let status = pair.child.upstream_status();
+    eventually(Duration::from_secs(20), "the idle link closes", || {
+        status.state() == State::Idle
+    })
+    .await;
+    assert_eq!(status.link_counts(), (0, 0), "no link open");
+    assert_eq!(
+        pair.forward(1).await,
+        [0, 1],
+        "a new link carries the next message"
+    );
+    assert_eq!(
+        pair.child.upstream_status().reconnects(),
+        0,
+        "closed when idle, not failed"
+    );
+    pair.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_gateway_each_identity_logs_in_to_iot_hub_with_its_own_key() {
+    let (iothub_dir, child_dir, registry_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let registry = Arc::new(IdentityRegistry::open(registry_dir.path(), CHILD).unwrap());
+    let sensor_key = registry
+        .add_module("sensor")
+        .unwrap()
+        .key(KeySlot::Primary)
+        .clone();
+    let (iothub, ca) = parent_with(iothub_dir.path(), 0, Arc::new(IotHubKeys { sensor_key })).await;
+    let mut counter = connect(module_options(&iothub, "edge", "counter"));
+    counter.subscribe_inputs("counter").await;
+    let connection_string = ConnectionString::parse(&format!(
+        "HostName={IOTHUB};DeviceId={CHILD};ModuleId=$edgeHub;SharedAccessKey={}",
+        edge_hub_key().to_base64()
+    ))
+    .unwrap();
+    let port = iothub.mqtts_addr().unwrap().port();
+    let mut upstream =
+        UpstreamSettings::new(&connection_string, port, Some(&ca), Some(registry)).unwrap();
+    assert_eq!(upstream.host, IOTHUB, "IoT Hub itself, without a gateway");
+    // That name does not resolve here: the stand-in for IoT Hub listens on loopback.
+    "localhost".clone_into(&mut upstream.host);
+    let child = start_child(child_dir.path(), upstream).await;
+    let sensor = connect(module_options(&child, CHILD, "sensor"));
+    sensor.send(SENSOR_OUT, 0u32.to_be_bytes().to_vec()).await;
+    let got = tokio::time::timeout(Duration::from_secs(20), counter.incoming.recv())
+        .await
+        .expect("forwarded within 20 s")
+        .unwrap();
+    assert!(
+        got.topic.ends_with("%24.cdid=child-1&%24.cmid=sensor"),
+        "sent as child-1/sensor: {}",
+        got.topic
+    );
+    drop((sensor, counter));
+    child.shutdown().await.unwrap();
+    iothub.shutdown().await.unwrap();
 }
 
 /// The parent started again on the same data folder and port.

@@ -1,20 +1,33 @@
 //! Live data first (`[upstream] live_first = true`): `$upstream` messages wait in one of two
-//! store queues, and the forwarder sends the live one before the backlog, so an hour of data
-//! stored during an outage does not delay the alarms of now.
+//! store queues, and the forwarder sends a sender's live messages before its backlog of the
+//! same priority, so an hour of data stored during an outage does not delay the alarms of now.
 //!
 //! A message joins the **live** queue when upstream is keeping up (the last send was
 //! acknowledged and no send failed since), the **backlog** queue otherwise (offline, or a link
 //! failing). After an outage, what was stored meanwhile is in the backlog; what arrives once
-//! the link is back goes live and leaves first, the backlog draining in the room the live queue
-//! leaves in the forwarder's window. Order is kept per sender and priority within each queue,
-//! not across them: that is the point of the option. Without the option every message joins
-//! the backlog queue, the one queue of `$upstream`, and leaves in order.
+//! the link is back goes live. The forwarder reads both queues every turn and keeps what it
+//! read per sender ([`super::outbox`]), ordered by [`Lane`] within a priority: priority first
+//! (a high-priority backlog leaves before low-priority live data), then live before backlog,
+//! then the order of arrival. Order is kept per sender and priority within each queue, not
+//! across them: that is the point of the option. Messages still in the store are not compared:
+//! each queue is read in priority order, a share per sender at a time. Without the option
+//! every message joins the backlog queue, the one queue of `$upstream`, and leaves in order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The store queue of live `$upstream` messages (the backlog is the endpoint's own queue,
 /// `iothub`).
 pub const LIVE_QUEUE: &str = "iothub.live";
+
+/// Which of the two `$upstream` queues a message was read from. `Live` sorts first: within a
+/// priority, a sender's live messages leave before its backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// The live queue ([`LIVE_QUEUE`]), with live data first.
+    Live,
+    /// The `$upstream` endpoint's own queue: every message, or the backlog with live data first.
+    Backlog,
+}
 
 /// Which queue new `$upstream` messages join. Opened and closed by the forwarder, read by the
 /// ingest path for every message routed upstream.

@@ -9,8 +9,8 @@
 //! answers, desired patches, method calls) to its `inbound` channel. It
 //! correlates by order: rumqttc sends the requests of one event loop in the order they were
 //! made and reports each as `Outgoing::Publish(pkid)`; a connection that fails is dropped
-//! whole (no rumqttc replay), failing everything in flight, so the forwarder rewinds and sends
-//! again once a link is up: at least once, in order.
+//! whole (no rumqttc replay), failing everything in flight, so the forwarder puts this
+//! identity's messages back and sends them again once a link is up: at least once, in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,13 +30,15 @@ use crate::stop::Stop;
 const TWIN_RESPONSES: &str = super::from_upstream::subscriptions::TWIN_RESPONSES;
 /// Publications a link holds before it is connected or while they wait for rumqttc.
 const QUEUE: usize = 256;
-/// A link with nothing to send and nothing in flight for this long closes (D8).
+/// A link with nothing to send and nothing in flight for this long closes (D8), unless the
+/// settings say otherwise.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// MQTT keep-alive of a link: a connection that died silently is noticed within about 1.5
 /// times this.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
-/// A connection is renewed this long before its token expires.
-const RENEW_BEFORE: Duration = Duration::from_secs(300);
+/// A connection is renewed this long before its token expires, unless the settings say
+/// otherwise.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(300);
 /// First and longest wait between attempts to connect: the cap bounds how long a link that
 /// came back stays unused (a parent that returns is found within 15 s).
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -274,15 +276,16 @@ impl LinkTask {
         self.deliver(Inbound::Connected(self.identity.clone()));
         self.link_up.send_modify(|n| *n += 1);
         tracing::info!(client_id = %login.client_id, host = %self.settings.host, "upstream connection up");
+        let idle_timeout = self.settings.idle_timeout;
         let renew_at = login
             .expires
-            .checked_sub(RENEW_BEFORE)
+            .checked_sub(self.settings.renew_before)
             .and_then(|at| at.duration_since(SystemTime::now()).ok())
             .unwrap_or_default();
         let renew = tokio::time::sleep(renew_at);
         tokio::pin!(renew);
         let mut flow = Flow::default();
-        let idle = tokio::time::sleep(IDLE_TIMEOUT);
+        let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
         loop {
             tokio::select! {
@@ -291,7 +294,7 @@ impl LinkTask {
                         let _ = client.try_disconnect();
                         return Ended::Done;
                     };
-                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     if let Err(reason) = self.command(&client, command, &mut flow) {
                         return Ended::Failed(reason);
                     }
@@ -300,10 +303,10 @@ impl LinkTask {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.sent(pkid),
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         flow.acknowledged(ack.pkid);
-                        idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                         self.deliver(Inbound::Publish {
                             identity: self.identity.clone(),
                             topic: publish.topic,
@@ -314,6 +317,7 @@ impl LinkTask {
                     Err(e) => return Ended::Failed(e.to_string()),
                 },
                 () = &mut renew => {
+                    tracing::info!(client_id = %login.client_id, "upstream token about to expire; connecting again with a new one");
                     let _ = client.try_disconnect();
                     return Ended::Renew;
                 }

@@ -78,19 +78,6 @@ impl Links {
             .cloned()
     }
 
-    /// Upstream let a publication wait past its deadline: every link with publications in
-    /// flight drops its connection and makes it again.
-    pub fn recycle_stalled(&self) {
-        for link in self
-            .links
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
-            link.recycle_if_stalled();
-        }
-    }
-
     /// Changes every time a link connects.
     #[must_use]
     pub fn link_up(&self) -> watch::Receiver<u64> {

@@ -3,9 +3,13 @@
 //!
 //! - [`settings`]: the `[upstream]` table: the `$edgeHub` connection string, TLS, credentials
 //!   (on behalf of this hub toward a parent, spec 1.5; the identity's own key toward IoT Hub);
-//! - [`forwarder`]: the pump of the `$upstream` queue: in order, acknowledged to the store only
-//!   once upstream acknowledged, rewound and resent after a failure;
-//! - [`lanes`]: live data first, an option: the live queue leaves before the backlog;
+//! - [`forwarder`]: the pump of the `$upstream` queue: a window in flight per sender, in order
+//!   per sender and priority, acknowledged to the store only once upstream acknowledged; a
+//!   refused or failing sender waits and resends without holding up the others;
+//! - [`outbox`]: one sender's messages in memory: pending, in flight, deferred to the store;
+//! - [`ledger`]: what the forwarder read and how far the store can be acknowledged;
+//! - [`lanes`]: live data first, an option: a sender's live messages leave before its backlog
+//!   of the same priority;
 //! - [`edge_hub_sync`]: this hub's `$edgeHub` twin upstream: deployments from upstream,
 //!   reported properties sent up;
 //! - [`mirror`]: module and device twins and direct methods through the hierarchy: the
@@ -23,9 +27,11 @@ pub mod edge_hub_sync;
 pub mod forwarder;
 pub mod from_upstream;
 pub mod lanes;
+pub mod ledger;
 pub mod link;
 pub mod links;
 pub mod mirror;
+pub mod outbox;
 pub mod scope;
 pub mod settings;
 pub mod status;

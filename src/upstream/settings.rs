@@ -97,6 +97,12 @@ pub struct UpstreamSettings {
     /// Live data first: new messages leave before the backlog (see [`super::lanes`]); off
     /// unless set.
     pub live_first: bool,
+    /// How long a link with nothing to send, nothing in flight and no subscription stays open
+    /// (D8): [`super::link::IDLE_TIMEOUT`] unless set (tests set short ones).
+    pub idle_timeout: Duration,
+    /// How long before its token expires a link reconnects with a fresh one:
+    /// [`super::link::RENEW_BEFORE`] unless set (tests set one close to [`TOKEN_LIFETIME`]).
+    pub renew_before: Duration,
 }
 
 impl UpstreamSettings {
@@ -137,6 +143,8 @@ impl UpstreamSettings {
             tls: client_tls(ca)?,
             credentials: Arc::new(credentials),
             live_first: false,
+            idle_timeout: super::link::IDLE_TIMEOUT,
+            renew_before: super::link::RENEW_BEFORE,
         })
     }
 }
@@ -413,6 +421,55 @@ mod tests {
         );
         assert!(token.is_signed_with(&SymmetricKey::from_base64(KEY).unwrap()));
         assert_eq!(login.expires, now + TOKEN_LIFETIME);
+    }
+
+    #[test]
+    fn iot_hub_logins_are_signed_with_the_identitys_own_key_without_an_auth_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(IdentityRegistry::open(dir.path(), "edge-1").unwrap());
+        let sensor = registry.add_module("sensor").unwrap();
+        let leaf = registry.add_device("leaf-1").unwrap();
+        let credentials = Credentials::OwnKeys {
+            iothub_hostname: "hub.example.net".into(),
+            registry: Arc::clone(&registry),
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for (target, key, username, audience) in [
+            (
+                ClientIdentity {
+                    device_id: "edge-1".into(),
+                    module_id: Some("sensor".into()),
+                },
+                sensor.key(crate::identity::KeySlot::Primary),
+                "hub.example.net/edge-1/sensor/?api-version=2021-04-12",
+                "hub.example.net/devices/edge-1/modules/sensor",
+            ),
+            (
+                ClientIdentity {
+                    device_id: "leaf-1".into(),
+                    module_id: None,
+                },
+                leaf.key(crate::identity::KeySlot::Primary),
+                "hub.example.net/leaf-1/?api-version=2021-04-12",
+                "hub.example.net/devices/leaf-1",
+            ),
+        ] {
+            let login = credentials.login(&target, now).unwrap();
+            assert_eq!(login.client_id, client_id(&target));
+            assert_eq!(login.username, username);
+            let token = crate::sas::SasToken::parse(&login.password).unwrap();
+            assert_eq!(token.audience(), audience);
+            assert!(token.is_signed_with(key), "{username}");
+            assert_eq!(login.expires, now + TOKEN_LIFETIME);
+        }
+        let stranger = ClientIdentity {
+            device_id: "nobody".into(),
+            module_id: None,
+        };
+        assert!(
+            credentials.login(&stranger, now).is_err(),
+            "no key, no login"
+        );
     }
 
     #[test]

@@ -306,6 +306,18 @@ impl Reader {
         Ok(())
     }
 
+    /// How far reading went in the queue of `priority` since the last rewind: every entry of
+    /// that queue up to this sequence number was handed out, passed over because it expired,
+    /// or acknowledged (0 when the endpoint has no such queue). A caller that keeps entries
+    /// aside learns from it which of them the store will not hand out again.
+    pub fn position(&self, priority: u32) -> u64 {
+        self.endpoint
+            .lock()
+            .queues
+            .get(&priority)
+            .map_or(0, crate::queue::Queue::cursor)
+    }
+
     /// Hands out again, from the oldest, every entry read but not acknowledged (e.g. after a
     /// failed delivery that must be retried in order).
     pub fn rewind(&mut self) {

@@ -75,6 +75,28 @@ fn an_entry_that_expires_while_in_flight_is_settled_by_a_later_ack() {
 }
 
 #[test]
+fn the_position_covers_entries_passed_over_because_they_expired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let (store, e) = store_without_cleaner(dir.path(), &clock);
+    for (payload, ttl) in [("a", Ttl::Never), ("b", ttl(5))] {
+        store
+            .enqueue_durable(Bytes::from(payload), &[Target::new(&e, 0, ttl)])
+            .expect("enqueue");
+    }
+    let mut reader = store.reader("e").expect("reader");
+    assert_eq!(reader.position(0), 0, "nothing read yet");
+    let a = reader.read(1, usize::MAX).expect("read")[0].id;
+    assert_eq!(reader.position(0), a.seq, "a handed out");
+    clock.advance(Duration::from_secs(10));
+    assert!(reader.read(10, usize::MAX).expect("read").is_empty());
+    assert!(reader.position(0) > a.seq, "b passed over: it expired");
+    reader.rewind();
+    assert!(reader.position(0) < a.seq, "a is handed out again");
+    assert_eq!(reader.position(7), 0, "no queue of priority 7");
+}
+
+#[test]
 fn the_cleaner_drops_expired_entries_nobody_reads_and_frees_their_epoch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
