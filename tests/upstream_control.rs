@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::eventually;
@@ -39,6 +40,23 @@ fn child_of(parent: &HubProcess, device: &str, modules: &[&str]) -> HubProcess {
         parent.ca().display()
     );
     HubProcess::start_device(device, &json!({}), modules, &upstream)
+}
+
+/// A deployment manifest with these routes and modules, written in `parent`'s folder.
+fn deployment_file(parent: &HubProcess, routes: &Value, modules: &[&str]) -> PathBuf {
+    let file = parent.dir.path().join("child-deployment.json");
+    std::fs::write(&file, common::manifest(routes, modules).to_string()).unwrap();
+    file
+}
+
+/// `edgehub deploy --device child-1 <file>` on `parent`: the `$version` of the `$edgeHub`
+/// desired properties it kept (those of `$edgeAgent` are kept too).
+fn deploy_to_child(parent: &HubProcess, file: &Path) -> u64 {
+    let kept: Value =
+        serde_json::from_str(&parent.cli(&["deploy", "--device", CHILD, file.to_str().unwrap()]))
+            .unwrap();
+    assert!(kept["$edgeAgent"]["$version"].is_u64(), "{kept}");
+    kept["$edgeHub"]["$version"].as_u64().unwrap()
 }
 
 /// `edgehub twin get` of `client_id` on `hub`, parsed.
@@ -140,31 +158,18 @@ async fn invoke(hub: &HubProcess, client_id: &str, method: &str, payload: &str) 
 async fn a_deployment_at_the_parent_runs_on_the_child_and_its_report_comes_back() {
     let parent = parent();
     let mut child = child_of(&parent, CHILD, &["sensor"]);
-    let manifest = parent.dir.path().join("child-deployment.json");
-    std::fs::write(
-        &manifest,
-        common::manifest(
-            &json!({"up": "FROM /messages/modules/sensor/* INTO $upstream"}),
-            &["sensor"],
-        )
-        .to_string(),
-    )
-    .unwrap();
+    let manifest = deployment_file(
+        &parent,
+        &json!({"up": "FROM /messages/modules/sensor/* INTO $upstream"}),
+        &["sensor"],
+    );
 
     // A device that is not a child edge device is refused before anything is kept.
     let refused = parent.command(&["deploy", "--device", "stranger", manifest.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a child edge device"));
 
-    let kept: Value = serde_json::from_str(&parent.cli(&[
-        "deploy",
-        "--device",
-        CHILD,
-        manifest.to_str().unwrap(),
-    ]))
-    .unwrap();
-    let version = kept["$edgeHub"]["$version"].as_u64().unwrap();
-    assert!(kept["$edgeAgent"]["$version"].is_u64(), "{kept}");
+    let version = deploy_to_child(&parent, &manifest);
 
     // The child applies it and reports back to the parent.
     eventually(
@@ -239,6 +244,94 @@ async fn a_deployment_at_the_parent_runs_on_the_child_and_its_report_comes_back(
         child.log()
     );
     parent.spawn();
+}
+
+/// A leaf device of `hub` with a 119-character id (`leaf-{n}-xxx...`), added there; its
+/// client connects and keeps polling until dropped.
+async fn long_leaf(hub: &HubProcess, n: usize) -> (String, AsyncClient) {
+    let id = format!("leaf-{n:03}-{}", "x".repeat(110));
+    let connection_string = hub.identity(&["add", "--device", &id]);
+    let (client, mut events) = AsyncClient::new(hub.leaf(&id, &connection_string), 10);
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    (id, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parent_forgets_clients_that_left_the_child_and_a_big_client_map_is_not_refused() {
+    let parent = parent();
+    let child = child_of(&parent, CHILD, &[]);
+    let reported = || twin(&parent, "child-1/$edgeHub")["reported"].clone();
+
+    // A leaf device connects to the child: the parent sees it; it leaves: the parent forgets
+    // it (leaf devices that disconnect are removed, spec 4.2).
+    let (first, client) = long_leaf(&child, 0).await;
+    eventually(Duration::from_secs(30), "the parent lists the leaf", || {
+        reported()["clients"][&first]["status"] == "Connected"
+    })
+    .await;
+    client.disconnect().await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the parent forgets the leaf that left",
+        || {
+            let reported = reported();
+            reported["clients"].is_object() && reported["clients"].get(&first).is_none()
+        },
+    )
+    .await;
+
+    // 220 leaf devices with long ids: about 40 KB of clients, more than the parent's 32 KiB
+    // of reported properties. The most recent ones are listed, the others counted.
+    let mut leaves = Vec::new();
+    for n in 1..=220 {
+        leaves.push(long_leaf(&child, n).await);
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the parent lists or counts all 220 leaves",
+        || {
+            let reported = reported();
+            let listed = reported["clients"]
+                .as_object()
+                .map_or(0, serde_json::Map::len);
+            reported["clientsOmitted"]
+                .as_u64()
+                .is_some_and(|omitted| omitted > 0 && listed as u64 + omitted == 220)
+        },
+    )
+    .await;
+    let size = serde_json::to_vec(&reported()).unwrap().len();
+    assert!(size <= 32 * 1024, "the parent holds {size} bytes");
+
+    // Reports still get through: a deployment's status reaches the parent.
+    let manifest = deployment_file(
+        &parent,
+        &json!({"up": "FROM /messages/* INTO $upstream"}),
+        &[],
+    );
+    let version = deploy_to_child(&parent, &manifest);
+    eventually(
+        Duration::from_secs(30),
+        "the child's report of the deployment reaches the parent",
+        || reported()["lastDesiredVersion"] == version,
+    )
+    .await;
+    assert!(
+        !child
+            .log()
+            .contains("refused the $edgeHub reported properties"),
+        "{}",
+        child.log()
+    );
+    drop(leaves);
 }
 
 /// A client subscribed to `filter` whose publications' bodies arrive on the returned channel.

@@ -7,7 +7,7 @@
 //!   once upstream acknowledged, rewound and resent after a failure;
 //! - [`lanes`]: live data first, an option: the live queue leaves before the backlog;
 //! - [`edge_hub_sync`]: this hub's `$edgeHub` twin upstream: deployments from upstream,
-//!   reported properties sent up;
+//!   reported properties sent up ([`report`]: as patches within upstream's limits);
 //! - [`mirror`]: module and device twins and direct methods through the hierarchy: the
 //!   subscriptions of clients here kept on their links, desired patches and method calls
 //!   brought down, reported patches sent up ([`from_upstream`]: the topics it reads);
@@ -26,6 +26,7 @@ pub mod lanes;
 pub mod link;
 pub mod links;
 pub mod mirror;
+pub mod report;
 pub mod scope;
 pub mod settings;
 pub mod status;
