@@ -1,5 +1,5 @@
 //! Control from upstream (issue 16) between `edgehub` processes on loopback: a deployment made
-//! at the parent reaches a child that has no routes of its own, and the child's report comes
+//! at the parent reaches a child that has no manifest of its own, and the child's report comes
 //! back; desired properties set at the parent reach a module of the child, also when the
 //! module or the child was offline; methods invoked at the parent are answered by a module one
 //! and two layers down.
@@ -28,9 +28,9 @@ fn parent() -> HubProcess {
     )
 }
 
-/// A hub of device `device`, registered at `parent` as a child edge device, with no routes
-/// of its own.
-fn child_of(parent: &HubProcess, device: &str, modules: &[&str]) -> HubProcess {
+/// A hub of device `device`, registered at `parent` as a child edge device, with no manifest
+/// of its own (no routes, no modules until the parent deploys).
+fn child_of(parent: &HubProcess, device: &str) -> HubProcess {
     let connection_string = parent.identity(&["add", "--edge-device", device]);
     let upstream = format!(
         "[upstream]\nconnection_string = \"{}\"\nport = {}\nhttps_port = {}\nca = \"{}\"\nscope_refresh_secs = 2\n",
@@ -39,7 +39,7 @@ fn child_of(parent: &HubProcess, device: &str, modules: &[&str]) -> HubProcess {
         parent.https,
         parent.ca().display()
     );
-    HubProcess::start_device(device, &json!({}), modules, &upstream)
+    HubProcess::start_without_manifest(device, &upstream)
 }
 
 /// A deployment manifest with these routes and modules, written in `parent`'s folder.
@@ -157,7 +157,14 @@ async fn invoke(hub: &HubProcess, client_id: &str, method: &str, payload: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_at_the_parent_runs_on_the_child_and_its_report_comes_back() {
     let parent = parent();
-    let mut child = child_of(&parent, CHILD, &["sensor"]);
+    let mut child = child_of(&parent, CHILD);
+    assert!(
+        child
+            .log()
+            .contains("no manifest of its own: no routes until upstream deploys"),
+        "{}",
+        child.log()
+    );
     let manifest = deployment_file(
         &parent,
         &json!({"up": "FROM /messages/modules/sensor/* INTO $upstream"}),
@@ -267,7 +274,7 @@ async fn long_leaf(hub: &HubProcess, n: usize) -> (String, AsyncClient) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_parent_forgets_clients_that_left_the_child_and_a_big_client_map_is_not_refused() {
     let parent = parent();
-    let child = child_of(&parent, CHILD, &[]);
+    let child = child_of(&parent, CHILD);
     let reported = || twin(&parent, "child-1/$edgeHub")["reported"].clone();
 
     // A leaf device connects to the child: the parent sees it; it leaves: the parent forgets
@@ -367,7 +374,7 @@ fn receiver(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desired_properties_and_methods_set_at_the_parent_reach_a_module_of_the_child() {
     let mut parent = parent();
-    let mut child = child_of(&parent, CHILD, &["filter"]);
+    let mut child = child_of(&parent, CHILD);
     let filter_options = child.module(CHILD, "filter");
     let (filter, mut patches) = module(filter_options.clone());
 
@@ -467,9 +474,9 @@ async fn the_top_deploys_two_layers_down_reaches_a_module_there_and_gets_a_leafs
         &["counter"],
         "",
     );
-    let middle = child_of(&top, "middle", &[]);
+    let middle = child_of(&top, "middle");
     top.identity(&["add", "--edge-device", "bottom", "--parent", "middle"]);
-    let bottom = child_of(&middle, "bottom", &["filter"]);
+    let bottom = child_of(&middle, "bottom");
 
     // A method invoked at the top is answered by a module two layers down.
     let (_filter, _patches) = module(bottom.module("bottom", "filter"));
