@@ -135,6 +135,17 @@ async fn patch_with(
 /// `edgehub method invoke` of `client_id` on `hub`, parsed; retried while the answer is 404
 /// (the module's subscription reaches the parent a moment after it connects).
 async fn invoke(hub: &HubProcess, client_id: &str, method: &str, payload: &str) -> Value {
+    invoke_waiting(hub, client_id, method, payload, 10).await
+}
+
+/// The same, waiting `response_timeout` seconds for each answer.
+async fn invoke_waiting(
+    hub: &HubProcess,
+    client_id: &str,
+    method: &str,
+    payload: &str,
+    response_timeout: u64,
+) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let answer: Value = serde_json::from_str(&hub.cli(&[
@@ -144,7 +155,7 @@ async fn invoke(hub: &HubProcess, client_id: &str, method: &str, payload: &str) 
             method,
             payload,
             "--response-timeout",
-            "10",
+            &response_timeout.to_string(),
         ]))
         .unwrap();
         if answer["status"] != 404 || tokio::time::Instant::now() > deadline {
@@ -415,6 +426,24 @@ async fn desired_properties_and_methods_set_at_the_parent_reach_a_module_of_the_
     // A module connected nowhere: 404.
     let nowhere = invoke(&parent, "child-1/ghost", "reset", "{}").await;
     assert_eq!(nowhere["status"], 404, "{nowhere}");
+    // A module of the child that gets the call and never answers: 504 at the parent once its
+    // response timeout is over, as for a module of its own (the child's wait is not the
+    // parent's caller's).
+    let (_mute, mut calls) = receiver(child.module(CHILD, "mute"), "$iothub/methods/POST/#");
+    let started = tokio::time::Instant::now();
+    let silent = invoke_waiting(&parent, "child-1/mute", "reset", r#"{"n": 5}"#, 3).await;
+    let waited = started.elapsed();
+    assert_eq!(silent["status"], 504, "{silent}");
+    assert_eq!(silent["payload"], Value::Null, "{silent}");
+    let call = tokio::time::timeout(Duration::from_secs(5), calls.recv())
+        .await
+        .expect("the call reached the silent module")
+        .unwrap();
+    assert_eq!(call, r#"{"n":5}"#);
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(20),
+        "answered after {waited:?}"
+    );
 
     // What the module reports goes up to the parent's twin.
     filter
