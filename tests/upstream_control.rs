@@ -178,8 +178,11 @@ async fn a_deployment_at_the_parent_runs_on_the_child_and_its_report_comes_back(
     );
     let manifest = deployment_file(
         &parent,
-        &json!({"up": "FROM /messages/modules/sensor/* INTO $upstream"}),
-        &["sensor"],
+        &json!({
+            "up": "FROM /messages/modules/sensor/* INTO $upstream",
+            "copy": "FROM /messages/modules/sensor/* INTO BrokeredEndpoint(\"/modules/local/inputs/in\")",
+        }),
+        &["sensor", "local"],
     );
 
     // A device that is not a child edge device is refused before anything is kept.
@@ -210,29 +213,12 @@ async fn a_deployment_at_the_parent_runs_on_the_child_and_its_report_comes_back(
         parent.module("parent", "counter"),
         "devices/parent/modules/counter/inputs/#",
     );
-    let (sensor, mut sensor_events) = AsyncClient::new(child.module(CHILD, "sensor"), 100);
-    tokio::spawn(async move { while sensor_events.poll().await.is_ok() {} });
-    let arrived = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            sensor
-                .publish(
-                    "devices/child-1/modules/sensor/messages/events/",
-                    QoS::AtLeastOnce,
-                    false,
-                    "hello",
-                )
-                .await
-                .unwrap();
-            if let Ok(Some(body)) =
-                tokio::time::timeout(Duration::from_millis(500), counted.recv()).await
-            {
-                return body;
-            }
-        }
-    })
-    .await
-    .expect("the deployed route carries the sensor's messages to the parent within 30 s");
-    assert_eq!(arrived, "hello");
+    let sensor_options = child.module(CHILD, "sensor");
+    let sensor = sender(sensor_options.clone());
+    assert!(
+        publish_until_it_arrives(&sensor, SENSOR_EVENTS, "hello", &mut counted, 30).await,
+        "the deployed route carries the sensor's messages to the parent within 30 s"
+    );
 
     // A deployment the child cannot apply is refused whole and reported; its routes stay.
     parent.cli(&[
@@ -248,9 +234,10 @@ async fn a_deployment_at_the_parent_runs_on_the_child_and_its_report_comes_back(
     )
     .await;
 
-    // Restarted while the parent is away, the child starts on what it was last deployed.
+    // Restarted while the parent is away, the child starts on what it was last deployed, and
+    // its routes carry messages: to its own module at once, and to the parent once it is back.
     child.terminate();
-    drop(counter);
+    drop((counter, counted, sensor));
     let mut parent = parent;
     parent.kill();
     child.spawn();
@@ -261,15 +248,34 @@ async fn a_deployment_at_the_parent_runs_on_the_child_and_its_report_comes_back(
         "{}",
         child.log()
     );
+    let (_local, mut copied) = receiver(
+        child.module(CHILD, "local"),
+        "devices/child-1/modules/local/inputs/#",
+    );
+    let sensor = sender(sensor_options);
+    assert!(
+        publish_until_it_arrives(&sensor, SENSOR_EVENTS, "offline", &mut copied, 30).await,
+        "the restarted child's routes carry the sensor's messages to its module within 30 s\n{}",
+        child.log()
+    );
     parent.spawn();
+    let (_counter, mut counted) = receiver(
+        parent.module("parent", "counter"),
+        "devices/parent/modules/counter/inputs/#",
+    );
+    assert!(
+        arrives(&mut counted, "offline", 60).await,
+        "what the sensor sent while the parent was away reaches it within 60 s of its return\n{}",
+        child.log()
+    );
 }
 
-/// A leaf device of `hub` with a 119-character id (`leaf-{n}-xxx...`), added there; its
-/// client connects and keeps polling until dropped.
-async fn long_leaf(hub: &HubProcess, n: usize) -> (String, AsyncClient) {
-    let id = format!("leaf-{n:03}-{}", "x".repeat(110));
-    let connection_string = hub.identity(&["add", "--device", &id]);
-    let (client, mut events) = AsyncClient::new(hub.leaf(&id, &connection_string), 10);
+/// Where the child's module `sensor` sends its telemetry.
+const SENSOR_EVENTS: &str = "devices/child-1/modules/sensor/messages/events/";
+
+/// A client that keeps its connection (retrying after failures) until dropped.
+fn sender(options: MqttOptions) -> AsyncClient {
+    let (client, mut events) = AsyncClient::new(options, 100);
     tokio::spawn(async move {
         loop {
             match events.poll().await {
@@ -279,6 +285,55 @@ async fn long_leaf(hub: &HubProcess, n: usize) -> (String, AsyncClient) {
             }
         }
     });
+    client
+}
+
+/// Whether `body` arrives on `received` within `within_secs` (other bodies are skipped).
+async fn arrives(
+    received: &mut mpsc::UnboundedReceiver<String>,
+    body: &str,
+    within_secs: u64,
+) -> bool {
+    tokio::time::timeout(Duration::from_secs(within_secs), async {
+        while let Some(got) = received.recv().await {
+            if got == body {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Publishes `body` on `topic` about once a second until it arrives on `received`; whether it
+/// did within `within_secs`.
+async fn publish_until_it_arrives(
+    sender: &AsyncClient,
+    topic: &str,
+    body: &str,
+    received: &mut mpsc::UnboundedReceiver<String>,
+    within_secs: u64,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(within_secs);
+    while tokio::time::Instant::now() < deadline {
+        // A publication the client cannot take now is sent again at the next turn.
+        let _ = sender
+            .publish(topic, QoS::AtLeastOnce, false, body.to_owned())
+            .await;
+        if arrives(received, body, 1).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// A leaf device of `hub` with a 119-character id (`leaf-{n}-xxx...`), added there, and its
+/// connected client ([`sender`]).
+fn long_leaf(hub: &HubProcess, n: usize) -> (String, AsyncClient) {
+    let id = format!("leaf-{n:03}-{}", "x".repeat(110));
+    let connection_string = hub.identity(&["add", "--device", &id]);
+    let client = sender(hub.leaf(&id, &connection_string));
     (id, client)
 }
 
@@ -290,7 +345,7 @@ async fn the_parent_forgets_clients_that_left_the_child_and_a_big_client_map_is_
 
     // A leaf device connects to the child: the parent sees it; it leaves: the parent forgets
     // it (leaf devices that disconnect are removed, spec 4.2).
-    let (first, client) = long_leaf(&child, 0).await;
+    let (first, client) = long_leaf(&child, 0);
     eventually(Duration::from_secs(30), "the parent lists the leaf", || {
         reported()["clients"][&first]["status"] == "Connected"
     })
@@ -310,7 +365,7 @@ async fn the_parent_forgets_clients_that_left_the_child_and_a_big_client_map_is_
     // of reported properties. The most recent ones are listed, the others counted.
     let mut leaves = Vec::new();
     for n in 1..=220 {
-        leaves.push(long_leaf(&child, n).await);
+        leaves.push(long_leaf(&child, n));
     }
     eventually(
         Duration::from_secs(60),
@@ -545,38 +600,18 @@ async fn the_top_deploys_two_layers_down_reaches_a_module_there_and_gets_a_leafs
         top.module("top", "counter"),
         "devices/top/modules/counter/inputs/#",
     );
-    let (sender, mut events) = AsyncClient::new(bottom.leaf("leaf-9", &leaf), 100);
-    tokio::spawn(async move {
-        loop {
-            if events.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    });
-    let arrived = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let _ = sender
-                .publish(
-                    "devices/leaf-9/messages/events/",
-                    QoS::AtLeastOnce,
-                    false,
-                    "from the bottom",
-                )
-                .await;
-            if let Ok(Some(body)) =
-                tokio::time::timeout(Duration::from_secs(1), counted.recv()).await
-            {
-                return body;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "the leaf's message reaches the top within 60 s\nbottom:\n{}\nmiddle:\n{}",
-            bottom.log(),
-            middle.log()
+    let leaf = sender(bottom.leaf("leaf-9", &leaf));
+    assert!(
+        publish_until_it_arrives(
+            &leaf,
+            "devices/leaf-9/messages/events/",
+            "from the bottom",
+            &mut counted,
+            60
         )
-    });
-    assert_eq!(arrived, "from the bottom");
+        .await,
+        "the leaf's message reaches the top within 60 s\nbottom:\n{}\nmiddle:\n{}",
+        bottom.log(),
+        middle.log()
+    );
 }
