@@ -34,7 +34,8 @@ pub struct Config {
     pub gateway_hostname: String,
     /// The folder of the store, the identities and the generated certificates.
     pub data_dir: PathBuf,
-    /// The deployment manifest: routes, TTL, and the modules that get identities.
+    /// The deployment manifest: routes, TTL, and the modules that get identities
+    /// ([`ManifestSource::FromUpstream`] when a child hub has none of its own).
     pub manifest: ManifestSource,
     /// The listening addresses.
     pub listen: ListenConfig,
@@ -129,6 +130,25 @@ pub enum ManifestSource {
     File(PathBuf),
     /// Text built into the binary ([`EXAMPLE_MANIFEST`] for the embedded default).
     Embedded(&'static str),
+    /// None of its own: `manifest` left out of a configuration with `[upstream]`. The hub
+    /// starts with no routes and no modules (or on the last deployment from upstream, kept in
+    /// its data folder) and takes its deployment from upstream ([`Config::load_deployment`]
+    /// gives [`no_routes`]).
+    FromUpstream,
+}
+
+/// The `$edgeHub` desired properties of a hub with no manifest of its own, until upstream
+/// deploys: schema 1.1, no routes, the default TTL (7200 s), and `$version` 0, which no
+/// deployment from upstream has (IoT Hub's versions start at 1), so that the first one is
+/// applied whatever its version.
+#[must_use]
+pub fn no_routes() -> Value {
+    serde_json::json!({
+        "schemaVersion": "1.1",
+        "routes": {},
+        "storeAndForwardConfiguration": {"timeToLiveSecs": 7200},
+        "$version": 0,
+    })
 }
 
 /// The `[listen]` table.
@@ -307,10 +327,15 @@ impl Config {
     ///
     /// As [`Config::load`].
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+        let parse_error = |error| ConfigError::Parse {
             path: path.to_owned(),
             error: Box::new(error),
-        })?;
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(parse_error)?;
+        if raw.manifest.is_none() && raw.upstream.is_none() {
+            // Only a child hub may go without: the error of a missing required key.
+            toml::from_str::<RequiredManifest>(text).map_err(parse_error)?;
+        }
         let base = path.parent().unwrap_or(Path::new(""));
         raw.validate(&Validator {
             origin: Origin::File(path.to_owned()),
@@ -385,7 +410,8 @@ impl Config {
     }
 
     /// Reads the deployment manifest: `$edgeHub`'s desired properties and the module ids of
-    /// `$edgeAgent` (none when the manifest has no `$edgeAgent`).
+    /// `$edgeAgent` (none when the manifest has no `$edgeAgent`). Without a manifest
+    /// ([`ManifestSource::FromUpstream`]): [`no_routes`] and no modules.
     ///
     /// # Errors
     ///
@@ -406,6 +432,12 @@ impl Config {
                 }
             }
             ManifestSource::Embedded(text) => (Origin::Embedded, (*text).to_owned()),
+            ManifestSource::FromUpstream => {
+                return Ok(Deployment {
+                    edge_hub: no_routes(),
+                    modules: Vec::new(),
+                });
+            }
         };
         parse_deployment(&text).map_err(|reason| ConfigError::Manifest { origin, reason })
     }
@@ -445,7 +477,8 @@ struct RawConfig {
     iothub_hostname: String,
     gateway_hostname: String,
     data_dir: PathBuf,
-    manifest: PathBuf,
+    /// Required unless `[upstream]` is set.
+    manifest: Option<PathBuf>,
     #[serde(default)]
     listen: RawListen,
     tls: Option<RawTls>,
@@ -458,6 +491,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     runtime: RawRuntime,
+}
+
+/// The `manifest` key alone: read again from a configuration without `[upstream]` that lacks
+/// it, for the error a missing required key gets (it names the key and shows the table).
+#[derive(Debug, Deserialize)]
+struct RequiredManifest {
+    #[expect(dead_code, reason = "read only for the error when it is missing")]
+    manifest: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -590,7 +631,10 @@ impl RawConfig {
             iothub_hostname: v.hostname("iothub_hostname", self.iothub_hostname)?,
             gateway_hostname: v.hostname("gateway_hostname", self.gateway_hostname)?,
             data_dir: v.path("data_dir", &self.data_dir)?,
-            manifest: ManifestSource::File(v.path("manifest", &self.manifest)?),
+            manifest: match &self.manifest {
+                Some(manifest) => ManifestSource::File(v.path("manifest", manifest)?),
+                None => ManifestSource::FromUpstream,
+            },
             listen,
             tls,
             store: self.store.validate(v)?,
@@ -852,6 +896,28 @@ manifest = "deployment.json"
         }
         assert!(parse(&upstream("https_port = 70000\n")).is_err());
         assert!(parse(&upstream("scope_refresh_secs = -1\n")).is_err());
+    }
+
+    #[test]
+    fn only_a_hub_with_upstream_may_go_without_a_manifest() {
+        let without = MINIMAL.replace("manifest = \"deployment.json\"\n", "");
+        let error = Config::parse(&without, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("missing field `manifest`"), "{error}");
+        assert!(error.starts_with("c.toml: "), "{error}");
+
+        let key = "c2VjcmV0LWtleS1vZi1lZGdlaHViLTAxMjM0NTY3ODk=";
+        let child = format!(
+            "{without}[upstream]\nconnection_string = \"HostName=hub.example.net;DeviceId=edge-1;ModuleId=$edgeHub;SharedAccessKey={key};GatewayHostName=parent.local\"\n"
+        );
+        let config = Config::parse(&child, Path::new("c.toml")).unwrap();
+        assert_eq!(config.manifest, ManifestSource::FromUpstream);
+        let deployment = config.load_deployment().unwrap();
+        assert!(deployment.modules.is_empty());
+        assert_eq!(deployment.edge_hub, no_routes());
+        let routes = router::EdgeHubRoutes::from_desired(&deployment.edge_hub).unwrap();
+        assert_eq!(routes.routes.len(), 0);
     }
 
     #[test]

@@ -113,12 +113,15 @@ pub fn store_reported(state: &StoreState, stats: &store::StoreStats) -> Value {
     Value::Object(out)
 }
 
-/// Client ids as `clients` keys: `.` → `%2E`, `$` → `%24`, space → `%20`.
+/// Client ids as `clients` keys: `.` → `%2E`, `$` → `%24`, space → `%20` (as the legacy
+/// hub), and `#` → `%23`: an id may hold `#`, a property name may not, and upstream would
+/// refuse the whole report for it.
 pub fn escape_client_id(client_id: &str) -> String {
     client_id
         .replace('.', "%2E")
         .replace('$', "%24")
         .replace(' ', "%20")
+        .replace('#', "%23")
 }
 
 /// ISO 8601 UTC with milliseconds: `2024-05-01T10:00:00.000Z`.
@@ -160,6 +163,12 @@ mod tests {
                 last_disconnected: Some(at),
             },
             ClientStatus {
+                client_id: "leaf#2".into(),
+                connected: true,
+                last_connected: Some(at),
+                last_disconnected: None,
+            },
+            ClientStatus {
                 client_id: "leaf".into(),
                 connected: false,
                 last_connected: Some(at),
@@ -177,6 +186,7 @@ mod tests {
         );
         assert_eq!(reported["clients"]["dev1/sensor"]["status"], "Disconnected");
         assert!(reported["clients"].get("leaf").is_none());
+        assert_eq!(reported["clients"]["leaf%232"]["status"], "Connected");
         assert_eq!(reported["version"]["version"], env!("CARGO_PKG_VERSION"));
     }
 

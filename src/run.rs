@@ -44,7 +44,8 @@ pub async fn run(config: Config) -> Result<()> {
         .load_deployment()
         .context("reading the deployment manifest")?;
     // With upstream, the last deployment applied from upstream wins over the local manifest
-    // (an offline restart keeps what upstream deployed).
+    // (an offline restart keeps what upstream deployed); a child hub without a manifest of
+    // its own starts with no routes until then.
     let edge_hub_desired = match config
         .upstream
         .as_ref()
@@ -54,7 +55,12 @@ pub async fn run(config: Config) -> Result<()> {
             tracing::info!(version = %desired["$version"], "starting on the last deployment from upstream");
             desired
         }
-        None => deployment.edge_hub.clone(),
+        None => {
+            if config.manifest == crate::config::ManifestSource::FromUpstream {
+                tracing::info!("no manifest of its own: no routes until upstream deploys");
+            }
+            deployment.edge_hub.clone()
+        }
     };
     let routes = EdgeHubRoutes::from_desired(&edge_hub_desired)
         .map_err(|e| anyhow::anyhow!("the $edgeHub desired properties are invalid: {e}"))?;

@@ -12,7 +12,7 @@ use crate::stop::Stop;
 pub const MANIFEST_POLL: Duration = Duration::from_secs(2);
 
 /// The modification time and size of the configuration's manifest file (`None` for an
-/// embedded or missing one): the watcher deploys the file when this changes.
+/// embedded, absent or missing one): the watcher deploys the file when this changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ManifestStamp(Option<(SystemTime, u64)>);
 
@@ -23,7 +23,7 @@ impl ManifestStamp {
     pub fn of(config: &Config) -> Self {
         match &config.manifest {
             ManifestSource::File(path) => Self::of_file(path),
-            ManifestSource::Embedded(_) => Self(None),
+            ManifestSource::Embedded(_) | ManifestSource::FromUpstream => Self(None),
         }
     }
 
@@ -37,7 +37,7 @@ impl ManifestStamp {
 
 /// Deploys the configuration's manifest file whenever its modification time or size differs
 /// from the last seen (`loaded` first; looked at every `interval`), until `stop` completes;
-/// returns at once when the manifest is embedded. The deployment's modules get their
+/// returns at once when the manifest is embedded or there is none. The deployment's modules get their
 /// identities first. An unreadable or malformed file is logged and retried at its next
 /// change; invalid `$edgeHub` routes are reported with code 400 and the running routes stay.
 pub async fn watch_manifest(

@@ -3,7 +3,8 @@
 //! patches. Routes and `storeAndForwardConfiguration` deployed upstream replace the running
 //! ones, live, with the same validation as a local deployment (a bad one is refused whole, the
 //! running routes stay, and the refusal is reported). `lastDesiredVersion`,
-//! `lastDesiredStatus` and `clients` are reported back up.
+//! `lastDesiredStatus` and `clients` are reported back up, as patches that keep what upstream
+//! holds equal to this hub's report, within upstream's size limit ([`super::report`]).
 //!
 //! The last deployment applied from upstream is kept in `<data_dir>/upstream-desired.json`;
 //! `edgehub run` starts on it, so an offline restart keeps what upstream deployed. A twin
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::from_upstream::{self, FromUpstream, subscriptions};
 use super::link::{Inbound, Link};
+use super::report::ReportSync;
 use crate::identity::ClientIdentity;
 use crate::identity::id::EDGE_HUB;
 use crate::stop::Stop;
@@ -30,6 +32,10 @@ pub const LAST_APPLIED: &str = "upstream-desired.json";
 const REFRESH: Duration = Duration::from_secs(3600);
 /// How long client changes settle before the `clients` report goes up.
 const REPORT_SETTLE: Duration = Duration::from_secs(1);
+/// The request ids of reported patches start with this.
+const REPORT_RID: &str = "edgehub-report-";
+/// The request ids of twin GETs start with this.
+const GET_RID: &str = "edgehub-get-";
 
 /// The last deployment applied from upstream, kept in `data_dir`: `None` when there is none
 /// (or it cannot be read, which is logged).
@@ -77,6 +83,8 @@ pub(crate) struct EdgeHubSync {
     applied: Option<u64>,
     /// The request id of the twin GET in flight.
     pending_get: Option<String>,
+    /// What upstream was last sent of the reported properties.
+    reported: ReportSync,
     next_rid: u64,
 }
 
@@ -107,6 +115,7 @@ impl EdgeHubSync {
             data_dir,
             applied: hub.desired_version(),
             pending_get: None,
+            reported: ReportSync::default(),
             next_rid: 1,
         };
         let changes = hub.client_changes();
@@ -126,6 +135,7 @@ impl EdgeHubSync {
                 () = stop.stopped() => return,
                 received = inbound.recv() => match received {
                     Some(Inbound::Connected(_)) => {
+                        self.reported.connected();
                         self.get();
                         self.report();
                     }
@@ -140,7 +150,11 @@ impl EdgeHubSync {
                     changes.mark_unchanged();
                     self.report();
                 }
-                _ = refresh.tick() => self.get(),
+                _ = refresh.tick() => {
+                    self.get();
+                    // Sends nothing unless a report was lost since.
+                    self.report();
+                }
             }
         }
     }
@@ -149,8 +163,12 @@ impl EdgeHubSync {
         match FromUpstream::parse(topic) {
             FromUpstream::TwinResponse { status, rid } => {
                 if self.pending_get.as_deref() != Some(rid) {
-                    if status >= 300 {
-                        tracing::warn!(status, "upstream refused the $edgeHub reported properties");
+                    if status >= 300 && rid.starts_with(REPORT_RID) {
+                        tracing::warn!(
+                            status,
+                            "upstream refused the $edgeHub reported properties; the next report sends them whole"
+                        );
+                        self.reported.lost();
                     }
                     return;
                 }
@@ -203,7 +221,7 @@ impl EdgeHubSync {
 
     /// Reads the twin upstream.
     fn get(&mut self) {
-        let rid = self.rid();
+        let rid = self.rid(GET_RID);
         if self
             .link
             .request(from_upstream::twin_get(&rid), Bytes::new())
@@ -212,22 +230,29 @@ impl EdgeHubSync {
         }
     }
 
-    /// Sends the reported properties up (when connected; every connection sends them again).
+    /// Sends up what changed in the reported properties since the last report (when
+    /// connected; every connection sends them whole again).
     fn report(&mut self) {
         let Some(hub) = self.hub.upgrade() else {
             return;
         };
         let reported = hub.reported();
         drop(hub);
-        let rid = self.rid();
-        self.link.request(
-            from_upstream::reported_patch(&rid),
-            Bytes::from(reported.to_string()),
-        );
+        for patch in self.reported.patches(&reported) {
+            let rid = self.rid(REPORT_RID);
+            if !self.link.request(
+                from_upstream::reported_patch(&rid),
+                Bytes::from(patch.to_string()),
+            ) {
+                // Not connected (the next connection reports again) or the link is full.
+                self.reported.lost();
+                return;
+            }
+        }
     }
 
-    fn rid(&mut self) -> String {
+    fn rid(&mut self, prefix: &str) -> String {
         self.next_rid += 1;
-        format!("edgehub-{}", self.next_rid)
+        format!("{prefix}{}", self.next_rid)
     }
 }

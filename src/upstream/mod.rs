@@ -11,7 +11,7 @@
 //! - [`lanes`]: live data first, an option: a sender's live messages leave before its backlog
 //!   of the same priority;
 //! - [`edge_hub_sync`]: this hub's `$edgeHub` twin upstream: deployments from upstream,
-//!   reported properties sent up;
+//!   reported properties sent up ([`report`]: as patches within upstream's limits);
 //! - [`mirror`]: module and device twins and direct methods through the hierarchy: the
 //!   subscriptions of clients here kept on their links, desired patches and method calls
 //!   brought down, reported patches sent up ([`from_upstream`]: the topics it reads);
@@ -32,6 +32,7 @@ pub mod link;
 pub mod links;
 pub mod mirror;
 pub mod outbox;
+pub mod report;
 pub mod scope;
 pub mod settings;
 pub mod status;

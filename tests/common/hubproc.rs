@@ -65,6 +65,14 @@ impl HubProcess {
         hub
     }
 
+    /// A child hub of device `device_id` with no manifest of its own: `extra` must hold its
+    /// `[upstream]` table, from where its deployment comes.
+    pub fn start_without_manifest(device_id: &str, extra: &str) -> Self {
+        let mut hub = Self::folder(device_id, "", extra, free_port());
+        hub.spawn();
+        hub
+    }
+
     /// A hub's folder and configuration, not started yet (e.g. to mount its data folder
     /// first): [`HubProcess::spawn`] starts it.
     pub fn prepare(
@@ -74,19 +82,26 @@ impl HubProcess {
         extra: &str,
         mqtts: u16,
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let hub = Self::folder(device_id, "manifest = \"deployment.json\"\n", extra, mqtts);
         std::fs::write(
-            dir.path().join("deployment.json"),
+            hub.dir.path().join("deployment.json"),
             super::manifest(routes, modules).to_string(),
         )
         .unwrap();
+        hub
+    }
+
+    /// A folder with a configuration holding `manifest` (a `manifest = ...` line, or nothing)
+    /// and `extra`, on free ports.
+    fn folder(device_id: &str, manifest: &str, extra: &str, mqtts: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
         let (mqtt, metrics, https) = (free_port(), free_port(), free_port());
         std::fs::write(
             dir.path().join("edgehub.toml"),
             format!(
                 "device_id = \"{device_id}\"\niothub_hostname = \"{HUB_HOST}\"\n\
                  gateway_hostname = \"localhost\"\ndata_dir = \"data\"\n\
-                 manifest = \"deployment.json\"\n{extra}\n[listen]\nmqtt = \"127.0.0.1:{mqtt}\"\n\
+                 {manifest}{extra}\n[listen]\nmqtt = \"127.0.0.1:{mqtt}\"\n\
                  mqtts = \"127.0.0.1:{mqtts}\"\nhttps = \"127.0.0.1:{https}\"\n\
                  metrics = \"127.0.0.1:{metrics}\"\n"
             ),
