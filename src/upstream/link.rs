@@ -30,15 +30,9 @@ use crate::stop::Stop;
 const TWIN_RESPONSES: &str = super::from_upstream::subscriptions::TWIN_RESPONSES;
 /// Publications a link holds before it is connected or while they wait for rumqttc.
 const QUEUE: usize = 256;
-/// A link with nothing to send and nothing in flight for this long closes (D8), unless the
-/// settings say otherwise.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// MQTT keep-alive of a link: a connection that died silently is noticed within about 1.5
 /// times this.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
-/// A connection is renewed this long before its token expires, unless the settings say
-/// otherwise.
-pub const RENEW_BEFORE: Duration = Duration::from_secs(300);
 /// First and longest wait between attempts to connect: the cap bounds how long a link that
 /// came back stays unused (a parent that returns is found within 15 s).
 const BACKOFF_BASE: Duration = Duration::from_secs(1);

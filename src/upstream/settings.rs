@@ -15,6 +15,12 @@ pub const DEFAULT_PORT: u16 = 8883;
 /// How long a token minted for an upstream connection is valid; a link reconnects with a
 /// fresh one before it expires.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// A link with nothing to send and nothing in flight for this long closes (D8), unless the
+/// settings say otherwise.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A connection is renewed this long before its token expires, unless the settings say
+/// otherwise.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(300);
 
 /// A connection string that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,10 +104,10 @@ pub struct UpstreamSettings {
     /// unless set.
     pub live_first: bool,
     /// How long a link with nothing to send, nothing in flight and no subscription stays open
-    /// (D8): [`super::link::IDLE_TIMEOUT`] unless set (tests set short ones).
+    /// (D8): [`IDLE_TIMEOUT`] unless set (tests set short ones).
     pub idle_timeout: Duration,
     /// How long before its token expires a link reconnects with a fresh one:
-    /// [`super::link::RENEW_BEFORE`] unless set (tests set one close to [`TOKEN_LIFETIME`]).
+    /// [`RENEW_BEFORE`] unless set (tests set one close to [`TOKEN_LIFETIME`]).
     pub renew_before: Duration,
 }
 
@@ -143,8 +149,8 @@ impl UpstreamSettings {
             tls: client_tls(ca)?,
             credentials: Arc::new(credentials),
             live_first: false,
-            idle_timeout: super::link::IDLE_TIMEOUT,
-            renew_before: super::link::RENEW_BEFORE,
+            idle_timeout: IDLE_TIMEOUT,
+            renew_before: RENEW_BEFORE,
         })
     }
 }
