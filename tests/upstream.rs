@@ -171,6 +171,18 @@ async fn the_parent_killed_for_20_s_under_a_stream_loses_nothing() {
         let next = started + Duration::from_secs_f64(f64::from(seq + 1) / f64::from(RATE));
         tokio::time::sleep_until(next.into()).await;
     }
+    // The stream may end before the link found the parent again (its back-off reaches 15 s):
+    // the first kept message is then timed here.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while first_after_return.is_none() {
+        let Ok(Some(seq)) = tokio::time::timeout_at(deadline, arrivals.recv()).await else {
+            break;
+        };
+        if seq > last_before_kill {
+            first_after_return = back_at.map(|at| at.elapsed());
+        }
+        got.take(seq);
+    }
     let acked = {
         sensor.wait_acked(TOTAL).await;
         sensor.acked()
