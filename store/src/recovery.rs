@@ -336,7 +336,8 @@ fn open_epoch(
 }
 
 /// The reference to the entries of `group` after its queue's checkpoint, or `None` if its
-/// endpoint is gone, they are all done, or the segment cannot be read (logged).
+/// endpoint is gone or they are all done. A segment that straddles the checkpoint and cannot
+/// be read now is kept whole (`SegRef::estimated`, logged).
 fn live_part(
     db: &EpochDb,
     token: &Arc<EpochToken>,
@@ -352,16 +353,19 @@ fn live_part(
     if group.last_seq <= checkpoint {
         return None;
     }
-    let (count, bytes) = if group.first_seq <= checkpoint {
+    let (count, bytes, estimated) = if group.first_seq <= checkpoint {
         match count_straddling(db, segno, group, checkpoint) {
-            Ok(counted) => counted,
+            Ok((count, bytes)) => (count, bytes, false),
             Err(reason) => {
-                tracing::error!(epoch = token.id, segno, %reason, "segment unreadable; its entries are skipped");
-                return None;
+                // Not a reason to drop them: a read may fail for a while (on a full disk sled's
+                // reads can fail, as they may write). The reader reads the segment when it gets
+                // to it, and drops it only if it is missing or damaged then.
+                tracing::error!(epoch = token.id, segno, %reason, "segment unreadable at open; its entries are kept and counted whole until read");
+                (group.count, group.bytes, true)
             }
         }
     } else {
-        (group.count, group.bytes)
+        (group.count, group.bytes, false)
     };
     Some(SegRef {
         epoch: Arc::clone(token),
@@ -372,6 +376,7 @@ fn live_part(
         max_expiry_ms: group.max_expiry_ms,
         count,
         bytes,
+        estimated,
     })
 }
 
@@ -453,6 +458,49 @@ fn endpoints_with_queues(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_straddling_segment_that_cannot_be_read_at_open_is_kept_not_skipped() {
+        use crate::backend::SegmentWrite;
+        use crate::segment::{Group, Summary};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = EpochDb::open(dir.path(), 1 << 20).expect("open");
+        let group = Group {
+            endpoint: 0,
+            priority: 0,
+            count: 10,
+            bytes: 1_000,
+            first_seq: 1,
+            last_seq: 10,
+            max_expiry_ms: u64::MAX,
+        };
+        let summary = Summary {
+            first_seq: 1,
+            last_seq: 10,
+            enqueued_ms: 0,
+            data_len: 1_000,
+            groups: vec![group.clone()],
+        };
+        // The summary without its data: the data cannot be read to count what is after the
+        // checkpoint.
+        db.write(&[SegmentWrite {
+            segno: 0,
+            data: &[],
+            summary: summary.encode(),
+        }])
+        .expect("write");
+        let known = Known::new(&MetaContents {
+            endpoints: vec![("e".to_owned(), 0)],
+            checkpoints: vec![(0, 0, 4)],
+            ..MetaContents::default()
+        });
+        let token = Arc::new(EpochToken::new(1));
+        let seg =
+            live_part(&db, &token, 0, &summary, &group, &known).expect("its entries are kept");
+        assert!(seg.estimated, "counted whole, and said so");
+        assert_eq!((seg.count, seg.bytes), (10, 1_000));
+    }
 
     #[test]
     fn sequence_numbers_continue_above_every_saved_checkpoint() {

@@ -532,6 +532,7 @@ impl Writer {
                         max_expiry_ms: g.max_expiry_ms,
                         count: g.count,
                         bytes: g.bytes,
+                        estimated: false,
                     },
                 ));
             }
