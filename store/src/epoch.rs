@@ -602,6 +602,15 @@ impl EpochTable {
         self.request(id, waiter);
     }
 
+    /// Whether a read failed through epoch `id`'s open handle, which is not closed yet.
+    pub fn is_stale(&self, id: u64) -> bool {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stale
+            .contains(&id)
+    }
+
     /// Closes a sealed epoch if nobody else holds a handle; `false` if somebody does (a sync
     /// job in flight, a read): try again later.
     pub fn close(&self, id: u64) -> bool {
