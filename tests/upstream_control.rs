@@ -236,8 +236,14 @@ async fn a_deployment_at_the_parent_runs_on_the_child_and_its_report_comes_back(
 
     // Restarted while the parent is away, the child starts on what it was last deployed, and
     // its routes carry messages: to its own module at once, and to the parent once it is back.
-    child.terminate();
+    // The first clients leave for good first: rumqttc reconnects on its own, and the old
+    // counter would take (and acknowledge) the message meant for the new one, the old sensor
+    // take over from the new one.
+    let _ = sensor.disconnect().await;
+    let _ = counter.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     drop((counter, counted, sensor));
+    child.terminate();
     let mut parent = parent;
     parent.kill();
     child.spawn();
@@ -429,6 +435,7 @@ fn receiver(
                         return;
                     }
                 }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
