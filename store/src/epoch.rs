@@ -211,6 +211,8 @@ enum Lookup<R, F> {
     Unknown,
     /// On disk, closed: `f`, not run.
     Closed(F),
+    /// Open through a handle a read failed on ([`EpochTable::reopen`]): `f`, not run.
+    Stale(F),
 }
 
 /// An epoch readers wait for.
@@ -328,7 +330,7 @@ impl EpochTable {
         match self.run_if_open(id, f) {
             Lookup::Ran(r) => Some(r),
             Lookup::Unknown => None,
-            Lookup::Closed(_) => {
+            Lookup::Closed(_) | Lookup::Stale(_) => {
                 self.request(id, waiter);
                 None
             }
@@ -336,16 +338,17 @@ impl EpochTable {
     }
 
     /// Runs `f` on epoch `id`'s database if it is open (under the table's read lock); hands
-    /// `f` back if the epoch is closed.
+    /// `f` back if the epoch is closed, or open through a handle a read failed on.
     fn run_if_open<R, F: FnOnce(&EpochDb) -> R>(&self, id: u64, f: F) -> Lookup<R, F> {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = table.open.get(&id)
-            && !table.stale.contains(&id)
-        {
+        if table.stale.contains(&id) {
+            return Lookup::Stale(f);
+        }
+        if let Some(open) = table.open.get(&id) {
             open.last_used.store(self.tick(), Ordering::Relaxed);
             return Lookup::Ran(f(&open.db));
         }
-        if table.must_open(id) {
+        if table.closed.contains(&id) {
             Lookup::Closed(f)
         } else {
             Lookup::Unknown
@@ -505,17 +508,9 @@ impl EpochTable {
             Lookup::Ran(r) => return Some(r),
             Lookup::Unknown => return None,
             Lookup::Closed(f) => f,
-        };
-        if self
-            .table
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stale
-            .contains(&id)
-        {
             // Its failed handle is still open (and locks the files): the opener reopens it.
-            return None;
-        }
+            Lookup::Stale(_) => return None,
+        };
         let opened = EpochDb::try_open(&self.layout.epoch_dir(id), self.cache_bytes);
         let db = {
             let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
