@@ -279,20 +279,17 @@ impl Pump {
                     return;
                 }
                 outbox.undefer(key);
-                match self.decode(key, entry) {
+                match decode(&self.forwarder.metrics, key, entry) {
                     Some((_, message)) => {
                         self.ledger.hold(key);
-                        self.senders
-                            .entry(Arc::clone(&sender))
-                            .or_default()
-                            .hold(message);
+                        outbox.hold(message);
                         touched.insert(sender);
                     }
                     None => self.ledger.settle(key),
                 }
             }
             None => {
-                let Some((identity, message)) = self.decode(key, entry) else {
+                let Some((identity, message)) = decode(&self.forwarder.metrics, key, entry) else {
                     self.ledger.record(key, Mark::Settled);
                     return;
                 };
@@ -323,40 +320,6 @@ impl Pump {
                 outbox.undefer(key);
             }
         }
-    }
-
-    /// The sender and the publication of a stored message; `None` for a record that cannot
-    /// be sent at all (dropped and counted).
-    fn decode(&self, key: Key, entry: &store::Entry) -> Option<(ClientIdentity, Message)> {
-        let metrics = &self.forwarder.metrics;
-        let message = match record::decode(&entry.payload) {
-            Ok(message) => message,
-            Err(e) => {
-                tracing::error!(error = %e, "stored message unreadable; dropped");
-                metrics.dropped(DropReason::Unreadable);
-                return None;
-            }
-        };
-        let Some(device) = message.system_properties.get(system::CONNECTION_DEVICE_ID) else {
-            tracing::error!("stored message without a sender; dropped");
-            metrics.dropped(DropReason::Unreadable);
-            return None;
-        };
-        let sender = ClientIdentity {
-            device_id: device.to_owned(),
-            module_id: message
-                .system_properties
-                .get(system::CONNECTION_MODULE_ID)
-                .map(str::to_owned),
-        };
-        let bag = encode_upstream_bag(&message.properties, &message.system_properties);
-        let topic = telemetry(&sender.device_id, sender.module_id.as_deref(), &bag);
-        let message = Message {
-            key,
-            topic,
-            payload: message.body,
-        };
-        Some((sender, message))
     }
 
     /// Sends what `sender` may send now on its link (opened if needed).
@@ -493,4 +456,37 @@ impl Pump {
             }
         }
     }
+}
+
+/// The sender and the publication of a stored message; `None` for a record that cannot
+/// be sent at all (dropped and counted).
+fn decode(metrics: &Metrics, key: Key, entry: &store::Entry) -> Option<(ClientIdentity, Message)> {
+    let message = match record::decode(&entry.payload) {
+        Ok(message) => message,
+        Err(e) => {
+            tracing::error!(error = %e, "stored message unreadable; dropped");
+            metrics.dropped(DropReason::Unreadable);
+            return None;
+        }
+    };
+    let Some(device) = message.system_properties.get(system::CONNECTION_DEVICE_ID) else {
+        tracing::error!("stored message without a sender; dropped");
+        metrics.dropped(DropReason::Unreadable);
+        return None;
+    };
+    let sender = ClientIdentity {
+        device_id: device.to_owned(),
+        module_id: message
+            .system_properties
+            .get(system::CONNECTION_MODULE_ID)
+            .map(str::to_owned),
+    };
+    let bag = encode_upstream_bag(&message.properties, &message.system_properties);
+    let topic = telemetry(&sender.device_id, sender.module_id.as_deref(), &bag);
+    let message = Message {
+        key,
+        topic,
+        payload: message.body,
+    };
+    Some((sender, message))
 }
