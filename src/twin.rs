@@ -60,6 +60,14 @@ pub struct StorageError(#[from] std::io::Error);
 /// (serialized JSON, `$version` included): IoT Hub's 32 KB.
 pub const MAX_SECTION_BYTES: usize = 32 * 1024;
 
+/// The size of an object as the section limits count it: its serialized JSON bytes.
+#[must_use]
+pub fn serialized_bytes(object: &Map<String, Value>) -> usize {
+    serde_json::to_vec(object)
+        .expect("JSON values serialise")
+        .len()
+}
+
 /// The twins of this hub's identities.
 #[derive(Debug)]
 pub struct Twins {
@@ -251,9 +259,7 @@ impl Twins {
             .unwrap_or(1)
             + 1;
         properties.insert("$version".to_owned(), Value::from(version));
-        let size = serde_json::to_vec(properties)
-            .expect("JSON values serialise")
-            .len();
+        let size = serialized_bytes(properties);
         if size > MAX_SECTION_BYTES {
             return Ok(Err(PatchError::SectionTooLarge {
                 section: section.key(),

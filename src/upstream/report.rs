@@ -19,7 +19,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::twin::MAX_SECTION_BYTES;
+use crate::twin::{MAX_SECTION_BYTES, serialized_bytes};
 
 /// The reported property that counts the clients left out of `clients` upstream.
 pub const CLIENTS_OMITTED: &str = "clientsOmitted";
@@ -62,7 +62,7 @@ impl ReportSync {
                 let patch = diff(sent, &report);
                 if patch.is_empty() {
                     Vec::new()
-                } else if size(&patch) <= MAX_PATCH_BYTES {
+                } else if serialized_bytes(&patch) <= MAX_PATCH_BYTES {
                     vec![Value::Object(patch)]
                 } else {
                     // Many clients replaced by others: removing them one by one would not fit
@@ -105,7 +105,7 @@ pub fn fit(reported: &Value) -> Map<String, Value> {
     report.insert(CLIENTS_OMITTED.to_owned(), Value::from(total));
     report.insert("clients".to_owned(), Value::Object(Map::new()));
     // What the rest takes, with an empty map and the widest count.
-    let budget = MAX_SECTION_BYTES.saturating_sub(size(&report) + SLACK);
+    let budget = MAX_SECTION_BYTES.saturating_sub(serialized_bytes(&report) + SLACK);
     let mut ranked: Vec<(String, Value)> = clients.into_iter().collect();
     ranked.sort_by(|(a_id, a), (b_id, b)| recency(b).cmp(&recency(a)).then_with(|| a_id.cmp(b_id)));
     let mut listed = Map::new();
@@ -183,13 +183,6 @@ fn without_nulls(value: &Value) -> Value {
         }
         other => other.clone(),
     }
-}
-
-/// Serialized bytes of an object.
-fn size(map: &Map<String, Value>) -> usize {
-    serde_json::to_vec(map)
-        .expect("JSON values serialise")
-        .len()
 }
 
 #[cfg(test)]
