@@ -177,9 +177,7 @@ impl Reader {
                     break 'queues;
                 }
                 let Some(seg) = q.unread_seg() else { break };
-                let (epoch, segno, seg_first, seg_last) =
-                    (seg.epoch.id, seg.segno, seg.first_seq, seg.last_seq);
-                let synced = seg.epoch.was_synced(segno);
+                let (epoch, segno, seg_last) = (seg.epoch.id, seg.segno, seg.last_seq);
                 moved = true;
                 let segment = match self.load(epoch, segno) {
                     Ok(Some(segment)) => {
@@ -200,7 +198,8 @@ impl Reader {
                             self.store.epochs.reopen(epoch, &endpoint);
                             break 'queues;
                         }
-                        if synced {
+                        let seg_first = seg.first_seq;
+                        if seg.epoch.was_synced(segno) {
                             tracing::error!(endpoint = %endpoint.name, epoch, segno, first_seq = seg_first, last_seq = seg_last, %reason, "a segment whose flush had succeeded is unreadable: acknowledged messages are lost (a storage fault); its entries are dropped");
                         } else {
                             tracing::error!(endpoint = %endpoint.name, epoch, segno, first_seq = seg_first, last_seq = seg_last, %reason, "segment unreadable; its entries are dropped (if its flush failed, their producers were not acknowledged)");
